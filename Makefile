@@ -1,0 +1,56 @@
+# Two commands matter: `make run` and `make test`. Both set everything up from nothing.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# pip takes the CPU build from a local wheel cache when it has one; on a GPU host set e.g.
+# TORCH_SPEC='torch==2.13.0' with a CUDA index (PIP_EXTRA_INDEX_URL) for a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup run test test-fast up down lint lock clean
+help:
+	@echo "make run    - set up, generate data, run the whole pipeline through Airflow, print a summary"
+	@echo "make test   - set up and run every test (DAG integrity, jobs, end-to-end)"
+	@echo "make up     - start the Airflow UI (standalone) and the MLflow UI on the local state"
+	@echo "make down   - stop them"
+	@echo "make lint   - ruff"
+
+setup: $(STAMP)
+$(STAMP): pyproject.toml requirements/constraints.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.11 is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt "$(TORCH_SPEC)" -e ".[dev]"
+	touch $(STAMP)
+
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" scripts/run-pipeline.sh
+
+test: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+test-fast: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not e2e"
+
+up: setup
+	PATH="$(abspath $(BIN)):$$PATH" scripts/stack.sh up
+
+down:
+	PATH="$(abspath $(BIN)):$$PATH" scripts/stack.sh down
+
+lint: setup
+	$(BIN)/ruff check dags plugins jobs tests bench
+
+# Re-resolve the environment from pyproject.toml and rewrite the pinned constraints.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade "pip>=25"
+	.venv-lock/bin/python -m pip install --quiet "$(TORCH_SPEC)" -e ".[dev]"
+	{ echo "# Fully pinned environment (pip freeze, Python 3.11, x86_64). Regenerate with 'make lock'."; \
+	  echo "# torch is pinned apart (TORCH_SPEC in the Makefile) so GPU hosts can choose a build."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -vE '^torch=='; } > requirements/constraints.txt
+	rm -rf .venv-lock
+
+clean:
+	rm -rf .state .pytest_cache

@@ -1,0 +1,65 @@
+"""
+### Build features (silver -> gold, Spark)
+
+**Consumes** `silver/transactions` (Asset `silver_transactions`): runs whenever ingestion
+publishes new silver partitions, for exactly the dates that event lists.
+
+**Produces** `gold/features/date=*/` (Asset `gold_features`): point-in-time per-card features
+(rolling counts and sums over 1 h / 24 h / 7 d, amount vs the card's history, time since the
+previous transaction, category and country novelty). A feature only uses transactions strictly
+before its own, so training and scoring see the same thing.
+
+**Runs on** Spark: `local[*]` by default, a cluster when `PIPELINE_SPARK_MASTER` points at one.
+
+**Re-run** any range safely: each date partition is replaced atomically. Trigger by hand with
+`start_date`/`date` to rebuild a range (e.g. after a feature change).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, Param, task
+
+from pipeline.assets import GOLD_FEATURES, SILVER_TRANSACTIONS
+from pipeline.dates import partition_date, triggering_dates
+from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.operators import JobOperator
+from pipeline.runners import Resources
+
+with DAG(
+    dag_id="build_features",
+    doc_md=__doc__,
+    schedule=[SILVER_TRANSACTIONS],
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[*TAGS, "features", "spark"],
+    params={
+        "start_date": Param(None, type=["null", "string"], format="date", title="First date",
+                            description="First date to build. Empty: the dates of the triggering event, "
+                                        "or the end date alone."),
+        "date": Param(None, type=["null", "string"], format="date", title="Last date",
+                      description="Last date to build. Empty: the run's logical date."),
+    },
+) as dag:
+
+    @task
+    def plan_dates(**context) -> dict:
+        """Decides which dates to build: the form's range, else the triggering event's dates."""
+        params = context["params"]
+        dates = triggering_dates(context, "silver_dates")
+        if params.get("start_date") or params.get("date") or not dates:
+            end = partition_date(context)
+            return {"start": params.get("start_date") or end, "end": end}
+        return {"start": dates[0], "end": dates[-1]}
+
+    plan = plan_dates()
+    features = JobOperator(
+        step="features",
+        date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
+        arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}"],
+        job_resources=Resources(cpu=2, memory_gb=4),
+        outlets=[GOLD_FEATURES],
+        doc_md="Builds gold features with Spark for the planned dates; each date is published atomically.",
+    )
+    plan >> features

@@ -1,0 +1,68 @@
+"""
+### Ingest transactions (raw -> bronze -> silver)
+
+**Consumes** the lake's `raw/transactions/date=<date>/` zone: every object delivered for the
+partition date or earlier that the ingestion ledger has not seen (key + SHA-256).
+
+**Produces** `silver/transactions/date=*/` (Asset `silver_transactions`, extra: the dates it
+touched), `quarantine/` (rejected rows and files, with reasons), the ledger entries and a
+validation report in `reports/validation/`.
+
+**Starts** nightly (00:30 UTC, for the day that just ended), or when a person triggers it
+with a date. The sensor waits until the day's delivery is in the raw zone.
+
+**When it fails** at `validate`, a delivery broke the data contract
+(`expectations/raw_transactions.json`): the task log names the file, the counts and the
+broken rules, the bad rows or file are in `quarantine/`, raw is untouched and nothing
+downstream runs. Fix the delivery upstream and deliver it again (a new object), then re-run.
+Re-running the same date is safe: objects already in the ledger are skipped.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+
+from pipeline.assets import SILVER_TRANSACTIONS
+from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.operators import JobOperator
+from pipeline.runners import Resources
+from pipeline.sensors import LakeObjectsSensor
+
+with DAG(
+    dag_id="ingest_transactions",
+    doc_md=__doc__,
+    schedule=CronDataIntervalTimetable("30 0 * * *", timezone="UTC"),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[*TAGS, "ingestion"],
+    params={
+        "date": Param(None, type=["null", "string"], format="date", title="Partition date",
+                      description="Day whose delivery to ingest (also picks up earlier undelivered days). "
+                                  "Empty: the run's logical date."),
+    },
+) as dag:
+    wait_for_raw = LakeObjectsSensor(
+        task_id="wait_for_raw",
+        prefix="raw/transactions/date={date}",
+        poke_interval=300,
+        timeout=6 * 3600,
+        mode="reschedule",
+        doc_md="Waits until the day's delivery is in the raw zone (checks every 5 minutes, up to 6 hours).",
+    )
+    ingest = JobOperator(
+        step="ingest",
+        pass_run_id=True,
+        job_resources=Resources(cpu=1, memory_gb=2),
+        doc_md="Stages every new raw object as a bronze batch; unusable files are quarantined whole.",
+    )
+    validate = JobOperator(
+        step="validate",
+        pass_run_id=True,
+        job_resources=Resources(cpu=1, memory_gb=4),
+        outlets=[SILVER_TRANSACTIONS],
+        doc_md="Runs the Great Expectations contract; every row lands in silver or in quarantine with "
+               "its reasons. Fails (no retry) when a delivery is rejected.",
+    )
+    wait_for_raw >> ingest >> validate

@@ -1,0 +1,67 @@
+"""
+### Monitor drift and ask for retraining
+
+**Consumes** recent `gold/features` and the champion's training reference (a sample stored
+with the model version). Runs nightly (04:00 UTC) and after each new batch of predictions.
+
+**Produces** an Evidently data-drift report (HTML + JSON) in `reports/drift/date=<date>/` and
+in the champion's MLflow run. When the share of drifted columns reaches
+`PIPELINE_DRIFT_SHARE_THRESHOLD`, `signal_retraining` emits the `drift_detected` Asset (extra:
+the drift summary), which schedules `train_model`.
+
+**Decision** is shown by `decide`: drift share, threshold and the drifted columns.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+
+from pipeline.assets import DRIFT_SIGNAL, PREDICTIONS
+from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.operators import JobOperator
+from pipeline.runners import Resources
+
+with DAG(
+    dag_id="monitor_drift",
+    doc_md=__doc__,
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 4 * * *", timezone="UTC"), assets=[PREDICTIONS]
+    ),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[*TAGS, "monitoring", "drift"],
+    params={
+        "date": Param(None, type=["null", "string"], format="date", title="Last date",
+                      description="Last day of recent data. Empty: the run's logical date."),
+        "days": Param(1, type="integer", minimum=1, maximum=90, title="Days of recent data",
+                      description="How many days ending at the date form the current data set."),
+    },
+) as dag:
+    drift = JobOperator(
+        step="drift",
+        arguments=["--days", "{{ params.days }}"],
+        job_resources=Resources(cpu=1, memory_gb=4),
+        doc_md="Runs Evidently's data drift preset: champion's training reference vs recent features.",
+    )
+
+    @task.short_circuit
+    def decide(**context) -> bool:
+        """Continues to the retraining signal only when the data drifted; logs why either way."""
+        r = context["ti"].xcom_pull(task_ids="drift")
+        print(f"Drift share {r['drift_share']:.2f} over {r['window']} vs v{r['model_version']} reference; "
+              f"drifted columns: {', '.join(r['drifted_columns']) or 'none'}")
+        print("DRIFT: asking for retraining" if r["drifted"] else "No drift: nothing to do")
+        print(f"Report: {r['report_html']}")
+        return bool(r["drifted"])
+
+    @task(outlets=[DRIFT_SIGNAL])
+    def signal_retraining(**context) -> None:
+        """Emits the drift_detected event (with the drift summary) that schedules train_model."""
+        r = context["ti"].xcom_pull(task_ids="drift")
+        context["outlet_events"][DRIFT_SIGNAL].extra = {
+            k: r[k] for k in ("drift_share", "drifted_columns", "window", "model_version", "report_json")
+        }
+
+    drift >> decide() >> signal_retraining()

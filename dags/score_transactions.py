@@ -1,0 +1,60 @@
+"""
+### Score transactions with the champion (onnxruntime)
+
+**Consumes** `gold/features` (Asset `gold_features`): scores exactly the dates each new feature
+build published, with the model version that holds the `champion` alias.
+
+**Produces** `predictions/date=*/` (Asset `fraud_predictions`): fraud probability per
+transaction, with the model name and version that scored it. Published atomically per date.
+
+**Safety**: the ONNX file's SHA-256 is checked against the registry before any row is scored;
+a mismatch fails the task. Uses onnxruntime's CUDA provider when a GPU is really usable, CPU
+otherwise (the log says which).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, Param, task
+
+from pipeline.assets import GOLD_FEATURES, PREDICTIONS
+from pipeline.dates import partition_date, triggering_dates
+from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.operators import JobOperator
+from pipeline.runners import Resources
+
+with DAG(
+    dag_id="score_transactions",
+    doc_md=__doc__,
+    schedule=[GOLD_FEATURES],
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[*TAGS, "scoring"],
+    params={
+        "start_date": Param(None, type=["null", "string"], format="date", title="First date",
+                            description="First date to score. Empty: the triggering event's dates, or the end date."),
+        "date": Param(None, type=["null", "string"], format="date", title="Last date",
+                      description="Last date to score. Empty: the run's logical date."),
+    },
+) as dag:
+
+    @task
+    def plan_dates(**context) -> dict:
+        """Decides which dates to score: the form's range, else the triggering event's dates."""
+        params = context["params"]
+        dates = triggering_dates(context, "dates")
+        if params.get("start_date") or params.get("date") or not dates:
+            end = partition_date(context)
+            return {"start": params.get("start_date") or end, "end": end}
+        return {"start": dates[0], "end": dates[-1]}
+
+    score = JobOperator(
+        step="score",
+        date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
+        arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}"],
+        job_resources=Resources(cpu=2, memory_gb=4),
+        outlets=[PREDICTIONS],
+        doc_md="Scores the planned dates with the champion's ONNX model after checking its hash.",
+    )
+    plan_dates() >> score

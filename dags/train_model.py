@@ -1,0 +1,79 @@
+"""
+### Train, evaluate, gate and promote the fraud model
+
+**Consumes** `gold/features` over the training window ending at the run's date
+(`PIPELINE_TRAIN_WINDOW_DAYS`, default 30). Runs nightly (03:00 UTC) and whenever the drift
+monitor emits `drift_detected`.
+
+**Produces** an MLflow run and a registered version of `fraud-detector` (ONNX + preprocessing +
+training reference sample), a gate report in `reports/gate/` and in MLflow, and, only if the
+gate passes, the `champion` alias on the new version (Asset `champion_model`).
+
+**The gate** (`gate` task, its log shows every check): PR-AUC and ROC-AUC floors, ONNX parity
+with PyTorch, scoring latency, and not worse than the current champion on the same frozen
+holdout (the most recent `PIPELINE_HOLDOUT_DAYS` days). With no champion yet the floors decide.
+
+**Roll back** with `python -m jobs rollback` (the previous champion keeps the
+`previous-champion` alias).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+from airflow.providers.standard.operators.empty import EmptyOperator
+
+from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
+from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.operators import JobOperator
+from pipeline.runners import Resources
+
+with DAG(
+    dag_id="train_model",
+    doc_md=__doc__,
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=[DRIFT_SIGNAL]
+    ),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[*TAGS, "training", "gpu"],
+    params={
+        "date": Param(None, type=["null", "string"], format="date", title="Last training date",
+                      description="The training window ends here. Empty: the run's logical date."),
+    },
+) as dag:
+    train = JobOperator(
+        step="train",
+        pass_run_id=True,
+        arguments=["--trigger", "{{ dag_run.run_type }}"],
+        job_resources=Resources(cpu=4, memory_gb=8, gpu=1),
+        doc_md="Fits the PyTorch model (CUDA + bf16 when present, else CPU), exports ONNX, registers a version.",
+    )
+    evaluate = JobOperator(
+        step="evaluate",
+        arguments=["--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}"],
+        job_resources=Resources(cpu=2, memory_gb=4),
+        doc_md="Scores challenger and champion on the frozen holdout and writes the gate report.",
+    )
+
+    @task.branch
+    def gate(**context) -> str:
+        """Promotes only when every gate check passed; the verdict and each check are logged here."""
+        result = context["ti"].xcom_pull(task_ids="evaluate")
+        print(f"Gate verdict for v{result['model_version']}: {result['verdict']}")
+        for name, passed in result["checks"].items():
+            print(f"  {name}: {'pass' if passed else 'FAIL'}")
+        print(f"Report: {result['report']}")
+        return "promote" if result["passed"] else "keep_champion"
+
+    promote = JobOperator(
+        step="promote",
+        pass_date=False,
+        arguments=["--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}"],
+        outlets=[CHAMPION_MODEL],
+        doc_md="Moves the champion alias to the new version (the old one becomes previous-champion).",
+    )
+    keep_champion = EmptyOperator(task_id="keep_champion", doc_md="The challenger failed the gate: nothing changes.")
+
+    train >> evaluate >> gate() >> [promote, keep_champion]

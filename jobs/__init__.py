@@ -1,0 +1,1 @@
+"""Containerized jobs of the fraud-detection pipeline (``python -m jobs --help``)."""

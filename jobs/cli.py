@@ -1,0 +1,226 @@
+"""``python -m jobs <step>``: every pipeline step as one command line.
+
+The same command runs as a local process, in a Docker container or in a Kubernetes pod. Each
+step reads and writes the partitions of its ``--date`` only, logs progress to stderr, and ends
+with one JSON result line (see :mod:`jobs.result`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import date as Date
+from functools import wraps
+from typing import Annotated, Optional
+
+import typer
+
+from jobs.result import JobError, emit
+
+app = typer.Typer(
+    help="Fraud-detection pipeline jobs. Each step takes the logical --date it works on.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DateOpt = Annotated[str, typer.Option("--date", help="Logical date, YYYY-MM-DD.")]
+RunIdOpt = Annotated[str, typer.Option("--run-id", help="Identifier of this run (the Airflow run id).")]
+
+
+def _check_date(value: str) -> str:
+    try:
+        Date.fromisoformat(value)
+    except ValueError as exc:
+        raise JobError(f"--date {value!r} is not a YYYY-MM-DD date") from exc
+    return value
+
+
+def step(fn):
+    """Wrap a command: logging, clear errors with an exit code, one JSON result line."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        for noisy in ("py4j", "great_expectations", "evidently", "mlflow", "alembic", "urllib3", "botocore",
+                      "onnxscript", "onnx_ir", "torch"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
+            if "date" in kwargs and kwargs["date"] is not None:
+                _check_date(kwargs["date"])
+            emit(fn(*args, **kwargs))
+        except JobError as exc:
+            sys.stderr.write(f"ERROR: {exc}\n")
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _lake():
+    from jobs.lake import get_lake
+
+    return get_lake()
+
+
+def _settings():
+    from jobs.settings import get_settings
+
+    return get_settings()
+
+
+@app.command()
+@step
+def generate(
+    date: DateOpt,
+    days: Annotated[int, typer.Option(help="How many days ending at --date.")] = 1,
+    rows_per_day: Annotated[int, typer.Option(help="Transactions per day.")] = 3400,
+    seed: Annotated[int, typer.Option(help="Seed of the card population and the days.")] = 7,
+    fraud_rate: Annotated[float, typer.Option(help="Share of fraudulent transactions.")] = 0.02,
+    drift: Annotated[float, typer.Option(help="0 = the usual world, 1 = strongly drifted.")] = 0.0,
+    bad_rows: Annotated[int, typer.Option(help="Rows per day to break (contract violations).")] = 0,
+    name: Annotated[str, typer.Option(help="Object name suffix, for extra deliveries of a day.")] = "",
+):
+    """Generate synthetic transactions into the lake's raw/ zone (one CSV object per day)."""
+    from datetime import timedelta
+
+    from jobs import lake as lk
+    from jobs.generate import generate_day, inject_bad_rows
+
+    lake = _lake()
+    end = Date.fromisoformat(date)
+    written, unchanged = [], []
+    for i in range(days - 1, -1, -1):
+        d = (end - timedelta(days=i)).isoformat()
+        frame = generate_day(d, rows_per_day, seed=seed, fraud_rate=fraud_rate, drift=drift)
+        if bad_rows:
+            frame = inject_bad_rows(frame, bad_rows, seed=seed)
+        key = f"{lk.date_partition(lk.RAW_TRANSACTIONS, d)}/transactions-{d}{('-' + name) if name else ''}.csv"
+        data = frame.to_csv(index=False).encode()
+        if lake.exists(key):
+            if lake.read_bytes(key) == data:
+                unchanged.append(key)
+                continue
+            raise JobError(f"{lake.uri_of(key)} already exists with other content; raw objects are never "
+                           "modified: deliver under another --name")
+        lake.write_bytes(key, data)
+        written.append(key)
+    logging.getLogger("jobs.generate").info("wrote %d raw objects, %d already present", len(written), len(unchanged))
+    return {"written": [lake.uri_of(k) for k in written], "unchanged": len(unchanged),
+            "rows": rows_per_day * days, "raw": lake.uri_of(lk.RAW_TRANSACTIONS)}
+
+
+@app.command()
+@step
+def ingest(date: DateOpt, run_id: RunIdOpt):
+    """Stage raw objects delivered up to --date and not yet ingested as a bronze batch."""
+    from jobs.ingest import ingest as run
+
+    return run(_lake(), date, run_id)
+
+
+@app.command()
+@step
+def validate(date: DateOpt, run_id: RunIdOpt):
+    """Validate the run's bronze batch with Great Expectations; publish silver, quarantine the rest."""
+    from jobs.validate import validate_batch
+
+    s = _settings()
+    return {"date": date, **validate_batch(_lake(), run_id, s.expectations_dir, s.max_bad_row_share)}
+
+
+@app.command()
+@step
+def features(
+    date: DateOpt,
+    start: Annotated[Optional[str], typer.Option(help="First date to build (default: --date).")] = None,
+):
+    """Build point-in-time gold features with Spark for [--start, --date]."""
+    from jobs.features import build_gold
+
+    s = _settings()
+    if start:
+        _check_date(start)
+    return build_gold(_lake(), start or date, date, s.spark_master, s.spark_driver_memory)
+
+
+@app.command()
+@step
+def train(
+    date: DateOpt,
+    run_id: RunIdOpt = "",
+    trigger: Annotated[str, typer.Option(help="Why this run: manual, schedule or drift.")] = "manual",
+):
+    """Train the PyTorch model on the window ending at --date and register it in MLflow."""
+    from jobs.train import train as run
+
+    return run(_lake(), date, _settings(), trigger=trigger, airflow_run_id=run_id)
+
+
+@app.command()
+@step
+def evaluate(
+    date: DateOpt,
+    model_version: Annotated[str, typer.Option(help="Registered version to evaluate.")],
+):
+    """Score challenger and champion on the frozen holdout and run the promotion gate."""
+    from jobs.evaluate import evaluate as run
+
+    return run(_lake(), date, _settings(), model_version)
+
+
+@app.command()
+@step
+def promote(model_version: Annotated[str, typer.Option(help="Version that passed its gate.")]):
+    """Move the champion alias to a version whose gate passed."""
+    from jobs.promote import promote as run
+
+    return run(_settings(), model_version)
+
+
+@app.command()
+@step
+def rollback():
+    """Restore the previous champion."""
+    from jobs.promote import rollback as run
+
+    return run(_settings())
+
+
+@app.command()
+@step
+def score(
+    date: DateOpt,
+    start: Annotated[Optional[str], typer.Option(help="First date to score (default: --date).")] = None,
+):
+    """Score [--start, --date] with the champion's ONNX model on onnxruntime."""
+    from jobs.features import date_range
+    from jobs.score import score as run
+
+    return run(_lake(), date_range(_check_date(start) if start else date, date), _settings())
+
+
+@app.command()
+@step
+def drift(
+    date: DateOpt,
+    days: Annotated[int, typer.Option(help="Days of recent data ending at --date.")] = 1,
+):
+    """Compare recent features with the champion's training reference (Evidently)."""
+    from jobs.drift import check_drift
+
+    return check_drift(_lake(), date, _settings(), days=days)
+
+
+@app.command()
+@step
+def summary(date: DateOpt):
+    """Summarise the pipeline's state for --date and write run-summary.json."""
+    from jobs.summary import build_summary
+
+    return build_summary(_lake(), date, _settings())
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,87 @@
+"""Evaluation: challenger and champion on the same frozen holdout, then the gate decides."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jobs import lake as lk
+from jobs.features import LABEL
+from jobs.gate import decide
+from jobs.model import classification_metrics
+from jobs.registry import alias_version, load_bundle, mlflow_client, read_gold
+from jobs.result import JobError
+from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LATENCY_BATCH = 1000
+LATENCY_REPEATS = 15
+
+
+def scoring_latency_ms(bundle, frame) -> float:
+    """Median milliseconds to score a batch of 1,000 rows with onnxruntime."""
+    batch = frame.sample(LATENCY_BATCH, replace=len(frame) < LATENCY_BATCH, random_state=0)
+    bundle.predict(batch)  # warm-up
+    times = []
+    for _ in range(LATENCY_REPEATS):
+        t0 = time.perf_counter()
+        bundle.predict(batch)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -> dict:
+    """Score challenger (and champion) on the challenger's holdout, gate, and record the report."""
+    import mlflow
+
+    client = mlflow_client(settings)
+    mv = client.get_model_version(settings.model_name, model_version)
+    holdout_dates = mv.tags["holdout_dates"].split(",")
+    holdout = read_gold(lake, holdout_dates)
+    if holdout.empty or holdout[LABEL].nunique() < 2:
+        raise JobError(f"holdout {holdout_dates} has no rows or only one class in {lake.uri_of(lk.GOLD_FEATURES)}")
+    y = holdout[LABEL].to_numpy()
+    challenger = load_bundle(client, settings, model_version)
+    challenger_metrics = classification_metrics(y, challenger.predict(holdout))
+    champion_version = alias_version(client, settings, settings.champion_alias)
+    champion_metrics = None
+    if champion_version is not None and champion_version != str(model_version):
+        champion_metrics = classification_metrics(y, load_bundle(client, settings, champion_version).predict(holdout))
+    elif champion_version == str(model_version):
+        champion_version = None  # re-evaluating the champion itself: nothing to compare against
+    parity = client.get_run(mv.run_id).data.metrics["onnx_max_abs_diff"]
+    latency = scoring_latency_ms(challenger, holdout)
+    report = decide(
+        challenger_metrics, champion_metrics, challenger_version=str(model_version),
+        champion_version=champion_version, onnx_max_abs_diff=parity, latency_ms=latency,
+        min_pr_auc=settings.min_pr_auc, min_roc_auc=settings.min_roc_auc,
+        non_inferiority_margin=settings.non_inferiority_margin,
+        onnx_parity_tolerance=settings.onnx_parity_tolerance, latency_budget_ms=settings.latency_budget_ms,
+    )
+    payload = {**report.to_dict(), "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
+               "holdout_dates": holdout_dates, "logical_date": date}
+    base = f"{lk.REPORTS}/gate/date={date}/v{model_version}"
+    lake.write_json(base + ".json", payload)
+    lake.write_bytes(base + ".md", report.to_markdown().encode())
+    with mlflow.start_run(run_id=mv.run_id):
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in challenger_metrics.items()})
+        mlflow.log_metric("scoring_latency_ms_per_1k", latency)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "gate_report.md").write_text(report.to_markdown())
+            mlflow.log_artifact(str(Path(tmp) / "gate_report.md"), artifact_path="gate")
+        mlflow.log_dict(payload, "gate/gate_report.json")
+    client.set_model_version_tag(settings.model_name, model_version, "gate_passed", str(report.passed).lower())
+    client.set_model_version_tag(settings.model_name, model_version, "gate_verdict", report.verdict)
+    log.info("gate for v%s: %s", model_version, report.verdict)
+    for c in report.checks:
+        log.info("  %-24s %-10s %s %s -> %s", c.name, "n/a" if c.value is None else f"{c.value:.4g}",
+                 c.comparison, "" if c.threshold is None else f"{c.threshold:.4g}", "pass" if c.passed else "FAIL")
+    return {"passed": report.passed, "verdict": report.verdict, "model_version": str(model_version),
+            "champion_version": champion_version, "challenger_metrics": challenger_metrics,
+            "champion_metrics": champion_metrics, "report": lake.uri_of(base + ".md"),
+            "checks": {c.name: c.passed for c in report.checks}}

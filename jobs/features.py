@@ -1,0 +1,135 @@
+"""Point-in-time feature build on Spark: per-card behaviour from transactions strictly before.
+
+A feature of a transaction at time ``t`` only sees the same card's transactions in
+``[t - window, t - 1s]``; nothing at or after ``t`` leaks in. The same
+:func:`build_features` serves training and scoring (both read ``gold/features``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date as Date
+from datetime import timedelta
+
+from jobs import lake as lk
+
+log = logging.getLogger(__name__)
+
+WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
+LOOKBACK_DAYS = 7  # the longest window: history read before the first built date
+NUMERIC_FEATURES = [
+    "log_amount",
+    "hour_of_day",
+    "day_of_week",
+    "card_txn_count_1h",
+    "card_txn_count_24h",
+    "card_txn_count_7d",
+    "card_log_amount_sum_1h",
+    "card_log_amount_sum_24h",
+    "card_log_amount_sum_7d",
+    "amount_to_card_mean_7d",
+    "log_secs_since_prev_txn",
+    "category_new_for_card_7d",
+    "country_new_for_card_7d",
+]
+CATEGORICAL_FEATURES = ["merchant_category", "channel", "country"]
+KEY_COLUMNS = ["transaction_id", "card_id", "timestamp", "date"]
+LABEL = "is_fraud"
+FEATURE_COLUMNS = NUMERIC_FEATURES + CATEGORICAL_FEATURES
+
+
+def spark_session(master: str, driver_memory: str = "1g", app_name: str = "fraud-features"):
+    """A Spark session in UTC with small-data friendly defaults."""
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def build_features(transactions):
+    """Point-in-time features for every row of ``transactions`` (a Spark DataFrame of silver rows).
+
+    Input columns: transaction_id, card_id, merchant_category, amount, timestamp, channel,
+    country, is_fraud. Output: :data:`KEY_COLUMNS` + :data:`FEATURE_COLUMNS` + label.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    df = transactions.withColumn("ts", F.unix_seconds(F.col("timestamp").cast("timestamp")))
+    by_card = Window.partitionBy("card_id").orderBy("ts")
+    out = df.withColumn("log_amount", F.log1p("amount"))
+    for name, seconds in WINDOWS.items():
+        w = by_card.rangeBetween(-seconds, -1)  # strictly before: excludes the row itself
+        out = out.withColumn(f"card_txn_count_{name}", F.count("amount").over(w).cast("double"))
+        out = out.withColumn(
+            f"card_log_amount_sum_{name}", F.log1p(F.coalesce(F.sum("amount").over(w), F.lit(0.0)))
+        )
+    w7 = by_card.rangeBetween(-WINDOWS["7d"], -1)
+    mean_7d = F.avg("amount").over(w7)
+    out = out.withColumn("amount_to_card_mean_7d", F.coalesce(F.col("amount") / mean_7d, F.lit(1.0)))
+    prev_ts = F.max("ts").over(w7)
+    out = out.withColumn(
+        "log_secs_since_prev_txn",
+        F.log1p(F.coalesce(F.col("ts") - prev_ts, F.lit(WINDOWS["7d"])).cast("double")),
+    )
+    for col in ("merchant_category", "country"):
+        w = Window.partitionBy("card_id", col).orderBy("ts").rangeBetween(-WINDOWS["7d"], -1)
+        out = out.withColumn(
+            f"{'category' if col == 'merchant_category' else col}_new_for_card_7d",
+            (F.count("amount").over(w) == 0).cast("double"),
+        )
+    out = (
+        out.withColumn("hour_of_day", F.hour("timestamp").cast("double"))
+        .withColumn("day_of_week", (F.dayofweek("timestamp") - 1).cast("double"))
+        .withColumn("date", F.date_format("timestamp", "yyyy-MM-dd"))
+        .withColumn(LABEL, F.col(LABEL).cast("int"))
+    )
+    return out.select(*KEY_COLUMNS, *FEATURE_COLUMNS, LABEL)
+
+
+def date_range(start: str, end: str) -> list[str]:
+    """Inclusive list of ISO dates."""
+    s, e = Date.fromisoformat(start), Date.fromisoformat(end)
+    if e < s:
+        raise ValueError(f"end {end} is before start {start}")
+    return [(s + timedelta(days=i)).isoformat() for i in range((e - s).days + 1)]
+
+
+def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: str) -> dict:
+    """Build ``gold/features`` for every silver date in [start, end]; atomic per date."""
+    from pyspark.sql import functions as F
+
+    wanted = date_range(start, end)
+    history_start = (Date.fromisoformat(start) - timedelta(days=LOOKBACK_DAYS)).isoformat()
+    available = [d for d in lake.list_partitions(lk.SILVER_TRANSACTIONS) if history_start <= d <= end]
+    targets = [d for d in wanted if d in available]
+    if not targets:
+        return {"dates": [], "rows": 0, "gold": lake.uri_of(lk.GOLD_FEATURES),
+                "note": f"no silver partitions in [{start}, {end}]"}
+    spark = spark_session(master, driver_memory)
+    try:
+        paths = [str(lake.path(lk.date_partition(lk.SILVER_TRANSACTIONS, d))) for d in available]
+        log.info("reading %d silver partitions (%s .. %s) with Spark %s", len(paths), available[0], end, master)
+        silver = spark.read.parquet(*paths)
+        feats = build_features(silver).where(F.col("date").isin(targets))
+        staging = lake.staging_dir(lk.GOLD_FEATURES + "/_build")
+        feats.repartition("date").write.mode("overwrite").partitionBy("date").parquet(str(staging))
+        counts = {r["date"]: r["count"] for r in feats.groupBy("date").count().collect()}
+    finally:
+        spark.stop()
+    for d in targets:
+        lake.swap_in(staging / f"date={d}", lk.date_partition(lk.GOLD_FEATURES, d))
+        log.info("published gold features for %s: %d rows", d, counts.get(d, 0))
+    lake.discard(staging)
+    return {"dates": targets, "rows": int(sum(counts.values())), "gold": lake.uri_of(lk.GOLD_FEATURES),
+            "rows_by_date": counts}

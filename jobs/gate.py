@@ -1,0 +1,87 @@
+"""The promotion gate: explicit checks, each with its value, threshold and verdict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Check:
+    name: str
+    value: float | None
+    threshold: float | None
+    comparison: str  # how value is compared with threshold, for the report
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class GateReport:
+    passed: bool
+    verdict: str
+    checks: list[Check]
+    challenger_version: str
+    champion_version: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# Gate report: challenger v{self.challenger_version} "
+            f"vs champion {('v' + self.champion_version) if self.champion_version else '(none)'}",
+            "",
+            f"**Verdict: {'PASS' if self.passed else 'FAIL'}** — {self.verdict}",
+            "",
+            "| check | value | threshold | result | note |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for c in self.checks:
+            value = "n/a" if c.value is None else f"{c.value:.4g}"
+            thr = "n/a" if c.threshold is None else f"{c.comparison} {c.threshold:.4g}"
+            lines.append(f"| {c.name} | {value} | {thr} | {'pass' if c.passed else 'FAIL'} | {c.note} |")
+        return "\n".join(lines) + "\n"
+
+
+def decide(
+    challenger: dict,
+    champion: dict | None,
+    *,
+    challenger_version: str,
+    champion_version: str | None,
+    onnx_max_abs_diff: float,
+    latency_ms: float,
+    min_pr_auc: float,
+    min_roc_auc: float,
+    non_inferiority_margin: float,
+    onnx_parity_tolerance: float,
+    latency_budget_ms: float,
+) -> GateReport:
+    """Gate a challenger: floors, ONNX parity, latency, and not worse than the champion.
+
+    First-run policy: with no champion, the champion comparison is skipped (recorded as such)
+    and the absolute floors alone decide.
+    """
+    checks = [
+        Check("pr_auc_floor", challenger["pr_auc"], min_pr_auc, ">=", challenger["pr_auc"] >= min_pr_auc),
+        Check("roc_auc_floor", challenger["roc_auc"], min_roc_auc, ">=", challenger["roc_auc"] >= min_roc_auc),
+        Check("onnx_parity", onnx_max_abs_diff, onnx_parity_tolerance, "<=", onnx_max_abs_diff <= onnx_parity_tolerance,
+              "max |onnx - torch| on the holdout"),
+        Check("latency_ms_per_1k_rows", latency_ms, latency_budget_ms, "<=", latency_ms <= latency_budget_ms,
+              "onnxruntime, median of repeated batches"),
+    ]
+    if champion is None:
+        checks.append(Check("beats_champion", None, None, "", True, "first run: no champion yet, floors decide"))
+    else:
+        delta = challenger["pr_auc"] - champion["pr_auc"]
+        checks.append(Check("beats_champion", delta, -non_inferiority_margin, ">=", delta >= -non_inferiority_margin,
+                            f"PR-AUC challenger {challenger['pr_auc']:.4f} - champion {champion['pr_auc']:.4f}"))
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        verdict = f"keep the champion: failed {', '.join(failed)}"
+    elif champion is None:
+        verdict = f"promote: first model clears every floor (PR-AUC {challenger['pr_auc']:.4f})"
+    else:
+        verdict = (f"promote: PR-AUC {challenger['pr_auc']:.4f} vs champion {champion['pr_auc']:.4f} "
+                   f"(margin {non_inferiority_margin})")
+    return GateReport(not failed, verdict, checks, challenger_version, champion_version)

@@ -1,0 +1,102 @@
+"""One home for configuration: every knob is read from the environment (prefix ``PIPELINE_``).
+
+Defaults give the embedded, single-machine setup; the docker-compose stack and production
+override them through environment variables only.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Pipeline settings. Each field can be set as ``PIPELINE_<FIELD_NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    state_dir: Path = Field(
+        default=PROJECT_ROOT / ".state",
+        description="Local state folder (lake, Airflow home, MLflow store, run summary).",
+    )
+    lake_uri: str = Field(
+        default="",
+        description="Lake root URI; empty means file://<state_dir>/lake.",
+    )
+    mlflow_tracking_uri: str = Field(
+        default="",
+        description="MLflow tracking URI; empty means sqlite:///<state_dir>/mlflow/mlflow.db.",
+    )
+    expectations_dir: Path = Field(default=PROJECT_ROOT / "expectations")
+
+    # --- Spark --------------------------------------------------------------------------
+    spark_master: str = Field(
+        default="local[*]", description="Spark master URL: local[*] or a cluster (spark://, k8s://)."
+    )
+    spark_driver_memory: str = "1g"
+
+    # --- validation ---------------------------------------------------------------------
+    # A delivery with more bad rows than this share is rejected whole: it points to a broken
+    # upstream export rather than a few bad records.
+    max_bad_row_share: float = 0.05
+
+    # --- model --------------------------------------------------------------------------
+    model_name: str = "fraud-detector"
+    experiment_name: str = "fraud-detection"
+    champion_alias: str = "champion"
+    previous_champion_alias: str = "previous-champion"
+    train_window_days: int = 30  # history a model is fitted on
+    holdout_days: int = 5  # most recent days, never seen in fitting: the time-based holdout
+    seed: int = 42
+    device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+    code_version: str = Field(default="dev", description="Code version recorded with every model (git sha in CI/images).")
+    max_epochs: int = 30
+    early_stopping_patience: int = 4
+    batch_size: int = 512
+    learning_rate: float = 2e-3
+
+    # --- gate ---------------------------------------------------------------------------
+    # Floors a first model must clear: below these a fraud model is worse than useless noise.
+    min_pr_auc: float = 0.30
+    min_roc_auc: float = 0.80
+    # A challenger may be at most this much worse (PR-AUC) than the champion and still win,
+    # so that retraining on fresh data is not blocked by noise.
+    non_inferiority_margin: float = 0.01
+    onnx_parity_tolerance: float = 1e-4
+    # Batch scoring must keep up with a day of transactions on one CPU core.
+    latency_budget_ms: float = 50.0
+
+    # --- drift --------------------------------------------------------------------------
+    # Share of monitored columns that must drift before the data set counts as drifted.
+    drift_share_threshold: float = 0.3
+
+    @property
+    def resolved_lake_uri(self) -> str:
+        """Lake root as a URI; defaults to a folder inside the state directory."""
+        if self.lake_uri:
+            return self.lake_uri.rstrip("/")
+        return (self.state_dir.resolve() / "lake").as_uri()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        """MLflow tracking URI; defaults to a SQLite store inside the state directory."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.state_dir.resolve() / 'mlflow' / 'mlflow.db')}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        """Where MLflow artifacts go for experiments this project creates."""
+        return (self.state_dir.resolve() / "mlflow" / "artifacts").as_uri()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings for this process (read once from the environment)."""
+    return Settings()

@@ -1,0 +1,102 @@
+"""The pipeline's state for a date, as a person reads it and as ``run-summary.json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pyarrow.parquet as pq
+
+from jobs import lake as lk
+from jobs.ingest import read_ledger
+from jobs.registry import alias_version, mlflow_client
+from jobs.settings import Settings
+
+
+def _rows(lake: lk.Lake, zone: str) -> int:
+    return sum(pq.ParquetFile(lake.path(k)).metadata.num_rows for k in lake.list(zone) if k.endswith(".parquet"))
+
+
+def _latest(lake: lk.Lake, prefix: str, suffix: str) -> dict | None:
+    keys = [k for k in lake.list(prefix) if k.endswith(suffix)]
+    if not keys:
+        return None
+    keys.sort(key=lambda k: int(k.rsplit("/v", 1)[-1].split(".")[0]) if "/v" in k else 0)
+    return {"key": keys[-1], **lake.read_json(keys[-1])}
+
+
+def build_summary(lake: lk.Lake, date: str, settings: Settings) -> dict:
+    """Collect counts, model identity, gate decision and drift result; write run-summary.json."""
+    ledger = read_ledger(lake)
+    client = mlflow_client(settings)
+    champion = alias_version(client, settings, settings.champion_alias)
+    champion_run = client.get_model_version(settings.model_name, champion).run_id if champion else None
+    versions = client.search_model_versions(f"name='{settings.model_name}'")
+    latest = max((int(v.version) for v in versions), default=None)
+    gate = _latest(lake, f"{lk.REPORTS}/gate/date={date}", ".json")
+    drift_key = f"{lk.REPORTS}/drift/date={date}/drift.json"
+    drift = lake.read_json(drift_key) if lake.exists(drift_key) else None
+    summary = {
+        "date": date,
+        "lake": lake.uri,
+        "ingestion": {
+            "objects_in_ledger": len(ledger),
+            "rows_delivered": sum(e.get("rows_delivered") or 0 for e in ledger),
+            "rows_silver": sum(e.get("rows_silver") or 0 for e in ledger),
+            "rows_quarantined": sum(e.get("rows_quarantined") or 0 for e in ledger),
+            "objects_rejected": [e["key"] for e in ledger if e.get("status") != "ingested"],
+        },
+        "silver_rows": _rows(lake, lk.SILVER_TRANSACTIONS),
+        "feature_rows": _rows(lake, lk.GOLD_FEATURES),
+        "feature_dates": len(lake.list_partitions(lk.GOLD_FEATURES)),
+        "prediction_rows": _rows(lake, lk.PREDICTIONS),
+        "model": {
+            "name": settings.model_name,
+            "champion_version": champion,
+            "champion_mlflow_run_id": champion_run,
+            "latest_version": str(latest) if latest is not None else None,
+            "tracking_uri": settings.resolved_tracking_uri,
+        },
+        "gate": None if gate is None else {
+            "model_version": gate["challenger_version"], "passed": gate["passed"], "verdict": gate["verdict"],
+            "metrics": gate["challenger_metrics"], "champion_metrics": gate["champion_metrics"],
+            "report": lake.uri_of(gate["key"].removesuffix(".json") + ".md"),
+        },
+        "drift": None if drift is None else {
+            "drifted": drift["drifted"], "drift_share": drift["drift_share"],
+            "drifted_columns": drift["drifted_columns"], "report": lake.uri_of(drift_key.replace(".json", ".html")),
+        },
+        "reports": lake.uri_of(lk.REPORTS),
+    }
+    out = settings.state_dir / "run-summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    sys.stdout.write(render(summary) + f"\nSummary written to {out}\n")
+    return {"summary_file": str(out), "champion_version": champion}
+
+
+def render(s: dict) -> str:
+    """The summary as a short, readable block of text."""
+    i, m, g, d = s["ingestion"], s["model"], s["gate"], s["drift"]
+    lines = [
+        f"Pipeline summary for {s['date']}  (lake: {s['lake']})",
+        f"  ingestion   {i['rows_delivered']:>8} rows delivered in {i['objects_in_ledger']} objects: "
+        f"{i['rows_silver']} landed in silver, {i['rows_quarantined']} quarantined"
+        + (f"; rejected objects: {len(i['objects_rejected'])}" if i["objects_rejected"] else ""),
+        f"  features    {s['feature_rows']:>8} rows over {s['feature_dates']} dates (gold/features)",
+        f"  model       {m['name']} champion v{m['champion_version']} "
+        f"(MLflow run {m['champion_mlflow_run_id']}); latest version v{m['latest_version']}",
+    ]
+    if g:
+        mt = g["metrics"]
+        lines.append(f"  gate        v{g['model_version']}: {'PASS' if g['passed'] else 'FAIL'} - {g['verdict']}")
+        lines.append(f"              PR-AUC {mt['pr_auc']:.4f}  ROC-AUC {mt['roc_auc']:.4f}  Brier {mt['brier']:.4f}  "
+                     f"recall@90%precision {mt['recall_at_precision_90']:.3f}")
+        lines.append(f"              report {g['report']}")
+    lines.append(f"  scoring     {s['prediction_rows']:>8} predictions (predictions/)")
+    if d:
+        lines.append(f"  drift       {'DRIFT' if d['drifted'] else 'no drift'}: share {d['drift_share']:.2f}; "
+                     f"drifted columns: {', '.join(d['drifted_columns']) or 'none'}")
+        lines.append(f"              report {d['report']}")
+    lines.append(f"  MLflow      {m['tracking_uri']}")
+    return "\n".join(lines)

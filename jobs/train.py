@@ -1,0 +1,197 @@
+"""Training: fit the fraud MLP on a time window of gold features, export ONNX, register in MLflow.
+
+The most recent ``holdout_days`` are never used for fitting: they are the frozen, time-based
+holdout that evaluation scores challenger and champion on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from datetime import date as Date
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from jobs import lake as lk
+from jobs.features import FEATURE_COLUMNS, LABEL
+from jobs.model import Preprocessing, build_model, classification_metrics
+from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, file_sha256, mlflow_client, read_gold
+from jobs.result import JobError
+from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VALIDATION_SHARE = 0.15  # most recent share of the fitting rows, used for early stopping
+REFERENCE_ROWS = 5000  # training sample stored with the model for drift checks
+
+
+def time_split(frame: pd.DataFrame, holdout_days: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(fit, validation, holdout) by time: holdout = last days, validation = end of the rest."""
+    dates = sorted(frame["date"].unique())
+    if len(dates) <= holdout_days:
+        raise JobError(f"need more than {holdout_days} days of features to hold out {holdout_days}; have {len(dates)}")
+    holdout_dates = dates[-holdout_days:]
+    holdout = frame[frame["date"].isin(holdout_dates)]
+    rest = frame[~frame["date"].isin(holdout_dates)].sort_values("timestamp")
+    cut = int(len(rest) * (1 - VALIDATION_SHARE))
+    return rest.iloc[:cut], rest.iloc[cut:], holdout
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, device: str, on_epoch=None):
+    """Train with early stopping on validation PR-AUC; returns (model, preprocessing, history)."""
+    import torch
+
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    pre = Preprocessing.fit(fit_rows)
+    net, _ = build_model(pre)
+    net.to(device)
+    xn, xc = (torch.from_numpy(a) for a in pre.encode(fit_rows))
+    y = torch.from_numpy(fit_rows[LABEL].to_numpy().astype("float32"))
+    vn, vc = (torch.from_numpy(a).to(device) for a in pre.encode(val_rows))
+    positives = float(y.sum())
+    if positives == 0 or val_rows[LABEL].nunique() < 2:
+        raise JobError("training window holds no fraud examples in fitting or validation rows")
+    # Class imbalance: weight positives by the negative/positive ratio.
+    pos_weight = torch.tensor((len(y) - positives) / positives, device=device)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    opt = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(settings.seed)
+    use_bf16 = device.startswith("cuda")
+    best, best_state, stale, history = -1.0, None, 0, []
+    for epoch in range(1, settings.max_epochs + 1):
+        net.train()
+        order = torch.randperm(len(y), generator=gen)
+        total = 0.0
+        for i in range(0, len(order), settings.batch_size):
+            idx = order[i : i + settings.batch_size]
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = net(xn[idx].to(device), xc[idx].to(device))
+            loss = loss_fn(logits.float(), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        net.eval()
+        with torch.no_grad():
+            val_scores = torch.sigmoid(net(vn, vc)).float().cpu().numpy()
+        val = classification_metrics(val_rows[LABEL].to_numpy(), val_scores)
+        row = {"epoch": epoch, "train_loss": total / len(y), "val_pr_auc": val["pr_auc"], "val_roc_auc": val["roc_auc"]}
+        history.append(row)
+        log.info("epoch %d/%d  loss=%.4f  val_pr_auc=%.4f  val_roc_auc=%.4f",
+                 epoch, settings.max_epochs, row["train_loss"], row["val_pr_auc"], row["val_roc_auc"])
+        if on_epoch:
+            on_epoch(row)
+        if val["pr_auc"] > best + 1e-4:
+            best, stale = val["pr_auc"], 0
+            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= settings.early_stopping_patience:
+                log.info("early stopping: no val PR-AUC gain for %d epochs (best %.4f)", stale, best)
+                break
+    net.load_state_dict(best_state)
+    return net.cpu().eval(), pre, history
+
+
+def export_onnx(net, pre: Preprocessing, path: Path) -> None:
+    """Export probabilities(numeric, categorical) with a dynamic batch dimension."""
+    import torch
+
+    _, Probability = build_model(pre)
+    wrapped = Probability(net).eval()
+    example = (torch.zeros(2, len(pre.numeric)), torch.zeros(2, len(pre.categorical), dtype=torch.int64))
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        wrapped, example, str(path), input_names=["numeric", "categorical"], output_names=["probability"],
+        dynamic_shapes=({0: batch}, {0: batch}), dynamo=True, external_data=False, verbose=False,
+    )
+
+
+def torch_scores(net, pre: Preprocessing, frame: pd.DataFrame) -> np.ndarray:
+    """Reference probabilities from the PyTorch model (CPU, float32)."""
+    import torch
+
+    numeric, categorical = pre.encode(frame)
+    with torch.no_grad():
+        return torch.sigmoid(net(torch.from_numpy(numeric), torch.from_numpy(categorical))).numpy()
+
+
+def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual", airflow_run_id: str = "") -> dict:
+    """Fit on the window ending at ``date``, register a new model version, return its identity."""
+    import mlflow
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    end = Date.fromisoformat(date)
+    window = [(end - timedelta(days=i)).isoformat() for i in range(settings.train_window_days)][::-1]
+    frame = read_gold(lake, window)
+    if frame.empty:
+        raise JobError(f"no gold features in {lake.uri_of(lk.GOLD_FEATURES)} for {window[0]}..{window[-1]}")
+    fit_rows, val_rows, holdout = time_split(frame, settings.holdout_days)
+    device = pick_device(settings.device)
+    log.info("training on %d rows (%d fraud), validating on %d, holding out %d (%s..%s) on %s",
+             len(fit_rows), int(fit_rows[LABEL].sum()), len(val_rows), len(holdout),
+             holdout["date"].min(), holdout["date"].max(), device)
+    client = mlflow_client(settings)
+    with mlflow.start_run(run_name=f"train-{date}") as run:
+        mlflow.set_tags({"trigger": trigger, "airflow_run_id": airflow_run_id, "logical_date": date,
+                         "device": device, "code_version": settings.code_version})
+        mlflow.log_params({
+            "train_window": f"{window[0]}..{window[-1]}", "holdout_dates": ",".join(sorted(holdout["date"].unique())),
+            "fit_rows": len(fit_rows), "val_rows": len(val_rows), "seed": settings.seed,
+            "max_epochs": settings.max_epochs, "batch_size": settings.batch_size, "lr": settings.learning_rate,
+            "features": ",".join(FEATURE_COLUMNS), "device": device, "torch": torch.__version__,
+        })
+        net, pre, history = fit(
+            fit_rows, val_rows, settings, device,
+            on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            onnx_path = tmp / "model.onnx"
+            export_onnx(net, pre, onnx_path)
+            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            numeric, categorical = pre.encode(holdout)
+            onnx_scores = session.run(None, {"numeric": numeric, "categorical": categorical})[0]
+            parity = float(np.max(np.abs(onnx_scores - torch_scores(net, pre, holdout))))
+            log.info("ONNX parity on %d holdout rows: max |onnx - torch| = %.2e", len(holdout), parity)
+            (tmp / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=2))
+            torch.save(net.state_dict(), tmp / "model_state.pt")
+            sample = fit_rows.sample(min(REFERENCE_ROWS, len(fit_rows)), random_state=settings.seed)
+            sample.to_parquet(tmp / "reference.parquet", index=False)
+            for name in ("preprocessing.json", "model_state.pt", "reference.parquet"):
+                mlflow.log_artifact(str(tmp / name), artifact_path=BUNDLE_DIR)
+            mlflow.log_metrics({"onnx_max_abs_diff": parity, "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
+                                "epochs": len(history)})
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)), name="model", registered_model_name=settings.model_name,
+                pip_requirements=["onnxruntime"], save_as_external_data=False,
+            )
+        version = str(info.registered_model_version)
+        stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}"))
+        digest = file_sha256(next(stored.rglob("*.onnx")))
+        for key, value in {ONNX_SHA_TAG: digest, "trigger": trigger, "logical_date": date,
+                           "train_window": f"{window[0]}..{window[-1]}", "code_version": settings.code_version,
+                           "holdout_dates": ",".join(sorted(holdout["date"].unique()))}.items():
+            client.set_model_version_tag(settings.model_name, version, key, value)
+    return {
+        "mlflow_run_id": run.info.run_id, "model_name": settings.model_name, "model_version": version,
+        "device": device, "epochs": len(history), "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
+        "onnx_max_abs_diff": parity, "onnx_sha256": digest, "fit_rows": len(fit_rows),
+        "holdout_rows": len(holdout),
+    }

@@ -1,0 +1,16 @@
+"""Settings every DAG of the project shares."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+TAGS = ["fraud-detection"]
+
+DEFAULT_ARGS = {
+    "owner": "ml-platform",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "execution_timeout": timedelta(hours=2),
+}

@@ -1,0 +1,21 @@
+# Environment of the embedded default: sourced by `make run`, `make up` and the tests.
+# Everything lives under one state folder (PIPELINE_STATE_DIR, default ./.state, ignored by git).
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PIPELINE_STATE_DIR="${PIPELINE_STATE_DIR:-$ROOT/.state}"
+mkdir -p "$PIPELINE_STATE_DIR"
+PIPELINE_STATE_DIR="$(cd "$PIPELINE_STATE_DIR" && pwd)"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$PIPELINE_STATE_DIR/airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+# The default pre-forks 32 workers (~1.5 GB); 4 is plenty on a laptop.
+export AIRFLOW__CORE__PARALLELISM=4
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
+export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30
+export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
+export MLFLOW_DISABLE_TELEMETRY=true
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+export TQDM_DISABLE=1
+export PYTHONPATH="$ROOT/plugins${PYTHONPATH:+:$PYTHONPATH}"
