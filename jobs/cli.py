@@ -93,7 +93,7 @@ def generate(
     written, unchanged = [], []
     for i in range(days - 1, -1, -1):
         d = (end - timedelta(days=i)).isoformat()
-        frame = generate_day(d, rows_per_day, seed=seed, fraud_rate=fraud_rate, drift=drift)
+        frame = generate_day(d, rows_per_day, seed=seed, fraud_rate=fraud_rate, drift=drift, delivery=name)
         if bad_rows:
             frame = inject_bad_rows(frame, bad_rows, seed=seed)
         key = f"{lk.date_partition(lk.RAW_TRANSACTIONS, d)}/transactions-{d}{('-' + name) if name else ''}.csv"

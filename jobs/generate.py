@@ -63,8 +63,8 @@ def card_population(seed: int, n_cards: int) -> CardPopulation:
     )
 
 
-def _day_rng(seed: int, date: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"{seed}:{date}".encode()).digest()
+def _day_rng(seed: int, date: str, delivery: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}:{date}:{delivery}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
@@ -76,8 +76,11 @@ def generate_day(
     n_cards: int = 3000,
     fraud_rate: float = 0.02,
     drift: float = 0.0,
+    delivery: str = "",
 ) -> pd.DataFrame:
     """One day of transactions (UTC), sorted by time.
+
+    ``delivery`` names an extra delivery for the same day: other transactions, other ids.
 
     ``drift`` in [0, 1] shifts the world: higher amounts, new merchant categories, more online
     spending and a changed fraud pattern (fraud moves to domestic card-present purchases).
@@ -85,7 +88,7 @@ def generate_day(
     if not 0.0 <= drift <= 1.0:
         raise ValueError(f"drift must be within [0, 1], got {drift}")
     cards = card_population(seed, n_cards)
-    rng = _day_rng(seed, date)
+    rng = _day_rng(seed, date, delivery)
     day_start = pd.Timestamp(date, tz="UTC").tz_localize(None)
 
     n_fraud = int(round(n_rows * fraud_rate))
@@ -161,7 +164,7 @@ def generate_day(
     out = pd.DataFrame(
         {
             "transaction_id": [
-                f"tx_{date.replace('-', '')}_{i:07d}" for i in range(len(df))
+                f"tx_{date.replace('-', '')}{('_' + delivery) if delivery else ''}_{i:07d}" for i in range(len(df))
             ],
             "card_id": cards.card_ids[df["card_idx"]],
             "customer_id": cards.customer_ids[df["card_idx"]],

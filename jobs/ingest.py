@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import re
+import zlib
 
 import pandas as pd
 
@@ -53,7 +54,7 @@ def parse_raw(key: str, data: bytes) -> pd.DataFrame:
     if name.endswith(".gz"):
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise FileRejected("corrupt_gzip", str(exc)) from exc
         name = name[:-3]
     if not data.strip():
@@ -142,7 +143,7 @@ def ingest(lake: lk.Lake, date: str, run_id: str) -> dict:
         "bronze_batch": lake.uri_of(batch_key),
         "run_id": run_id,
         "objects": len(keys),
-        "rows_delivered": sum(o["rows_delivered"] for o in manifest["objects"]),
+        "rows_delivered": sum(o["rows_delivered"] or 0 for o in manifest["objects"]),
         "files_rejected": [o["key"] for o in manifest["objects"] if o["status"] == "rejected_file"],
     }
 

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from jobs.result import JobError
+
 RAW_TRANSACTIONS = "raw/transactions"
 BRONZE_BATCHES = "bronze/batches"
 SILVER_TRANSACTIONS = "silver/transactions"
@@ -35,7 +37,7 @@ def date_partition(zone: str, date: str) -> str:
     return f"{zone}/date={date}"
 
 
-class LakeError(RuntimeError):
+class LakeError(JobError):
     """A lake operation failed (missing object, unsupported scheme)."""
 
 

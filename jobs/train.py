@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from jobs import lake as lk
-from jobs.features import FEATURE_COLUMNS, LABEL
+from jobs.features import FEATURE_COLUMNS, LABEL, LOOKBACK_DAYS
 from jobs.model import Preprocessing, build_model, classification_metrics
 from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, file_sha256, mlflow_client, read_gold
 from jobs.result import JobError
@@ -39,6 +39,17 @@ def time_split(frame: pd.DataFrame, holdout_days: int) -> tuple[pd.DataFrame, pd
     rest = frame[~frame["date"].isin(holdout_dates)].sort_values("timestamp")
     cut = int(len(rest) * (1 - VALIDATION_SHARE))
     return rest.iloc[:cut], rest.iloc[cut:], holdout
+
+
+def drift_reference(fit_rows: pd.DataFrame, min_rows: int = 500) -> pd.DataFrame:
+    """Fitting rows whose card history was fully observable (after the first LOOKBACK_DAYS).
+
+    Rows in the first days of the window have short histories, so their history features look
+    different from any later day's; a reference built on them would report drift on normal data.
+    """
+    first = Date.fromisoformat(fit_rows["date"].min())
+    complete = fit_rows[fit_rows["date"] >= (first + timedelta(days=LOOKBACK_DAYS)).isoformat()]
+    return complete if len(complete) >= min_rows else fit_rows
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -172,7 +183,9 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
             log.info("ONNX parity on %d holdout rows: max |onnx - torch| = %.2e", len(holdout), parity)
             (tmp / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=2))
             torch.save(net.state_dict(), tmp / "model_state.pt")
-            sample = fit_rows.sample(min(REFERENCE_ROWS, len(fit_rows)), random_state=settings.seed)
+            reference = drift_reference(fit_rows)
+            sample = reference.sample(min(REFERENCE_ROWS, len(reference)), random_state=settings.seed)
+            mlflow.log_param("reference_window", f"{reference['date'].min()}..{reference['date'].max()}")
             sample.to_parquet(tmp / "reference.parquet", index=False)
             for name in ("preprocessing.json", "model_state.pt", "reference.parquet"):
                 mlflow.log_artifact(str(tmp / name), artifact_path=BUNDLE_DIR)

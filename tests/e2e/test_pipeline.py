@@ -1,0 +1,177 @@
+"""The whole chain through Airflow (`airflow dags test`, DAG after DAG) on small generated data.
+
+Slow (minutes): marked ``e2e``. Asserts what a user would check: every raw row is in silver or
+quarantine, a champion exists, ONNX agrees with PyTorch, predictions landed, drift is flagged
+for drifted data only, and a malformed delivery stops the pipeline with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+END = "2026-06-20"
+DAYS = 14
+ROWS_PER_DAY = 700
+NEXT = (date.fromisoformat(END) + timedelta(days=1)).isoformat()
+AFTER = (date.fromisoformat(END) + timedelta(days=2)).isoformat()
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    state = tmp_path_factory.mktemp("e2e-state")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINE_"))}
+    env.update(PIPELINE_STATE_DIR=str(state), PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+               PIPELINE_HOLDOUT_DAYS="4", PIPELINE_MAX_EPOCHS="15")
+    sh(env, "airflow db migrate")
+    return env
+
+
+def sh(env, command: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run(["bash", "-c", f"source scripts/env.sh && {command}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{command} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def dag_test(env, dag_id: str, day: str, conf: dict | None = None, check: bool = True):
+    conf_arg = f" -c '{json.dumps(conf)}'" if conf else ""
+    return sh(env, f"airflow dags test {dag_id} {day}{conf_arg}", check=check)
+
+
+def lake(env) -> Path:
+    return Path(env["PIPELINE_STATE_DIR"]) / "lake"
+
+
+def asset_events(env, asset_name: str) -> list[dict]:
+    """Extras of the asset events Airflow recorded for an asset (from its metadata database)."""
+    db = Path(env["PIPELINE_STATE_DIR"]) / "airflow" / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ?", (asset_name,)
+        ).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def parquet_rows(folder: Path) -> pd.DataFrame:
+    files = sorted(folder.rglob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+@pytest.fixture(scope="module")
+def chain(env):
+    """Generate two weeks (one day with a few bad rows) and run every DAG in order."""
+    sh(env, f"python -m jobs generate --date {END} --days {DAYS} --rows-per-day {ROWS_PER_DAY}")
+    sh(env, f"python -m jobs generate --date {END} --rows-per-day 300 --bad-rows 6 --name late")
+    start = (date.fromisoformat(END) - timedelta(days=DAYS - 1)).isoformat()
+    logs = {
+        "ingest": dag_test(env, "ingest_transactions", END).stdout,
+        "features": dag_test(env, "build_features", END, {"start_date": start}).stdout,
+        "train": dag_test(env, "train_model", END).stdout,
+        "score": dag_test(env, "score_transactions", END).stdout,
+        "drift": dag_test(env, "monitor_drift", END).stdout,
+    }
+    return logs
+
+
+def test_every_raw_row_is_in_silver_or_quarantine(env, chain):
+    raw_rows = sum(len(pd.read_csv(f)) for f in (lake(env) / "raw").rglob("*.csv"))
+    silver = parquet_rows(lake(env) / "silver")
+    quarantine = parquet_rows(lake(env) / "quarantine" / "rows")
+    assert raw_rows == DAYS * ROWS_PER_DAY + 300
+    assert len(silver) + len(quarantine) == raw_rows
+    assert len(quarantine) == 6 and quarantine["_reason"].str.len().gt(0).all()
+    assert silver["transaction_id"].is_unique
+
+
+def test_a_champion_is_registered(env, chain):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    champion = client.get_model_version_by_alias("fraud-detector", "champion")
+    assert champion.tags["gate_passed"] == "true"
+    assert len(champion.tags["onnx_sha256"]) == 64
+    assert "Gate verdict for v1: promote" in chain["train"]
+
+
+def test_onnx_scores_equal_pytorch_scores(env, chain):
+    import mlflow
+    import onnxruntime as ort
+    import torch
+
+    from jobs.model import Preprocessing, build_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version_by_alias("fraud-detector", "champion")
+    tmp = Path(env["PIPELINE_STATE_DIR"]) / "parity"
+    bundle = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="bundle", dst_path=str(tmp)))
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/fraud-detector/{mv.version}", dst_path=str(tmp)))
+    pre = Preprocessing(**json.loads((bundle / "preprocessing.json").read_text()))
+    net, _ = build_model(pre)
+    net.load_state_dict(torch.load(bundle / "model_state.pt"))
+    net.eval()
+    features = parquet_rows(lake(env) / "gold" / "features" / f"date={END}")
+    numeric, categorical = pre.encode(features)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(torch.from_numpy(numeric), torch.from_numpy(categorical))).numpy()
+    session = ort.InferenceSession(str(next(model_dir.rglob("*.onnx"))), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"numeric": numeric, "categorical": categorical})[0]
+    assert np.max(np.abs(got - expected)) <= 1e-4
+
+
+def test_predictions_landed_with_the_model_version(env, chain):
+    predictions = parquet_rows(lake(env) / "predictions" / f"date={END}")
+    features = parquet_rows(lake(env) / "gold" / "features" / f"date={END}")
+    assert len(predictions) == len(features) > 0
+    assert set(predictions["model_version"]) == {"1"}
+    assert predictions["fraud_probability"].between(0, 1).all()
+
+
+def test_undrifted_data_is_not_flagged(env, chain):
+    report = json.loads((lake(env) / "reports" / "drift" / f"date={END}" / "drift.json").read_text())
+    assert (lake(env) / "reports" / "drift" / f"date={END}" / "drift.html").stat().st_size > 10_000
+    assert report["drifted"] is False
+    assert "No drift: nothing to do" in chain["drift"]
+    assert asset_events(env, "drift_detected") == []
+
+
+def test_drifted_data_is_flagged_and_asks_for_retraining(env, chain):
+    sh(env, f"python -m jobs generate --date {NEXT} --rows-per-day {ROWS_PER_DAY} --drift 1.0")
+    dag_test(env, "ingest_transactions", NEXT)
+    dag_test(env, "build_features", NEXT)
+    out = dag_test(env, "monitor_drift", NEXT).stdout
+    report = json.loads((lake(env) / "reports" / "drift" / f"date={NEXT}" / "drift.json").read_text())
+    assert report["drifted"] is True
+    assert {"log_amount", "merchant_category"} <= set(report["drifted_columns"])
+    assert "DRIFT: asking for retraining" in out
+    (event,) = asset_events(env, "drift_detected")
+    assert event["window"] == f"{NEXT}..{NEXT}" and event["drift_share"] == report["drift_share"]
+
+
+def test_malformed_delivery_stops_before_features_with_a_clear_message(env, chain):
+    raw = lake(env) / "raw" / "transactions" / f"date={AFTER}" / "broken.csv"
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(b"transaction_id;card;amount\n\x00\xff\xfe")
+    out = dag_test(env, "ingest_transactions", AFTER, check=False)
+    assert out.returncode != 0
+    log = out.stdout + out.stderr
+    assert f"{raw.as_uri()}: rejected_file" in log
+    assert "not_utf8" in log
+    assert "Traceback" not in log.split("job 'validate' exited with code 3")[0].split("ERROR: ")[-1]
+    assert raw.read_bytes() == b"transaction_id;card;amount\n\x00\xff\xfe"
+    assert (lake(env) / "quarantine" / "files").exists()
+    assert not (lake(env) / "silver" / "transactions" / f"date={AFTER}").exists()

@@ -1,0 +1,48 @@
+"""The job CLI contract and the local runner that Airflow tasks use."""
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.runners import JobFailed, JobSpec, get_runner
+
+STEPS = ["generate", "ingest", "validate", "features", "train", "evaluate", "promote", "score", "drift"]
+
+
+def jobs_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "jobs", *args], capture_output=True, text=True, env=env)
+
+
+def test_help_lists_every_step():
+    out = jobs_cli("--help")
+    assert out.returncode == 0
+    for step in STEPS:
+        assert step in out.stdout
+
+
+def test_bad_date_is_a_clear_error_not_a_traceback(state_dir):
+    out = jobs_cli("ingest", "--date", "21/11/2026", "--run-id", "r")
+    assert out.returncode == 1
+    assert "ERROR: --date '21/11/2026' is not a YYYY-MM-DD date" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_local_runner_returns_the_job_result(state_dir, lake):
+    log = logging.getLogger("test")
+    result = get_runner("local").run(JobSpec("generate", ["--date", "2026-02-03", "--rows-per-day", "50"]), log)
+    assert result["rows"] == 50
+    assert lake.list("raw/transactions") == ["raw/transactions/date=2026-02-03/transactions-2026-02-03.csv"]
+
+
+def test_local_runner_fails_with_the_jobs_own_message(state_dir):
+    with pytest.raises(JobFailed) as err:
+        get_runner("local").run(JobSpec("score", ["--date", "2026-02-03"]), logging.getLogger("test"))
+    assert err.value.exit_code == 1 and err.value.retryable
+    assert "no @champion for fraud-detector: train and promote a model first" in str(err.value)
+
+
+def test_unknown_runner_is_refused():
+    with pytest.raises(ValueError, match="not a known runner"):
+        get_runner("mainframe")

@@ -1,0 +1,89 @@
+"""Spark point-in-time features: no leakage, and equal to an independent pandas computation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jobs.features import FEATURE_COLUMNS, KEY_COLUMNS, LABEL, build_features, spark_session
+from jobs.generate import generate_day
+from jobs.validate import to_typed
+
+
+@pytest.fixture(scope="module")
+def spark():
+    session = spark_session("local[2]", "1g", app_name="tests")
+    yield session
+    session.stop()
+
+
+def silver_frame(days=("2026-04-01", "2026-04-02"), rows=400) -> pd.DataFrame:
+    frames = [to_typed(generate_day(d, rows, n_cards=60)) for d in days]
+    df = pd.concat(frames, ignore_index=True)
+    df["is_fraud"] = df["is_fraud"].astype(int)
+    df["timestamp"] = df["timestamp"].astype("datetime64[us]")
+    return df
+
+
+def spark_features(spark, frame: pd.DataFrame) -> pd.DataFrame:
+    out = build_features(spark.createDataFrame(frame)).toPandas()
+    return out.sort_values("transaction_id").reset_index(drop=True)
+
+
+def reference_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """Straightforward per-row loops: for each transaction, look only at the card's earlier rows."""
+    rows = []
+    ts = frame["timestamp"].astype("int64") // 10**6  # seconds
+    frame = frame.assign(ts=ts)
+    for card, group in frame.groupby("card_id"):
+        for _, r in group.iterrows():
+            before = group[group.ts < r.ts]
+            row = {"transaction_id": r.transaction_id}
+            for name, seconds in {"1h": 3600, "24h": 86400, "7d": 604800}.items():
+                w = before[before.ts >= r.ts - seconds]
+                row[f"card_txn_count_{name}"] = float(len(w))
+                row[f"card_log_amount_sum_{name}"] = float(np.log1p(w.amount.sum()))
+            w7 = before[before.ts >= r.ts - 604800]
+            row["amount_to_card_mean_7d"] = r.amount / w7.amount.mean() if len(w7) else 1.0
+            row["log_secs_since_prev_txn"] = float(np.log1p(r.ts - w7.ts.max() if len(w7) else 604800))
+            row["category_new_for_card_7d"] = float(not (w7.merchant_category == r.merchant_category).any())
+            row["country_new_for_card_7d"] = float(not (w7.country == r.country).any())
+            rows.append(row)
+    return pd.DataFrame(rows).sort_values("transaction_id").reset_index(drop=True)
+
+
+def test_output_schema(spark):
+    out = spark_features(spark, silver_frame(rows=50))
+    assert list(out.columns) == KEY_COLUMNS + FEATURE_COLUMNS + [LABEL]
+    assert len(out) == 100
+
+
+def test_spark_equals_independent_reference(spark):
+    frame = silver_frame()
+    got = spark_features(spark, frame)
+    want = reference_features(frame)
+    for col in want.columns.drop("transaction_id"):
+        np.testing.assert_allclose(got[col].to_numpy(), want[col].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=col)
+    assert got["card_txn_count_7d"].max() > 5  # the sample really exercises history
+
+
+def test_planted_future_transaction_never_changes_earlier_features(spark):
+    frame = silver_frame(rows=200)
+    before = spark_features(spark, frame)
+    target = frame.iloc[100]
+    future = target.copy()
+    future["transaction_id"] = "tx_planted_future"
+    future["timestamp"] = target["timestamp"] + pd.Timedelta(seconds=1)
+    future["amount"] = 99999.0
+    planted = pd.concat([frame, future.to_frame().T.astype(frame.dtypes.to_dict())], ignore_index=True)
+    after = spark_features(spark, planted)
+    after = after[after.transaction_id != "tx_planted_future"].reset_index(drop=True)
+    not_later = (before["timestamp"] <= future["timestamp"]).to_numpy()
+    assert not_later.sum() > 100
+    pd.testing.assert_frame_equal(before.loc[not_later, FEATURE_COLUMNS], after.loc[not_later, FEATURE_COLUMNS])
+    # ...while a transaction after it does see it.
+    later = frame[(frame.card_id == target.card_id) & (frame.timestamp > future["timestamp"])]
+    if len(later):
+        tid = later.iloc[0].transaction_id
+        b = before.set_index("transaction_id").loc[tid, "card_txn_count_7d"]
+        a = after.set_index("transaction_id").loc[tid, "card_txn_count_7d"]
+        assert a == b + 1

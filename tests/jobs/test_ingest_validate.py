@@ -1,0 +1,118 @@
+"""Raw -> bronze -> silver/quarantine on a temporary lake: nothing lost, nothing twice."""
+
+import gzip
+
+import pandas as pd
+import pytest
+
+from jobs import lake as lk
+from jobs.generate import generate_day, inject_bad_rows
+from jobs.ingest import ingest, parse_raw, FileRejected, read_ledger
+from jobs.result import DataRejected
+from jobs.settings import get_settings
+from jobs.validate import validate_batch
+
+DATE = "2026-05-10"
+
+
+def deliver(lake, frame, name, date=DATE):
+    key = f"{lk.date_partition(lk.RAW_TRANSACTIONS, date)}/{name}"
+    data = frame.to_csv(index=False).encode() if isinstance(frame, pd.DataFrame) else frame
+    lake.write_bytes(key, data)
+    return key
+
+
+def run(lake, run_id, max_bad_share=0.05, date=DATE):
+    staged = ingest(lake, date, run_id)
+    return staged, validate_batch(lake, run_id, get_settings().expectations_dir, max_bad_share)
+
+
+def silver(lake):
+    keys = [k for k in lake.list(lk.SILVER_TRANSACTIONS) if k.endswith(".parquet")]
+    return pd.concat([pd.read_parquet(lake.path(k)) for k in keys]) if keys else pd.DataFrame()
+
+
+def quarantined(lake):
+    keys = [k for k in lake.list(f"{lk.QUARANTINE}/rows") if k.endswith(".parquet")]
+    return pd.concat([pd.read_parquet(lake.path(k)) for k in keys]) if keys else pd.DataFrame()
+
+
+def test_clean_delivery_lands_in_silver_and_rerun_ingests_nothing(lake):
+    deliver(lake, generate_day(DATE, 300), "a.csv")
+    staged, result = run(lake, "run1")
+    assert staged["objects"] == 1 and result["rows_silver"] == 300 and result["rows_quarantined"] == 0
+    assert result["silver_dates"] == [DATE]
+    staged, result = run(lake, "run2")
+    assert staged["objects"] == 0 and result["rows_delivered"] == 0
+    assert len(silver(lake)) == 300
+    assert [e["status"] for e in read_ledger(lake)] == ["ingested"]
+
+
+def test_few_bad_rows_are_quarantined_with_reasons_and_nothing_is_lost(lake):
+    raw = inject_bad_rows(generate_day(DATE, 400), 8)
+    deliver(lake, raw, "a.csv")
+    _, result = run(lake, "run1")
+    q = quarantined(lake)
+    assert result["rows_silver"] + result["rows_quarantined"] == 400
+    assert len(silver(lake)) == 392 and len(q) == 8
+    assert set(q["_reason"]) == {
+        "amount is positive and below 1,000,000", "currency is one we settle in",
+        "card_id must be present", "channel is pos, online or atm",
+    }
+    # Quarantine keeps the rows exactly as delivered.
+    assert set(q["transaction_id"]) <= set(raw["transaction_id"])
+
+
+def test_too_many_bad_rows_reject_the_delivery_with_a_clear_message(lake):
+    key = deliver(lake, inject_bad_rows(generate_day(DATE, 200), 40), "bad.csv")
+    before = lake.read_bytes(key)
+    with pytest.raises(DataRejected) as err:
+        run(lake, "run1")
+    message = str(err.value)
+    assert lake.uri_of(key) in message
+    assert "200 rows delivered, 200 quarantined" in message
+    assert "currency is one we settle in (10 rows)" in message
+    assert len(quarantined(lake)) == 200 and silver(lake).empty
+    assert lake.read_bytes(key) == before  # raw is never modified
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "rule"),
+    [
+        ("garbage.csv", b"\x00\xff\xfe binary \x00\x01", "not_utf8"),
+        ("empty.csv", b"", "empty_file"),
+        ("header_only.csv", b"transaction_id,card_id\n", "empty_file"),
+        ("columns.csv", b"a,b,c\n1,2,3\n", "missing_columns"),
+        ("broken.csv.gz", b"\x1f\x8b\x08\x00not really gzip", "corrupt_gzip"),
+        ("notes.txt", b"hello\n", "unknown_format"),
+    ],
+)
+def test_unusable_files_are_quarantined_whole(lake, name, data, rule):
+    key = deliver(lake, data, name)
+    with pytest.raises(DataRejected, match=rule):
+        run(lake, "run1")
+    reason = lake.read_json(f"{lk.QUARANTINE}/files/run1/{name}.reason.json")
+    assert reason["rule"] == rule and lake.read_bytes(f"{lk.QUARANTINE}/files/run1/{name}") == data
+    assert lake.exists(key)
+
+
+def test_repeated_delivery_never_duplicates_silver(lake):
+    day = generate_day(DATE, 150)
+    deliver(lake, day, "first.csv")
+    run(lake, "run1")
+    deliver(lake, day.iloc[:50], "again.csv")  # a late re-send of rows already ingested
+    _, result = run(lake, "run2")
+    assert result["rows_quarantined"] == 50 and result["rows_silver"] == 0
+    assert silver(lake)["transaction_id"].is_unique and len(silver(lake)) == 150
+    assert set(quarantined(lake)["_reason"]) == {"transaction id already in silver (repeated delivery)"}
+
+
+def test_formats_are_detected():
+    day = generate_day(DATE, 20)
+    jsonl = day.to_json(orient="records", lines=True).encode()
+    for name, data in [("a.csv", day.to_csv(index=False).encode()), ("a.jsonl", jsonl),
+                       ("a.jsonl.gz", gzip.compress(jsonl)), ("a.parquet", day.to_parquet(index=False))]:
+        frame = parse_raw(name, data)
+        assert len(frame) == 20 and frame["transaction_id"].tolist() == day["transaction_id"].tolist(), name
+    with pytest.raises(FileRejected):
+        parse_raw("x.csv", b'transaction_id,amount\n"unterminated,1\n')
