@@ -28,6 +28,7 @@ run: setup
 	PATH="$(abspath $(BIN)):$$PATH" scripts/run-pipeline.sh
 
 test: setup
+	$(BIN)/ruff check dags plugins jobs tests bench
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 test-fast: setup

@@ -18,7 +18,6 @@ before its own, so training and scoring see the same thing.
 from __future__ import annotations
 
 from airflow.sdk import DAG, Param, task
-
 from pipeline.assets import GOLD_FEATURES, SILVER_TRANSACTIONS
 from pipeline.dates import partition_date, triggering_dates
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS

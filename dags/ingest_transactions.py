@@ -21,7 +21,6 @@ Re-running the same date is safe: objects already in the ledger are skipped.
 from __future__ import annotations
 
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
-
 from pipeline.assets import SILVER_TRANSACTIONS
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import JobOperator

@@ -15,7 +15,6 @@ the drift summary), which schedules `train_model`.
 from __future__ import annotations
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
-
 from pipeline.assets import DRIFT_SIGNAL, PREDICTIONS
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import JobOperator

@@ -15,7 +15,6 @@ otherwise (the log says which).
 from __future__ import annotations
 
 from airflow.sdk import DAG, Param, task
-
 from pipeline.assets import GOLD_FEATURES, PREDICTIONS
 from pipeline.dates import partition_date, triggering_dates
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS

@@ -19,9 +19,8 @@ holdout (the most recent `PIPELINE_HOLDOUT_DAYS` days). With no champion yet the
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 from airflow.providers.standard.operators.empty import EmptyOperator
-
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import JobOperator

@@ -170,7 +170,7 @@ def generate_day(
             "customer_id": cards.customer_ids[df["card_idx"]],
             "merchant_id": [
                 f"m_{c[:4]}_{int(x) % 97:03d}"
-                for c, x in zip(df["merchant_category"], rng.integers(0, 10_000, len(df)))
+                for c, x in zip(df["merchant_category"], rng.integers(0, 10_000, len(df)), strict=True)
             ],
             "merchant_category": df["merchant_category"].astype(str),
             "amount": df["amount"].round(2).clip(lower=0.5),

@@ -85,7 +85,9 @@ def load_bundle(client, settings: Settings, version: str, providers: list[str] |
 
     mv = client.get_model_version(settings.model_name, version)
     dest = Path(tempfile.mkdtemp(prefix=f"model-v{version}-"))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=str(dest)))
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=str(dest))
+    )
     onnx_path = next(local.rglob("*.onnx"))
     expected = mv.tags.get(ONNX_SHA_TAG)
     actual = file_sha256(onnx_path)

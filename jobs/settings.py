@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     holdout_days: int = 5  # most recent days, never seen in fitting: the time-based holdout
     seed: int = 42
     device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
-    code_version: str = Field(default="dev", description="Code version recorded with every model (git sha in CI/images).")
+    code_version: str = Field(
+        default="dev", description="Code version recorded with every model (git sha in CI/images)."
+    )
     max_epochs: int = 30
     early_stopping_patience: int = 4
     batch_size: int = 512

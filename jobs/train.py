@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from datetime import date as Date
 from datetime import timedelta
@@ -64,6 +65,7 @@ def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, devi
     """Train with early stopping on validation PR-AUC; returns (model, preprocessing, history)."""
     import torch
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -183,7 +183,7 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
         log.info("%s: %d rows -> %d silver, %d quarantined", lake.uri_of(obj["key"]),
                  out.rows_delivered, out.rows_silver, out.rows_quarantined)
 
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     for out in outcomes:
         lake.append_line(lk.LEDGER, json.dumps({**out.__dict__, "run_id": run_id, "ingested_at": now}))
     report = {

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from pipeline.runners import JobFailed, JobSpec, get_runner
 
 STEPS = ["generate", "ingest", "validate", "features", "train", "evaluate", "promote", "score", "drift"]

@@ -34,7 +34,7 @@ def reference_features(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     ts = frame["timestamp"].astype("int64") // 10**6  # seconds
     frame = frame.assign(ts=ts)
-    for card, group in frame.groupby("card_id"):
+    for _, group in frame.groupby("card_id"):
         for _, r in group.iterrows():
             before = group[group.ts < r.ts]
             row = {"transaction_id": r.transaction_id}

@@ -7,7 +7,7 @@ import pytest
 
 from jobs import lake as lk
 from jobs.generate import generate_day, inject_bad_rows
-from jobs.ingest import ingest, parse_raw, FileRejected, read_ledger
+from jobs.ingest import FileRejected, ingest, parse_raw, read_ledger
 from jobs.result import DataRejected
 from jobs.settings import get_settings
 from jobs.validate import validate_batch
