@@ -46,7 +46,7 @@ with DAG(
     def plan_dates(**context) -> dict:
         """Decides which dates to build: the form's range, else the triggering event's dates."""
         params = context["params"]
-        dates = triggering_dates(context, "silver_dates")
+        dates = triggering_dates(context)
         if params.get("start_date") or params.get("date") or not dates:
             end = partition_date(context)
             return {"start": params.get("start_date") or end, "end": end}

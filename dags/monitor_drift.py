@@ -14,7 +14,7 @@ the drift summary), which schedules `train_model`.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
 from pipeline.assets import DRIFT_SIGNAL, PREDICTIONS
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import JobOperator
@@ -24,7 +24,7 @@ with DAG(
     dag_id="monitor_drift",
     doc_md=__doc__,
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 4 * * *", timezone="UTC"), assets=[PREDICTIONS]
+        timetable=CronDataIntervalTimetable("0 4 * * *", timezone="UTC"), assets=[PREDICTIONS]
     ),
     start_date=START_DATE,
     catchup=False,
@@ -60,7 +60,8 @@ with DAG(
         """Emits the drift_detected event (with the drift summary) that schedules train_model."""
         r = context["ti"].xcom_pull(task_ids="drift")
         context["outlet_events"][DRIFT_SIGNAL].extra = {
-            k: r[k] for k in ("drift_share", "drifted_columns", "window", "model_version", "report_json")
+            "date": r["window"].split("..")[-1],  # train_model trains up to the drifted day
+            **{k: r[k] for k in ("drift_share", "drifted_columns", "window", "model_version", "report_json")},
         }
 
     drift >> decide() >> signal_retraining()

@@ -20,7 +20,7 @@ holdout (the most recent `PIPELINE_HOLDOUT_DAYS` days). With no champion yet the
 from __future__ import annotations
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
 from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import JobOperator
@@ -30,7 +30,7 @@ with DAG(
     dag_id="train_model",
     doc_md=__doc__,
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=[DRIFT_SIGNAL]
+        timetable=CronDataIntervalTimetable("0 3 * * *", timezone="UTC"), assets=[DRIFT_SIGNAL]
     ),
     start_date=START_DATE,
     catchup=False,
