@@ -25,7 +25,7 @@ from pipeline.assets import SILVER_TRANSACTIONS
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import JobOperator
 from pipeline.runners import Resources
-from pipeline.sensors import LakeObjectsSensor
+from pipeline.sensors import raw_delivery_sensor
 
 with DAG(
     dag_id="ingest_transactions",
@@ -42,7 +42,7 @@ with DAG(
                                   "Empty: the run's logical date."),
     },
 ) as dag:
-    wait_for_raw = LakeObjectsSensor(
+    wait_for_raw = raw_delivery_sensor(
         task_id="wait_for_raw",
         prefix="raw/transactions/date={date}",
         poke_interval=300,

@@ -215,6 +215,29 @@ def drift(
 
 @app.command()
 @step
+def ledger(
+    status: Annotated[Optional[str], typer.Option(help="Only entries with this status (ingested, rejected_file, "
+                                                        "rejected_rows).")] = None,
+):
+    """List what was ingested: object, content hash, run, when, row counts and status."""
+    from jobs.ingest import read_ledger
+
+    entries = [e for e in read_ledger(_lake()) if status is None or e.get("status") == status]
+    header = f"{'ingested_at':<26} {'status':<14} {'delivered':>9} {'silver':>7} {'quarant.':>8}  run / object"
+    lines = [header] + [
+        f"{e.get('ingested_at', ''):<26} {e.get('status', ''):<14} {e.get('rows_delivered') or 0:>9} "
+        f"{e.get('rows_silver') or 0:>7} {e.get('rows_quarantined') or 0:>8}  {e['run_id']} / {e['key']} "
+        f"({e['sha256'][:12]})"
+        for e in entries
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return {"entries": len(entries), "rows_delivered": sum(e.get("rows_delivered") or 0 for e in entries),
+            "rows_silver": sum(e.get("rows_silver") or 0 for e in entries),
+            "rows_quarantined": sum(e.get("rows_quarantined") or 0 for e in entries)}
+
+
+@app.command()
+@step
 def summary(date: DateOpt):
     """Summarise the pipeline's state for --date and write run-summary.json."""
     from jobs.summary import build_summary

@@ -8,8 +8,11 @@ A feature of a transaction at time ``t`` only sees the same card's transactions 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from datetime import date as Date
 from datetime import timedelta
+from pathlib import Path
 
 from jobs import lake as lk
 
@@ -117,19 +120,20 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
         return {"dates": [], "rows": 0, "gold": lake.uri_of(lk.GOLD_FEATURES),
                 "note": f"no silver partitions in [{start}, {end}]"}
     spark = spark_session(master, driver_memory)
+    staging = Path(tempfile.mkdtemp(prefix="gold-build-"))
     try:
-        paths = [str(lake.path(lk.date_partition(lk.SILVER_TRANSACTIONS, d))) for d in available]
-        log.info("reading %d silver partitions (%s .. %s) with Spark %s", len(paths), available[0], end, master)
-        silver = spark.read.parquet(*paths)
-        feats = build_features(silver).where(F.col("date").isin(targets))
-        staging = lake.staging_dir(lk.GOLD_FEATURES + "/_build")
-        feats.repartition("date").write.mode("overwrite").partitionBy("date").parquet(str(staging))
-        counts = {r["date"]: r["count"] for r in feats.groupBy("date").count().collect()}
+        keys = [lk.date_partition(lk.SILVER_TRANSACTIONS, d) for d in available]
+        with lake.local_partitions(keys) as paths:
+            log.info("reading %d silver partitions (%s .. %s) with Spark %s", len(paths), available[0], end, master)
+            silver = spark.read.parquet(*paths)
+            feats = build_features(silver).where(F.col("date").isin(targets))
+            feats.repartition("date").write.mode("overwrite").partitionBy("date").parquet(str(staging / "out"))
+            counts = {r["date"]: r["count"] for r in feats.groupBy("date").count().collect()}
+        for d in targets:
+            lake.publish_folder(staging / "out" / f"date={d}", lk.date_partition(lk.GOLD_FEATURES, d))
+            log.info("published gold features for %s: %d rows", d, counts.get(d, 0))
     finally:
         spark.stop()
-    for d in targets:
-        lake.swap_in(staging / f"date={d}", lk.date_partition(lk.GOLD_FEATURES, d))
-        log.info("published gold features for %s: %d rows", d, counts.get(d, 0))
-    lake.discard(staging)
+        shutil.rmtree(staging, ignore_errors=True)
     return {"dates": targets, "rows": int(sum(counts.values())), "gold": lake.uri_of(lk.GOLD_FEATURES),
             "rows_by_date": counts}

@@ -21,6 +21,7 @@ from jobs.generate import RAW_COLUMNS
 
 log = logging.getLogger(__name__)
 
+BATCH_MANIFEST = "_batch.json"  # what a bronze batch holds, object by object
 SOURCE_COLUMNS = ["_source_key", "_source_sha256", "_source_row"]
 _DATE_IN_KEY = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 
@@ -138,7 +139,7 @@ def ingest(lake: lk.Lake, date: str, run_id: str) -> dict:
                 entry.update(status="staged", rows_delivered=len(frame), bronze_part=part)
                 log.info("staged %s: %d rows", lake.uri_of(key), len(frame))
             manifest["objects"].append(entry)
-        (folder / "_manifest.json").write_text(json.dumps(manifest, indent=2))
+        (folder / BATCH_MANIFEST).write_text(json.dumps(manifest, indent=2))
     return {
         "bronze_batch": lake.uri_of(batch_key),
         "run_id": run_id,

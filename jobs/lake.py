@@ -1,19 +1,28 @@
-"""The lake: one small storage interface over a root URI, with atomic publishing.
+"""The lake: one storage interface over a root URI, with atomic publishing.
 
 Zones (relative keys under the root):
 ``raw/`` as delivered (never modified), ``bronze/`` typed batches, ``silver/`` validated rows,
 ``quarantine/`` rejected rows and files with reasons, ``gold/features/``, ``predictions/``,
 ``reports/`` and ``_ledger/`` (what was ingested).
 
-Only ``file://`` is implemented so far; every job and sensor goes through :class:`Lake`, so an
-``s3://`` backend plugs in here without touching callers.
+Two backends behind one interface, so every job and sensor takes the same code path:
+
+- ``file:///path`` (:class:`LocalLake`): a folder. A partition is published by building it in a
+  ``_staging/`` folder and renaming it into place.
+- ``s3://bucket/prefix`` (:class:`S3Lake`): boto3 with the standard credential chain
+  (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, instance roles, ...) and ``AWS_ENDPOINT_URL``
+  for S3-compatible servers (MinIO). S3 has no rename, so a partition is published by uploading
+  its files under a fresh version prefix and then replacing one small ``_manifest.json`` object
+  (a single PUT, atomic) that lists them; readers only read what the manifest lists.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +39,7 @@ GOLD_FEATURES = "gold/features"
 PREDICTIONS = "predictions"
 REPORTS = "reports"
 LEDGER = "_ledger/ingested.jsonl"
+MANIFEST = "_partition.json"  # S3 partitions: the list of files that make the current version
 
 
 def date_partition(zone: str, date: str) -> str:
@@ -41,46 +51,148 @@ class LakeError(JobError):
     """A lake operation failed (missing object, unsupported scheme)."""
 
 
+def _hidden(key: str) -> bool:
+    """Staging folders, temporary files and S3 version folders are not objects of the lake."""
+    parts = key.split("/")
+    return any(p == "_staging" or p.startswith("_v-") or p.startswith(".") for p in parts)
+
+
 class Lake:
-    """Storage for one lake root URI."""
+    """Storage for one lake root URI (see the module docstring)."""
 
-    def __init__(self, uri: str):
-        parsed = urlparse(uri)
-        if parsed.scheme != "file":
-            raise LakeError(
-                f"lake URI {uri!r}: scheme {parsed.scheme!r} is not supported yet "
-                "(only file:// is implemented)"
-            )
-        self.uri = uri.rstrip("/")
-        self.root = Path(parsed.path)
+    uri: str
 
-    # --- paths --------------------------------------------------------------------------
-    def path(self, key: str) -> Path:
-        """Local filesystem path of a key (file:// lakes)."""
-        return self.root / key
+    # --- to implement per backend -------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
 
+    def list(self, prefix: str) -> list[str]:
+        """All object keys under a prefix (recursively), sorted; staging and versions excluded."""
+        raise NotImplementedError
+
+    def list_partitions(self, zone: str) -> list[str]:
+        """Dates of the ``date=YYYY-MM-DD`` partitions of a zone, sorted."""
+        raise NotImplementedError
+
+    def read_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Write one object atomically; returns its URI."""
+        raise NotImplementedError
+
+    def partition_files(self, key: str) -> list[str]:
+        """Keys of the files that make up the current version of a partition (or one file)."""
+        raise NotImplementedError
+
+    def publish_folder(self, folder: Path, key: str) -> str:
+        """Atomically make the finished local ``folder`` the content of partition ``key``."""
+        raise NotImplementedError
+
+    def remove(self, key: str) -> None:
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------
     def uri_of(self, key: str) -> str:
         """Full URI of a key, as used in Asset names and reports."""
         return f"{self.uri}/{key}"
 
-    # --- reading ------------------------------------------------------------------------
+    def partition_file(self, key: str, name: str) -> str:
+        """The key of file ``name`` in the current version of partition ``key``."""
+        for k in self.partition_files(key):
+            if k == f"{key}/{name}" or k.endswith(f"/{name}") and k.startswith(f"{key}/_v-"):
+                return k
+        raise LakeError(f"{self.uri_of(key)}/{name} does not exist")
+
+    def read_json(self, key: str):
+        return json.loads(self.read_bytes(key))
+
+    def write_json(self, key: str, payload) -> str:
+        return self.write_bytes(key, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+
+    def append_line(self, key: str, line: str) -> None:
+        """Append one line to a log-like object (the ledger)."""
+        old = self.read_bytes(key) if self.exists(key) else b""
+        self.write_bytes(key, old + line.rstrip("\n").encode() + b"\n")
+
+    def read_parquet(self, key: str, columns: list[str] | None = None):
+        """A partition (or one parquet object) as a pandas DataFrame; empty if it does not exist."""
+        import pandas as pd
+
+        files = [k for k in self.partition_files(key) if k.endswith(".parquet")]
+        if not files:
+            return pd.DataFrame(columns=columns)
+        frames = [pd.read_parquet(io.BytesIO(self.read_bytes(k)), columns=columns) for k in files]
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def parquet_rows(self, zone: str) -> int:
+        """Rows in every current parquet file under a zone (reads only the footers on local lakes)."""
+        import pyarrow.parquet as pq
+
+        total = 0
+        for part in self.list_partitions(zone):
+            for k in self.partition_files(date_partition(zone, part)):
+                if k.endswith(".parquet"):
+                    total += pq.ParquetFile(io.BytesIO(self.read_bytes(k))).metadata.num_rows
+        return total
+
+    @contextmanager
+    def publish(self, key: str) -> Iterator[Path]:
+        """Build a partition in a local staging folder, then publish it whole.
+
+        Readers see the old partition or the new one, never a half-written one; a job killed
+        inside the block publishes nothing.
+        """
+        staging = Path(tempfile.mkdtemp(prefix="lake-publish-"))
+        try:
+            yield staging
+            self.publish_folder(staging, key)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @contextmanager
+    def local_partitions(self, keys: list[str]) -> Iterator[list[str]]:
+        """Local folder paths holding the given partitions, for engines that read paths (Spark)."""
+        tmp = Path(tempfile.mkdtemp(prefix="lake-read-"))
+        try:
+            paths = []
+            for i, key in enumerate(keys):
+                folder = tmp / f"p{i:05d}"
+                folder.mkdir()
+                for k in self.partition_files(key):
+                    (folder / k.rsplit("/", 1)[-1]).write_bytes(self.read_bytes(k))
+                paths.append(str(folder))
+            yield paths
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LocalLake(Lake):
+    """A lake in a local folder (``file://``)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        self.root = Path(urlparse(uri).path)
+
+    def path(self, key: str) -> Path:
+        """Local filesystem path of a key."""
+        return self.root / key
+
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
     def list(self, prefix: str) -> list[str]:
-        """All object keys under a prefix (recursively), sorted; staging folders excluded."""
         base = self.path(prefix)
         if not base.exists():
             return []
         keys = []
         for p in base.rglob("*"):
             rel = p.relative_to(self.root).as_posix()
-            if p.is_file() and "/_staging/" not in f"/{rel}" and not p.name.startswith("."):
+            if p.is_file() and not _hidden(rel):
                 keys.append(rel)
         return sorted(keys)
 
     def list_partitions(self, zone: str) -> list[str]:
-        """Dates of the ``date=YYYY-MM-DD`` partitions of a zone, sorted."""
         base = self.path(zone)
         if not base.exists():
             return []
@@ -89,15 +201,10 @@ class Lake:
     def read_bytes(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError) as exc:
             raise LakeError(f"{self.uri_of(key)} does not exist") from exc
 
-    def read_json(self, key: str):
-        return json.loads(self.read_bytes(key))
-
-    # --- writing (always atomic) --------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> str:
-        """Write one object atomically (temporary file + rename); returns its URI."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -105,11 +212,7 @@ class Lake:
         os.replace(tmp, target)
         return self.uri_of(key)
 
-    def write_json(self, key: str, payload) -> str:
-        return self.write_bytes(key, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
-
     def append_line(self, key: str, line: str) -> None:
-        """Append one line to a log-like object (the ledger)."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "a", encoding="utf-8") as fh:
@@ -117,48 +220,36 @@ class Lake:
             fh.flush()
             os.fsync(fh.fileno())
 
-    @contextmanager
-    def publish(self, key: str) -> Iterator[Path]:
-        """Build a partition in a staging folder, then swap it in whole.
+    def partition_files(self, key: str) -> list[str]:
+        p = self.path(key)
+        if p.is_file():
+            return [key]
+        return self.list(key)
 
-        Readers see the old partition or the new one, never a half-written one; a job killed
-        inside the block leaves only an orphan staging folder, which the next run ignores.
-        """
-        staging = self.staging_dir(key)
-        try:
-            yield staging
-            self.swap_in(staging, key)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-            _remove_if_empty(staging.parent)
+    def parquet_rows(self, zone: str) -> int:
+        import pyarrow.parquet as pq
 
-    def staging_dir(self, key: str) -> Path:
-        """A fresh, empty staging folder next to ``key`` (invisible to :meth:`list`)."""
+        return sum(pq.ParquetFile(self.path(k)).metadata.num_rows for k in self.list(zone) if k.endswith(".parquet"))
+
+    def publish_folder(self, folder: Path, key: str) -> str:
         final = self.path(key)
-        staging = final.parent / "_staging" / f"{final.name}.{uuid.uuid4().hex}"
-        staging.mkdir(parents=True)
-        return staging
-
-    def swap_in(self, folder: Path, key: str) -> str:
-        """Atomically replace the partition at ``key`` with the finished ``folder``."""
-        final = self.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        staging_root = final.parent / "_staging"
+        staging_root.mkdir(parents=True, exist_ok=True)
+        incoming = staging_root / f"{final.name}.{uuid.uuid4().hex}"
+        shutil.copytree(folder, incoming)  # same filesystem as the target: the renames are atomic
         trash = None
         if final.exists():
-            trash = final.parent / "_staging" / f"{final.name}.{uuid.uuid4().hex}.old"
-            trash.parent.mkdir(parents=True, exist_ok=True)
+            trash = staging_root / f"{final.name}.{uuid.uuid4().hex}.old"
             os.replace(final, trash)
-        os.replace(folder, final)
+        os.replace(incoming, final)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
-            _remove_if_empty(trash.parent)
+        _remove_if_empty(staging_root)
         return self.uri_of(key)
 
-    def discard(self, staging: Path) -> None:
-        """Remove a staging folder (and its ``_staging`` parent once empty)."""
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_if_empty(staging.parent)
+    @contextmanager
+    def local_partitions(self, keys: list[str]) -> Iterator[list[str]]:
+        yield [str(self.path(k)) for k in keys]
 
     def remove(self, key: str) -> None:
         p = self.path(key)
@@ -168,11 +259,112 @@ class Lake:
             p.unlink()
 
 
+class S3Lake(Lake):
+    """A lake under an S3 prefix (``s3://bucket/prefix``), any S3-compatible server."""
+
+    def __init__(self, uri: str, client=None):
+        parsed = urlparse(uri)
+        self.uri = uri.rstrip("/")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3")  # AWS_ENDPOINT_URL and credentials from the environment
+        self.s3 = client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def _objects(self, prefix: str) -> list[str]:
+        full = self._key(prefix).rstrip("/") + "/"
+        keys = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            keys.extend(self._rel(o["Key"]) for o in page.get("Contents", []))
+        return keys
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError:
+            return bool(self._objects(key)[:1])
+
+    def list(self, prefix: str) -> list[str]:
+        keys = set()
+        for k in self._objects(prefix):
+            if k.endswith("/" + MANIFEST):
+                keys.update(self.partition_files(k.rsplit("/", 1)[0]))
+            elif not _hidden(k):
+                keys.add(k)
+        return sorted(keys)
+
+    def list_partitions(self, zone: str) -> list[str]:
+        dates = set()
+        for k in self._objects(zone):
+            segment = k[len(zone) + 1 :].split("/", 1)[0]
+            if segment.startswith("date=") and k.endswith("/" + MANIFEST):
+                dates.add(segment.split("=", 1)[1])
+        return sorted(dates)
+
+    def read_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            raise LakeError(f"{self.uri_of(key)} does not exist ({exc.response['Error']['Code']})") from exc
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)  # a PUT is atomic
+        return self.uri_of(key)
+
+    def partition_files(self, key: str) -> list[str]:
+        manifest = f"{key}/{MANIFEST}"
+        try:
+            listed = self.read_json(manifest)
+        except LakeError:
+            return [key] if self.exists(key) and not self._objects(key) else []
+        return [f"{key}/{listed['version']}/{name}" for name in listed["files"]]
+
+    def publish_folder(self, folder: Path, key: str) -> str:
+        version = f"_v-{uuid.uuid4().hex}"
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        for name in files:
+            self.s3.upload_file(str(folder / name), self.bucket, self._key(f"{key}/{version}/{name}"))
+        previous = set(k.split("/")[len(key.split("/"))] for k in self._objects(key)) - {MANIFEST}
+        self.write_json(f"{key}/{MANIFEST}", {"version": version, "files": files})
+        for old in previous:  # older versions: no manifest points at them any more
+            if old.startswith("_v-") and old != version:
+                for k in self._objects(f"{key}/{old}"):
+                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(k))
+        return self.uri_of(key)
+
+    def remove(self, key: str) -> None:
+        for k in self._objects(key) or [key]:
+            self.s3.delete_object(Bucket=self.bucket, Key=self._key(k))
+
+
 def _remove_if_empty(folder: Path) -> None:
     try:
         folder.rmdir()
     except OSError:
         pass
+
+
+def open_lake(uri: str) -> Lake:
+    """The backend for a lake URI."""
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
+        return LocalLake(uri)
+    if scheme == "s3":
+        return S3Lake(uri)
+    raise LakeError(f"lake URI {uri!r}: scheme {scheme!r} is not supported (use file:// or s3://)")
 
 
 def get_lake(uri: str | None = None) -> Lake:
@@ -181,4 +373,4 @@ def get_lake(uri: str | None = None) -> Lake:
         from jobs.settings import get_settings
 
         uri = get_settings().resolved_lake_uri
-    return Lake(uri)
+    return open_lake(uri)

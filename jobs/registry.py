@@ -140,7 +140,7 @@ def read_gold(lake, dates: list[str]):
     for d in dates:
         key = lk.date_partition(lk.GOLD_FEATURES, d)
         if lake.exists(key):
-            frames.append(pd.read_parquet(lake.path(key)).assign(date=d))
+            frames.append(lake.read_parquet(key).assign(date=d))
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True).sort_values(["timestamp", "transaction_id"], ignore_index=True)

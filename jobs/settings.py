@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     )
     expectations_dir: Path = Field(default=PROJECT_ROOT / "expectations")
 
+    # --- Airflow side of the lake ---------------------------------------------------------
+    aws_conn_id: str = Field(default="lake_s3", description="Airflow connection the S3 sensor uses.")
+    sensor_deferrable: bool = Field(default=False, description="Defer the raw-zone sensor to the triggerer.")
+
     # --- Spark --------------------------------------------------------------------------
     spark_master: str = Field(
         default="local[*]", description="Spark master URL: local[*] or a cluster (spark://, k8s://)."

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-import pyarrow.parquet as pq
-
 from jobs import lake as lk
 from jobs.ingest import read_ledger
 from jobs.registry import alias_version, mlflow_client
@@ -14,7 +12,7 @@ from jobs.settings import Settings
 
 
 def _rows(lake: lk.Lake, zone: str) -> int:
-    return sum(pq.ParquetFile(lake.path(k)).metadata.num_rows for k in lake.list(zone) if k.endswith(".parquet"))
+    return lake.parquet_rows(zone)
 
 
 def _latest(lake: lk.Lake, prefix: str, suffix: str) -> dict | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from jobs import lake as lk
+from jobs.ingest import BATCH_MANIFEST
 from jobs.result import DataRejected
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def _silver_ids(lake: lk.Lake, dates: set[str]) -> set[str]:
     for d in dates:
         key = lk.date_partition(lk.SILVER_TRANSACTIONS, d)
         if lake.exists(key):
-            ids.update(pd.read_parquet(lake.path(key), columns=["transaction_id"])["transaction_id"])
+            ids.update(lake.read_parquet(key, columns=["transaction_id"])["transaction_id"])
     return ids
 
 
@@ -140,7 +141,7 @@ def publish_silver(lake: lk.Lake, good: pd.DataFrame) -> list[str]:
         key = lk.date_partition(lk.SILVER_TRANSACTIONS, date)
         rows = rows.drop(columns=["date"])
         if lake.exists(key):
-            rows = pd.concat([pd.read_parquet(lake.path(key)), rows], ignore_index=True)
+            rows = pd.concat([lake.read_parquet(key), rows], ignore_index=True)
         rows = rows.drop_duplicates("transaction_id", keep="first").sort_values(["timestamp", "transaction_id"])
         rows["timestamp"] = rows["timestamp"].astype("datetime64[us]")  # Spark reads micros, not nanos
         with lake.publish(key) as folder:
@@ -152,7 +153,7 @@ def publish_silver(lake: lk.Lake, good: pd.DataFrame) -> list[str]:
 def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_share: float) -> dict:
     """Validate the bronze batch of ``run_id``; publish silver, quarantine, ledger, report."""
     batch_key = f"{lk.BRONZE_BATCHES}/{run_id}"
-    manifest = lake.read_json(f"{batch_key}/_manifest.json")
+    manifest = lake.read_json(lake.partition_file(batch_key, BATCH_MANIFEST))
     suite_json = load_suite_json(expectations_dir)
     outcomes: list[ObjectOutcome] = []
     touched: set[str] = set()
@@ -164,7 +165,7 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
             out.detail = f"{obj['detail']} (file kept at {obj['quarantine']})"
             outcomes.append(out)
             continue
-        raw = pd.read_parquet(lake.path(f"{batch_key}/{obj['bronze_part']}"))
+        raw = lake.read_parquet(lake.partition_file(batch_key, obj["bronze_part"]))
         typed = to_typed(raw)
         reasons, _ = row_failures(typed, suite_json)
         dates = set(typed["timestamp"].dropna().dt.strftime("%Y-%m-%d"))

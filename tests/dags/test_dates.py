@@ -1,11 +1,11 @@
 """Which date a run processes: the form, else the triggering events, else the logical date."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from pipeline.dates import partition_date, triggering_dates
 
-RUN_AFTER = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)
+RUN_AFTER = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 
 def context(params=None, events=None, logical_date=None):
@@ -18,7 +18,7 @@ def context(params=None, events=None, logical_date=None):
 
 
 def test_the_form_wins():
-    ctx = context({"date": "2026-01-05"}, [{"dates": ["2026-11-20"]}], datetime(2026, 11, 21, tzinfo=timezone.utc))
+    ctx = context({"date": "2026-01-05"}, [{"dates": ["2026-11-20"]}], datetime(2026, 11, 21, tzinfo=UTC))
     assert partition_date(ctx) == "2026-01-05"
 
 
@@ -31,5 +31,5 @@ def test_asset_triggered_runs_use_the_latest_date_the_producer_named():
 
 
 def test_scheduled_runs_use_the_logical_date_and_dateless_runs_the_last_complete_day():
-    assert partition_date(context(logical_date=datetime(2026, 11, 21, 3, tzinfo=timezone.utc))) == "2026-11-21"
+    assert partition_date(context(logical_date=datetime(2026, 11, 21, 3, tzinfo=UTC))) == "2026-11-21"
     assert partition_date(context()) == "2026-11-21"

@@ -45,3 +45,15 @@ def test_local_runner_fails_with_the_jobs_own_message(state_dir):
 def test_unknown_runner_is_refused():
     with pytest.raises(ValueError, match="not a known runner"):
         get_runner("mainframe")
+
+
+def test_ledger_lists_what_was_ingested(state_dir):
+    for args in (["generate", "--date", "2026-02-03", "--rows-per-day", "40"],
+                 ["ingest", "--date", "2026-02-03", "--run-id", "r1"],
+                 ["validate", "--date", "2026-02-03", "--run-id", "r1"]):
+        assert jobs_cli(*args).returncode == 0
+    out = jobs_cli("ledger")
+    assert out.returncode == 0
+    assert "r1 / raw/transactions/date=2026-02-03/transactions-2026-02-03.csv" in out.stdout
+    assert '"rows_silver": 40' in out.stdout.splitlines()[-1]
+    assert jobs_cli("ledger", "--status", "rejected_file").stdout.count("\n") == 2  # header + result line

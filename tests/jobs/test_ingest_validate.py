@@ -29,12 +29,12 @@ def run(lake, run_id, max_bad_share=0.05, date=DATE):
 
 def silver(lake):
     keys = [k for k in lake.list(lk.SILVER_TRANSACTIONS) if k.endswith(".parquet")]
-    return pd.concat([pd.read_parquet(lake.path(k)) for k in keys]) if keys else pd.DataFrame()
+    return pd.concat([lake.read_parquet(k) for k in keys]) if keys else pd.DataFrame()
 
 
 def quarantined(lake):
     keys = [k for k in lake.list(f"{lk.QUARANTINE}/rows") if k.endswith(".parquet")]
-    return pd.concat([pd.read_parquet(lake.path(k)) for k in keys]) if keys else pd.DataFrame()
+    return pd.concat([lake.read_parquet(k) for k in keys]) if keys else pd.DataFrame()
 
 
 def test_clean_delivery_lands_in_silver_and_rerun_ingests_nothing(lake):

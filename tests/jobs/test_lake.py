@@ -1,6 +1,6 @@
 import pytest
 
-from jobs.lake import Lake, LakeError
+from jobs.lake import LakeError, open_lake
 
 
 def test_publish_swaps_whole_partition(lake):
@@ -8,7 +8,7 @@ def test_publish_swaps_whole_partition(lake):
         (folder / "a.txt").write_text("first")
     with lake.publish("zone/date=2026-01-01") as folder:
         (folder / "b.txt").write_text("second")
-    assert lake.list("zone") == ["zone/date=2026-01-01/b.txt"]
+    assert [k.rsplit("/", 1)[-1] for k in lake.list("zone")] == ["b.txt"]
     assert lake.list_partitions("zone") == ["2026-01-01"]
 
 
@@ -19,15 +19,36 @@ def test_failed_publish_keeps_old_partition_and_leaves_no_staging(lake):
         with lake.publish("zone/date=2026-01-01") as folder:
             (folder / "half.txt").write_text("half")
             raise RuntimeError("killed mid-write")
-    assert lake.list("zone") == ["zone/date=2026-01-01/a.txt"]
-    assert not (lake.path("zone") / "_staging").exists()
+    assert [k.rsplit("/", 1)[-1] for k in lake.list("zone")] == ["a.txt"]
+    assert lake.read_bytes(lake.list("zone")[0]) == b"good"
 
 
 def test_unsupported_scheme_is_a_clear_error():
     with pytest.raises(LakeError, match="scheme 'gs' is not supported"):
-        Lake("gs://bucket/lake")
+        open_lake("gs://bucket/lake")
 
 
 def test_missing_object_names_its_uri(lake):
     with pytest.raises(LakeError, match="raw/nothing.csv does not exist"):
         lake.read_bytes("raw/nothing.csv")
+
+
+def test_partition_being_published_is_invisible_until_done(lake, tmp_path):
+    folder = tmp_path / "build"
+    folder.mkdir()
+    (folder / "part-0.txt").write_text("new")
+    with lake.publish("zone/date=2026-01-02") as staging:
+        (staging / "x.txt").write_text("x")
+        assert lake.list_partitions("zone") == []  # nothing visible mid-write
+    assert lake.list_partitions("zone") == ["2026-01-02"]
+
+
+def test_parquet_round_trip_and_row_counts(lake):
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": range(5)})
+    with lake.publish("zone/date=2026-01-03") as folder:
+        frame.to_parquet(folder / "part-0.parquet")
+    assert lake.read_parquet("zone/date=2026-01-03")["a"].tolist() == list(range(5))
+    assert lake.parquet_rows("zone") == 5
+    assert lake.read_parquet("zone/date=1999-01-01").empty
