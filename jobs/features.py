@@ -108,7 +108,25 @@ def date_range(start: str, end: str) -> list[str]:
     return [(s + timedelta(days=i)).isoformat() for i in range((e - s).days + 1)]
 
 
-def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: str) -> dict:
+def check_contract(folder: Path, date: str, expectations_dir: Path) -> None:
+    """Validate one built date against ``expectations/gold_features.json`` before publishing it."""
+    import pandas as pd
+
+    from jobs.result import JobError
+    from jobs.validate import load_suite_json, row_failures
+
+    frame = pd.read_parquet(folder)
+    _, summaries = row_failures(frame, load_suite_json(expectations_dir, "gold_features.json"))
+    broken = [s for s in summaries if not s["success"]]
+    if broken:
+        raise JobError(
+            f"gold features for {date} break their contract ({len(frame)} rows); nothing was published: "
+            + "; ".join(f"{s['rule']} ({s['failing_rows']} rows)" for s in broken)
+        )
+
+
+def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: str,
+               expectations_dir: Path) -> dict:
     """Build ``gold/features`` for every silver date in [start, end]; atomic per date."""
     from pyspark.sql import functions as F
 
@@ -129,6 +147,8 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
             feats = build_features(silver).where(F.col("date").isin(targets))
             feats.repartition("date").write.mode("overwrite").partitionBy("date").parquet(str(staging / "out"))
             counts = {r["date"]: r["count"] for r in feats.groupBy("date").count().collect()}
+        for d in targets:
+            check_contract(staging / "out" / f"date={d}", d, expectations_dir)
         for d in targets:
             lake.publish_folder(staging / "out" / f"date={d}", lk.date_partition(lk.GOLD_FEATURES, d))
             log.info("published gold features for %s: %d rows", d, counts.get(d, 0))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from jobs import lake as lk
 from jobs.ingest import BATCH_MANIFEST
-from jobs.result import DataRejected
+from jobs.result import DataRejected, JobError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ def row_failures(typed: pd.DataFrame, suite_json: dict) -> tuple[dict[int, list[
     asset = source.add_dataframe_asset("batch")
     definition = asset.add_batch_definition_whole_dataframe("whole")
     suite = gx.ExpectationSuite(**suite_json)
+    if len(suite.expectations) != len(suite_json["expectations"]):
+        # GX logs and skips expectations it cannot build; a contract must never shrink silently.
+        built = {e.expectation_type for e in suite.expectations}
+        unknown = sorted({e["type"] for e in suite_json["expectations"]} - built)
+        raise JobError(f"suite {suite_json['name']!r} has expectations Great Expectations cannot build: {unknown}")
     batch = definition.get_batch(batch_parameters={"dataframe": frame})
     result = batch.validate(
         suite,

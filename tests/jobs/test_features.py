@@ -87,3 +87,18 @@ def test_planted_future_transaction_never_changes_earlier_features(spark):
         b = before.set_index("transaction_id").loc[tid, "card_txn_count_7d"]
         a = after.set_index("transaction_id").loc[tid, "card_txn_count_7d"]
         assert a == b + 1
+
+
+def test_gold_contract_passes_real_features_and_names_broken_rules(spark, tmp_path):
+    from jobs.features import check_contract
+    from jobs.result import JobError
+    from jobs.settings import get_settings
+
+    out = spark_features(spark, silver_frame(rows=100))
+    out.to_parquet(tmp_path / "good.parquet")
+    check_contract(tmp_path, "2026-04-02", get_settings().expectations_dir)
+    out.loc[0:2, "hour_of_day"] = 30
+    out.loc[5, "card_txn_count_1h"] = out.loc[5, "card_txn_count_24h"] + 1
+    out.to_parquet(tmp_path / "good.parquet")
+    with pytest.raises(JobError, match=r"hour of day is 0-23 \(3 rows\); a 24 h window holds at least the 1 h window"):
+        check_contract(tmp_path, "2026-04-02", get_settings().expectations_dir)

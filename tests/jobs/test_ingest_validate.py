@@ -116,3 +116,52 @@ def test_formats_are_detected():
         assert len(frame) == 20 and frame["transaction_id"].tolist() == day["transaction_id"].tolist(), name
     with pytest.raises(FileRejected):
         parse_raw("x.csv", b'transaction_id,amount\n"unterminated,1\n')
+
+
+def test_truncated_delivery_quarantines_the_cut_row(lake):
+    data = generate_day(DATE, 100).to_csv(index=False).encode()
+    deliver(lake, data[: data.rindex(b",2026-05-10T")], "cut.csv")  # cut inside the last row
+    _, result = run(lake, "run1")
+    q = quarantined(lake)
+    assert result["rows_silver"] == 99 and len(q) == 1
+    assert "timestamp must be present and well-formed" in q["_reason"].iloc[0]
+
+
+def test_garbled_values_are_row_failures_with_the_broken_rule(lake):
+    day = generate_day(DATE, 100).astype(object)
+    day.loc[3, "amount"] = "12,50 EUR"
+    day.loc[7, "timestamp"] = "yesterday"
+    day.loc[9, "is_fraud"] = "maybe"
+    deliver(lake, day, "garbled.csv")
+    _, result = run(lake, "run1")
+    reasons = dict(zip(quarantined(lake)["transaction_id"], quarantined(lake)["_reason"], strict=True))
+    assert result["rows_silver"] == 97
+    assert reasons[day.loc[3, "transaction_id"]] == "amount must be present and well-formed"
+    assert reasons[day.loc[7, "transaction_id"]] == "timestamp must be present and well-formed"
+    assert reasons[day.loc[9, "transaction_id"]].startswith("is_fraud must be present and well-formed")
+
+
+def test_same_key_with_new_content_is_a_new_delivery(lake):
+    """Policy: a changed object is ingested again; new ids land, ids already in silver are repeats."""
+    first = generate_day(DATE, 100)
+    deliver(lake, first, "daily.csv")
+    run(lake, "run1")
+    corrected = pd.concat([first.iloc[:60], generate_day(DATE, 30, delivery="fix")], ignore_index=True)
+    deliver(lake, corrected, "daily.csv")
+    staged, result = run(lake, "run2")
+    assert staged["objects"] == 1
+    assert result["rows_silver"] == 30 and result["rows_quarantined"] == 60
+    assert len(silver(lake)) == 130 and silver(lake)["transaction_id"].is_unique
+    assert [e["status"] for e in read_ledger(lake)] == ["ingested", "ingested"]
+
+
+def test_a_contract_never_shrinks_silently():
+    from jobs.result import JobError
+    from jobs.validate import row_failures
+
+    suite = {"name": "typo", "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "amount"}},
+        {"type": "expect_column_values_to_be_positive_please", "kwargs": {"column": "amount"}},
+    ]}
+    with pytest.raises(JobError, match="expect_column_values_to_be_positive_please"):
+        row_failures(pd.DataFrame({"amount": [1.0]}), suite)
