@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,51 +43,78 @@ def to_typed(raw: pd.DataFrame) -> pd.DataFrame:
     return typed
 
 
-def row_failures(typed: pd.DataFrame, suite_json: dict) -> tuple[dict[int, list[str]], list[dict]]:
-    """Run the suite with Great Expectations; map each failing row to the rules it broke.
+class Contract:
+    """A reviewed suite from ``expectations/``, run by a Great Expectations checkpoint.
 
-    Returns ``(reasons_by_row_id, expectation_summaries)``. Table-level expectations that fail
-    (e.g. the column set) mark every row.
+    With ``docs_dir``, every run also renders Data Docs (HTML) into that folder.
     """
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    import great_expectations as gx
 
-    frame = typed.copy()
-    frame[ROW_ID] = range(len(frame))
-    context = gx.get_context(mode="ephemeral")
-    source = context.data_sources.add_pandas("bronze")
-    asset = source.add_dataframe_asset("batch")
-    definition = asset.add_batch_definition_whole_dataframe("whole")
-    suite = gx.ExpectationSuite(**suite_json)
-    if len(suite.expectations) != len(suite_json["expectations"]):
-        # GX logs and skips expectations it cannot build; a contract must never shrink silently.
-        built = {e.expectation_type for e in suite.expectations}
-        unknown = sorted({e["type"] for e in suite_json["expectations"]} - built)
-        raise JobError(f"suite {suite_json['name']!r} has expectations Great Expectations cannot build: {unknown}")
-    batch = definition.get_batch(batch_parameters={"dataframe": frame})
-    result = batch.validate(
-        suite,
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
-    )
-    reasons: dict[int, list[str]] = {}
-    summaries = []
-    for r in result.results:
-        cfg = r.expectation_config
-        rule = (cfg.meta or {}).get("rule") or cfg.type
-        res = r.result or {}
-        failing: list[int] = []
-        if not r.success:
-            if "unexpected_index_list" in res:
-                failing = [int(i[ROW_ID]) if isinstance(i, dict) else int(i) for i in res["unexpected_index_list"]]
-                if cfg.type == "expect_column_values_to_be_unique":
-                    failing = _later_copies(frame, cfg.kwargs["column"], failing)
-            else:
-                failing = list(range(len(frame)))
-        for i in failing:
-            reasons.setdefault(i, []).append(rule)
-        summaries.append({"expectation": cfg.type, "column": cfg.kwargs.get("column"), "rule": rule,
-                          "success": bool(r.success) or not failing, "failing_rows": len(failing)})
-    return reasons, summaries
+    def __init__(self, suite_json: dict, docs_dir: Path | None = None):
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        import great_expectations as gx
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        self.context = gx.get_context(mode="ephemeral")
+        source = self.context.data_sources.add_pandas("lake")
+        definition = source.add_dataframe_asset(suite_json["name"]).add_batch_definition_whole_dataframe("whole")
+        suite = gx.ExpectationSuite(**suite_json)
+        if len(suite.expectations) != len(suite_json["expectations"]):
+            # GX logs and skips expectations it cannot build; a contract must never shrink silently.
+            built = {e.expectation_type for e in suite.expectations}
+            unknown = sorted({e["type"] for e in suite_json["expectations"]} - built)
+            raise JobError(f"suite {suite_json['name']!r} has expectations Great Expectations cannot build: {unknown}")
+        suite = self.context.suites.add(suite)
+        validation = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=suite_json["name"], data=definition, suite=suite)
+        )
+        actions = []
+        if docs_dir is not None:
+            self.context.add_data_docs_site(site_name="lake", site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            })
+            actions.append(UpdateDataDocsAction(name="data_docs", site_names=["lake"]))
+        self.checkpoint = self.context.checkpoints.add(gx.Checkpoint(
+            name=f"{suite_json['name']}_checkpoint", validation_definitions=[validation], actions=actions,
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
+        ))
+
+    def failures(self, frame: pd.DataFrame, run_name: str = "batch") -> tuple[dict[int, list[str]], list[dict]]:
+        """Map each failing row to the rules it broke; returns ``(reasons_by_row, expectation_summaries)``.
+
+        Table-level expectations that fail (e.g. the column set) mark every row.
+        """
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        frame = frame.copy()
+        frame[ROW_ID] = range(len(frame))
+        outcome = self.checkpoint.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
+        (result,) = outcome.run_results.values()
+        reasons: dict[int, list[str]] = {}
+        summaries = []
+        for r in result.results:
+            cfg = r.expectation_config
+            rule = (cfg.meta or {}).get("rule") or cfg.type
+            res = r.result or {}
+            failing: list[int] = []
+            if not r.success:
+                if "unexpected_index_list" in res:
+                    failing = [int(i[ROW_ID]) if isinstance(i, dict) else int(i) for i in res["unexpected_index_list"]]
+                    if cfg.type == "expect_column_values_to_be_unique":
+                        failing = _later_copies(frame, cfg.kwargs["column"], failing)
+                else:
+                    failing = list(range(len(frame)))
+            for i in failing:
+                reasons.setdefault(i, []).append(rule)
+            summaries.append({"expectation": cfg.type, "column": cfg.kwargs.get("column"), "rule": rule,
+                              "success": bool(r.success) or not failing, "failing_rows": len(failing)})
+        return reasons, summaries
+
+
+def row_failures(typed: pd.DataFrame, suite_json: dict) -> tuple[dict[int, list[str]], list[dict]]:
+    """Run a suite once (no Data Docs); see :meth:`Contract.failures`."""
+    return Contract(suite_json).failures(typed)
 
 
 def _later_copies(frame: pd.DataFrame, column: str, rows: list[int]) -> list[int]:
@@ -159,7 +188,8 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
     """Validate the bronze batch of ``run_id``; publish silver, quarantine, ledger, report."""
     batch_key = f"{lk.BRONZE_BATCHES}/{run_id}"
     manifest = lake.read_json(lake.partition_file(batch_key, BATCH_MANIFEST))
-    suite_json = load_suite_json(expectations_dir)
+    docs_dir = Path(tempfile.mkdtemp(prefix="data-docs-"))
+    contract = Contract(load_suite_json(expectations_dir), docs_dir=docs_dir)
     outcomes: list[ObjectOutcome] = []
     touched: set[str] = set()
     for obj in manifest["objects"]:
@@ -172,7 +202,7 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
             continue
         raw = lake.read_parquet(lake.partition_file(batch_key, obj["bronze_part"]))
         typed = to_typed(raw)
-        reasons, _ = row_failures(typed, suite_json)
+        reasons, _ = contract.failures(typed, run_name=obj["key"].rsplit("/", 1)[-1])
         dates = set(typed["timestamp"].dropna().dt.strftime("%Y-%m-%d"))
         good, quarantined, rejected = split_object(typed, reasons, _silver_ids(lake, dates), max_bad_share)
         if not quarantined.empty:
@@ -200,6 +230,11 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
         "rows_quarantined": sum(o.rows_quarantined for o in outcomes),
         "silver_dates": sorted(touched),
     }
+    docs_key = f"{lk.REPORTS}/data_docs/{run_id}"
+    if any(docs_dir.iterdir()):
+        lake.publish_folder(docs_dir, docs_key)
+        report["data_docs"] = lake.uri_of(lake.partition_file(docs_key, "index.html"))
+    shutil.rmtree(docs_dir, ignore_errors=True)
     lake.write_json(f"{lk.REPORTS}/validation/{run_id}.json", report)
     rejected = [o for o in outcomes if o.status != "ingested"]
     if rejected:

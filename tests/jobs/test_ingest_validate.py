@@ -42,6 +42,10 @@ def test_clean_delivery_lands_in_silver_and_rerun_ingests_nothing(lake):
     staged, result = run(lake, "run1")
     assert staged["objects"] == 1 and result["rows_silver"] == 300 and result["rows_quarantined"] == 0
     assert result["silver_dates"] == [DATE]
+    docs = lake.partition_files("reports/data_docs/run1")
+    assert any(k.endswith("/index.html") for k in docs)
+    assert any("/validations/raw_transactions/a.csv/" in k for k in docs)  # one page per delivered object
+    assert b"a.csv" in lake.read_bytes(lake.partition_file("reports/data_docs/run1", "index.html"))
     staged, result = run(lake, "run2")
     assert staged["objects"] == 0 and result["rows_delivered"] == 0
     assert len(silver(lake)) == 300
