@@ -117,7 +117,7 @@ def ingest(date: DateOpt, run_id: RunIdOpt):
     """Stage raw objects delivered up to --date and not yet ingested as a bronze batch."""
     from jobs.ingest import ingest as run
 
-    return run(_lake(), date, run_id)
+    return run(_lake(), date, run_id, _settings().claim_ttl_hours)
 
 
 @app.command()

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import zlib
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -21,6 +22,7 @@ from jobs.generate import RAW_COLUMNS
 
 log = logging.getLogger(__name__)
 
+CLAIMS = "_ledger/claims"  # one create-only object per delivered object being ingested
 BATCH_MANIFEST = "_batch.json"  # what a bronze batch holds, object by object
 SOURCE_COLUMNS = ["_source_key", "_source_sha256", "_source_row"]
 _DATE_IN_KEY = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
@@ -97,6 +99,34 @@ def read_ledger(lake: lk.Lake) -> list[dict]:
     return [json.loads(line) for line in lake.read_bytes(lk.LEDGER).decode().splitlines() if line.strip()]
 
 
+def _claim_key(key: str, digest: str) -> str:
+    return f"{CLAIMS}/{sha256(key.encode())[:24]}-{digest[:24]}.json"
+
+
+def claim(lake: lk.Lake, key: str, digest: str, run_id: str, ttl_hours: float) -> str | None:
+    """Take the exclusive claim on one delivered object (key + content) for ``run_id``.
+
+    Returns None when this run holds the claim (new, or a retry of the same run), else the run
+    that holds it. The claim is created with a create-only write (``O_EXCL`` link locally,
+    ``If-None-Match: *`` on S3), so two overlapping runs can never both take it. A claim older
+    than ``ttl_hours`` whose run never finished is taken over (logged).
+    """
+    ckey = _claim_key(key, digest)
+    now = datetime.now(UTC)
+    payload = json.dumps({"key": key, "sha256": digest, "run_id": run_id, "claimed_at": now.isoformat()}).encode()
+    if lake.create_only(ckey, payload):
+        return None
+    held = lake.read_json(ckey)
+    if held["run_id"] == run_id:
+        return None
+    age_h = (now - datetime.fromisoformat(held["claimed_at"])).total_seconds() / 3600
+    if age_h > ttl_hours:
+        log.warning("taking over the claim of run %s on %s (%.1f h old)", held["run_id"], key, age_h)
+        lake.write_bytes(ckey, payload)
+        return None
+    return held["run_id"]
+
+
 def pending_objects(lake: lk.Lake, date: str) -> list[str]:
     """Raw keys delivered for ``date`` or earlier that the ledger has not seen (by key + hash)."""
     seen = {(e["key"], e["sha256"]) for e in read_ledger(lake)}
@@ -110,15 +140,24 @@ def pending_objects(lake: lk.Lake, date: str) -> list[str]:
     return pending
 
 
-def ingest(lake: lk.Lake, date: str, run_id: str) -> dict:
-    """Stage every pending raw object as a bronze batch; quarantine unusable files whole."""
+def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 6.0) -> dict:
+    """Stage every pending raw object as a bronze batch; quarantine unusable files whole.
+
+    Each object is claimed first: one claimed by another, still running ingestion is skipped.
+    """
     batch_key = f"{lk.BRONZE_BATCHES}/{run_id}"
     keys = pending_objects(lake, date)
     manifest = {"run_id": run_id, "date": date, "objects": []}
+    held_elsewhere = []
     with lake.publish(batch_key) as folder:
         for n, key in enumerate(keys):
             data = lake.read_bytes(key)
             digest = sha256(data)
+            holder = claim(lake, key, digest, run_id, claim_ttl_hours)
+            if holder is not None:
+                log.info("skipping %s: run %s is ingesting it", lake.uri_of(key), holder)
+                held_elsewhere.append({"key": key, "run_id": holder})
+                continue
             entry = {"key": key, "sha256": digest, "bytes": len(data)}
             try:
                 frame = parse_raw(key, data)
@@ -143,7 +182,8 @@ def ingest(lake: lk.Lake, date: str, run_id: str) -> dict:
     return {
         "bronze_batch": lake.uri_of(batch_key),
         "run_id": run_id,
-        "objects": len(keys),
+        "objects": len(manifest["objects"]),
+        "skipped_claimed_elsewhere": len(held_elsewhere),
         "rows_delivered": sum(o["rows_delivered"] or 0 for o in manifest["objects"]),
         "files_rejected": [o["key"] for o in manifest["objects"] if o["status"] == "rejected_file"],
     }

@@ -81,6 +81,10 @@ class Lake:
         """Write one object atomically; returns its URI."""
         raise NotImplementedError
 
+    def create_only(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist yet (atomic); False when it already existed."""
+        raise NotImplementedError
+
     def partition_files(self, key: str) -> list[str]:
         """Keys of the files that make up the current version of a partition (or one file)."""
         raise NotImplementedError
@@ -212,6 +216,19 @@ class LocalLake(Lake):
         os.replace(tmp, target)
         return self.uri_of(key)
 
+    def create_only(self, key: str, data: bytes) -> bool:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, target)  # fails if the target exists: the content appears whole or not at all
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+
     def append_line(self, key: str, line: str) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -323,6 +340,17 @@ class S3Lake(Lake):
     def write_bytes(self, key: str, data: bytes) -> str:
         self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)  # a PUT is atomic
         return self.uri_of(key)
+
+    def create_only(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
 
     def partition_files(self, key: str) -> list[str]:
         manifest = f"{key}/{MANIFEST}"

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     # A delivery with more bad rows than this share is rejected whole: it points to a broken
     # upstream export rather than a few bad records.
     max_bad_row_share: float = 0.05
+    # A claim on a raw object whose run never finished may be taken over after this long.
+    claim_ttl_hours: float = 6.0
 
     # --- model --------------------------------------------------------------------------
     model_name: str = "fraud-detector"

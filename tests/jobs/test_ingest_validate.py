@@ -169,3 +169,23 @@ def test_a_contract_never_shrinks_silently():
     ]}
     with pytest.raises(JobError, match="expect_column_values_to_be_positive_please"):
         row_failures(pd.DataFrame({"amount": [1.0]}), suite)
+
+
+def test_overlapping_runs_never_ingest_the_same_object_twice(lake):
+    deliver(lake, generate_day(DATE, 120), "a.csv")
+    first = ingest(lake, DATE, "run-a")
+    second = ingest(lake, DATE, "run-b")  # a second sensor firing while run-a is still going
+    assert first["objects"] == 1 and second["objects"] == 0 and second["skipped_claimed_elsewhere"] == 1
+    retry = ingest(lake, DATE, "run-a")  # Airflow retries run-a's task: same run, same object
+    assert retry["objects"] == 1
+    validate_batch(lake, "run-a", get_settings().expectations_dir, 0.05)
+    validate_batch(lake, "run-b", get_settings().expectations_dir, 0.05)
+    assert len(silver(lake)) == 120 and quarantined(lake).empty
+    assert len(read_ledger(lake)) == 1
+
+
+def test_a_stale_claim_is_taken_over(lake):
+    deliver(lake, generate_day(DATE, 50), "a.csv")
+    ingest(lake, DATE, "crashed-run")
+    assert ingest(lake, DATE, "next-run", claim_ttl_hours=6)["objects"] == 0
+    assert ingest(lake, DATE, "next-run", claim_ttl_hours=0)["objects"] == 1
