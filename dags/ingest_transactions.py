@@ -8,8 +8,10 @@ partition date or earlier that the ingestion ledger has not seen (key + SHA-256)
 touched), `quarantine/` (rejected rows and files, with reasons), the ledger entries and a
 validation report in `reports/validation/`.
 
-**Starts** nightly (00:30 UTC, for the day that just ended), or when a person triggers it
-with a date. The sensor waits until the day's delivery is in the raw zone.
+**Starts** nightly (00:30 UTC, for the day that just ended), when a person triggers it with a
+date, and, on S3 lakes with `PIPELINE_LAKE_EVENTS_QUEUE` set, as soon as an S3 event
+notification for a new raw object arrives (AssetWatcher on SQS; the run takes the object's date).
+The sensor waits until the day's delivery is in the raw zone.
 
 **When it fails** at `validate`, a delivery broke the data contract
 (`expectations/raw_transactions.json`): the task log names the file, the counts and the
@@ -20,17 +22,21 @@ Re-running the same date is safe: objects already in the ledger are skipped.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param
-from pipeline.assets import SILVER_TRANSACTIONS
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
+from pipeline.assets import SILVER_TRANSACTIONS, raw_deliveries_watched
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import JobOperator
 from pipeline.runners import Resources
 from pipeline.sensors import raw_delivery_sensor
 
+NIGHTLY = CronDataIntervalTimetable("30 0 * * *", timezone="UTC")
+# With PIPELINE_LAKE_EVENTS_QUEUE set, S3 event notifications also start a run (AssetWatcher).
+_events = raw_deliveries_watched()
+
 with DAG(
     dag_id="ingest_transactions",
     doc_md=__doc__,
-    schedule=CronDataIntervalTimetable("30 0 * * *", timezone="UTC"),
+    schedule=AssetOrTimeSchedule(timetable=NIGHTLY, assets=[_events]) if _events else NIGHTLY,
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

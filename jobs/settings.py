@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # --- Airflow side of the lake ---------------------------------------------------------
     aws_conn_id: str = Field(default="lake_s3", description="Airflow connection the S3 sensor uses.")
     sensor_deferrable: bool = Field(default=False, description="Defer the raw-zone sensor to the triggerer.")
+    lake_events_queue: str = Field(
+        default="", description="SQS queue URL receiving the bucket's S3 event notifications for raw/ "
+                                "(enables the event-driven AssetWatcher on top of the schedule)."
+    )
+    lake_events_poll_seconds: int = 30
 
     # --- Spark --------------------------------------------------------------------------
     spark_master: str = Field(

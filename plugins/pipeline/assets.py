@@ -22,4 +22,23 @@ GOLD_FEATURES = _lake_asset("gold_features", lk.GOLD_FEATURES)
 PREDICTIONS = _lake_asset("fraud_predictions", lk.PREDICTIONS)
 # Not a lake zone: a signal that the drift monitor asks for retraining (extra: drift summary).
 DRIFT_SIGNAL = _lake_asset("drift_detected", f"{lk.REPORTS}/drift")
+RAW_DELIVERIES = _lake_asset("raw_deliveries", lk.RAW_TRANSACTIONS)
 CHAMPION_MODEL = Asset("champion_model", uri=f"{LAKE_URI}/_registry/{get_settings().model_name}/champion")
+
+
+def raw_deliveries_watched() -> Asset | None:
+    """``raw_deliveries`` with an AssetWatcher on the lake's S3 event queue, when one is configured.
+
+    S3 event notifications (``s3:ObjectCreated:*`` on ``raw/``) -> SQS -> the amazon provider's
+    ``SqsSensorTrigger`` in the triggerer -> an asset event whose extra carries the messages.
+    """
+    settings = get_settings()
+    if not settings.lake_events_queue:
+        return None
+    from airflow.providers.amazon.aws.triggers.sqs import SqsSensorTrigger
+    from airflow.sdk import AssetWatcher
+
+    trigger = SqsSensorTrigger(sqs_queue=settings.lake_events_queue, aws_conn_id=settings.aws_conn_id,
+                               waiter_delay=settings.lake_events_poll_seconds)
+    return Asset(RAW_DELIVERIES.name, uri=RAW_DELIVERIES.uri,
+                 watchers=[AssetWatcher(name="raw_delivery_events", trigger=trigger)])

@@ -8,7 +8,10 @@ the day that just ended.
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import timedelta
+from urllib.parse import unquote_plus
 
 # Keys under which producers list dates in their asset event extras.
 _DATE_LIST_KEYS = ("dates", "silver_dates")
@@ -28,6 +31,23 @@ def partition_date(context) -> str:
     return when.strftime("%Y-%m-%d")
 
 
+_DATE_IN_KEY = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+
+
+def s3_event_dates(extra: dict) -> set[str]:
+    """Partition dates of the objects named by S3 event notifications that an AssetWatcher relayed."""
+    dates = set()
+    for message in (extra.get("payload") or {}).get("message_batch") or []:
+        try:
+            records = json.loads(message.get("Body", "{}")).get("Records", [])
+        except (ValueError, AttributeError):
+            continue
+        for record in records:
+            key = unquote_plus(record.get("s3", {}).get("object", {}).get("key", ""))
+            dates.update(_DATE_IN_KEY.findall(key))
+    return dates
+
+
 def triggering_dates(context, key: str | None = None) -> list[str]:
     """Dates named in the extras of the asset events that triggered this run, sorted.
 
@@ -41,4 +61,6 @@ def triggering_dates(context, key: str | None = None) -> list[str]:
                 dates.update(extra.get(k) or [])
             if key is None and extra.get("date"):
                 dates.add(str(extra["date"]))
+            if key is None:
+                dates.update(s3_event_dates(extra))
     return sorted(dates)

@@ -33,3 +33,12 @@ def test_asset_triggered_runs_use_the_latest_date_the_producer_named():
 def test_scheduled_runs_use_the_logical_date_and_dateless_runs_the_last_complete_day():
     assert partition_date(context(logical_date=datetime(2026, 11, 21, 3, tzinfo=UTC))) == "2026-11-21"
     assert partition_date(context()) == "2026-11-21"
+
+
+def test_s3_event_notifications_relayed_by_the_asset_watcher_name_the_date():
+    import json
+
+    body = {"Records": [{"s3": {"object": {"key": "lake/raw/transactions/date%3D2026-11-19/t.csv"}}}]}
+    ctx = context(events=[{"from_trigger": True, "payload": {"status": "success",
+                                                            "message_batch": [{"Body": json.dumps(body)}]}}])
+    assert partition_date(ctx) == "2026-11-19"

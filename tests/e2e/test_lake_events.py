@@ -1,0 +1,103 @@
+"""Event-driven ingestion with a real scheduler and triggerer (``airflow standalone``).
+
+S3 event notifications for ``raw/`` go to an SQS queue on a local moto server; the AssetWatcher's
+``SqsSensorTrigger`` turns them into ``raw_deliveries`` asset events, which start
+``ingest_transactions`` for the date in the object's key. No patching: real HTTP, real Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import boto3
+import pytest
+
+from jobs.generate import generate_day
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_s3_event_starts_ingestion_through_the_asset_watcher(s3_endpoint, tmp_path):
+    creds = {"endpoint_url": s3_endpoint, "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
+             "region_name": "us-east-1"}
+    s3, sqs = boto3.client("s3", **creds), boto3.client("sqs", **creds)
+    bucket = f"lake-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    queue_url = sqs.create_queue(QueueName=f"raw-events-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [{
+        "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "lake/raw/"}]}},
+    }]})
+    # Deliver the days a nightly run created at start-up may be waiting for, so it does not block.
+    today = datetime.now(UTC).date()
+    days = [(today - timedelta(days=n)).isoformat() for n in (1, 2)]
+    for day in days:
+        s3.put_object(Bucket=bucket, Key=f"lake/raw/transactions/date={day}/t.csv",
+                      Body=generate_day(day, 200).to_csv(index=False).encode())
+    assert int(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+               ["Attributes"]["ApproximateNumberOfMessages"]) >= 2  # plus S3's s3:TestEvent
+
+    port = free_port()
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINE_", "AWS_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PIPELINE_STATE_DIR=str(state),
+        PIPELINE_LAKE_URI=f"s3://{bucket}/lake", PIPELINE_LAKE_EVENTS_QUEUE=queue_url,
+        PIPELINE_LAKE_EVENTS_POLL_SECONDS="2", AWS_ENDPOINT_URL=s3_endpoint, AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+        AIRFLOW_CONN_LAKE_S3=f"aws://testing:testing@/?endpoint_url={quote(s3_endpoint, safe='')}"
+                             "&region_name=us-east-1",
+        AIRFLOW__API__PORT=str(port), AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
+    )
+    proc = subprocess.Popen(["bash", "-c", "source scripts/env.sh && exec airflow standalone"], cwd=ROOT, env=env,
+                            stdout=open(tmp_path / "standalone.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    db = state / "airflow" / "airflow.db"
+    try:
+        deadline = time.monotonic() + 420
+        runs, events = [], []
+        while time.monotonic() < deadline:
+            time.sleep(5)
+            if proc.poll() is not None:
+                break
+            try:
+                with sqlite3.connect(db) as conn:
+                    events = [json.loads(e) for (e,) in conn.execute(
+                        "select e.extra from asset_event e join asset a on a.id = e.asset_id "
+                        "where a.name = 'raw_deliveries'")]
+                    runs = conn.execute("select run_type, state from dag_run where dag_id = 'ingest_transactions'"
+                                        ).fetchall()
+            except sqlite3.OperationalError:
+                continue  # database still being created
+            if ("asset_triggered", "success") in runs:
+                break
+        log = (tmp_path / "standalone.log").read_text()[-6000:]
+        assert events and events[0]["from_trigger"] is True, log
+        assert ("asset_triggered", "success") in runs, f"{runs}\n{log}"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="lake/silver/transactions/")
+    assert any(o["Key"].endswith("_partition.json") for o in listed.get("Contents", []))
