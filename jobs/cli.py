@@ -11,6 +11,7 @@ import logging
 import sys
 from datetime import date as Date
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -234,6 +235,29 @@ def ledger(
     return {"entries": len(entries), "rows_delivered": sum(e.get("rows_delivered") or 0 for e in entries),
             "rows_silver": sum(e.get("rows_silver") or 0 for e in entries),
             "rows_quarantined": sum(e.get("rows_quarantined") or 0 for e in entries)}
+
+
+@app.command()
+@step
+def quarantine(run_id: Annotated[Optional[str], typer.Option(help="Only this ingestion run.")] = None):
+    """Show what is in quarantine: rejected files with reasons, rejected rows counted by rule."""
+    from jobs.quarantine import quarantine_report, render
+
+    report = quarantine_report(_lake(), run_id)
+    sys.stdout.write(render(report) + "\n")
+    return {"files": len(report["files"]), "rows": sum(sum(c.values()) for c in report["rows"].values())}
+
+
+@app.command()
+@step
+def replay(
+    date: DateOpt,
+    file: Annotated[Path, typer.Option(help="The fixed file to deliver again.")],
+):
+    """Deliver a fixed file for --date as a new raw object; the next ingestion picks it up."""
+    from jobs.quarantine import replay as run
+
+    return run(_lake(), file, date)
 
 
 @app.command()

@@ -47,39 +47,66 @@ def key_date(key: str) -> str | None:
     return m.group(1) if m else None
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+
+
+def detect_format(name: str, data: bytes) -> str:
+    """``parquet``, ``jsonl`` or ``csv`` from the (decompressed) content, the name as a tie-breaker.
+
+    Content wins over the name: Parquet by its magic bytes, JSON lines by a leading ``{``;
+    a file named ``.parquet`` that lacks the magic bytes is a truncated or foreign file.
+    """
+    if data[:4] == PARQUET_MAGIC:
+        if data[-4:] != PARQUET_MAGIC:
+            raise FileRejected("truncated", "Parquet data without its footer (the upload was cut short?)")
+        return "parquet"
+    if name.endswith(".parquet"):
+        raise FileRejected("unparseable", "named .parquet but the content is not Parquet")
+    head = data.lstrip()[:1]
+    if head == b"{":
+        return "jsonl"
+    if name.endswith(".csv") or b"," in data[:4096].split(b"\n", 1)[0]:
+        return "csv"
+    raise FileRejected("unknown_format", f"cannot tell the format of {name!r} from its name or content")
+
+
+def _as_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.astype(object).where(frame.notna(), None)
+    return frame.apply(lambda col: col.map(lambda v: None if v is None else str(v)))
+
+
 def parse_raw(key: str, data: bytes) -> pd.DataFrame:
     """Parse one delivered object into a frame of strings, exactly as delivered.
 
-    Format from the name (``.csv``, ``.jsonl``/``.json``, ``.parquet``, optionally ``.gz``).
-    Raises :class:`FileRejected` for anything that makes the whole file unusable.
+    CSV, JSON lines or Parquet, optionally gzip-compressed, detected from the content (see
+    :func:`detect_format`). Raises :class:`FileRejected` for anything that makes the whole
+    file unusable.
     """
     name = key.rsplit("/", 1)[-1].lower()
-    if name.endswith(".gz"):
+    if data[:2] == GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
             raise FileRejected("corrupt_gzip", str(exc)) from exc
-        name = name[:-3]
+    elif name.endswith(".gz"):
+        raise FileRejected("corrupt_gzip", "named .gz but the content is not gzip data")
+    name = name.removesuffix(".gz")
     if not data.strip():
         raise FileRejected("empty_file", "the object holds no rows")
+    fmt = detect_format(name, data)
     try:
-        if name.endswith(".parquet"):
-            frame = pd.read_parquet(io.BytesIO(data))
-            frame = frame.astype(object).where(frame.notna(), None)
-            frame = frame.apply(lambda col: col.map(lambda v: None if v is None else str(v)))
+        if fmt == "parquet":
+            frame = _as_strings(pd.read_parquet(io.BytesIO(data)))
         else:
             try:
-                text = data.decode("utf-8")
+                text = data.decode("utf-8-sig")
             except UnicodeDecodeError as exc:
                 raise FileRejected("not_utf8", f"byte {exc.start} is not valid UTF-8") from exc
-            if name.endswith(".csv"):
-                frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
-            elif name.endswith((".jsonl", ".json")):
-                frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
-                frame = frame.astype(object).where(frame.notna(), None)
-                frame = frame.apply(lambda col: col.map(lambda v: None if v is None else str(v)))
+            if fmt == "jsonl":
+                frame = _as_strings(pd.read_json(io.StringIO(text), lines=True, dtype=False))
             else:
-                raise FileRejected("unknown_format", f"cannot tell the format of {name!r}")
+                frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except FileRejected:
         raise
     except Exception as exc:  # any parser error makes the file unusable

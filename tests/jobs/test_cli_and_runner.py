@@ -57,3 +57,24 @@ def test_ledger_lists_what_was_ingested(state_dir):
     assert "r1 / raw/transactions/date=2026-02-03/transactions-2026-02-03.csv" in out.stdout
     assert '"rows_silver": 40' in out.stdout.splitlines()[-1]
     assert jobs_cli("ledger", "--status", "rejected_file").stdout.count("\n") == 2  # header + result line
+
+
+def test_quarantine_report_and_replay_of_a_fixed_file(state_dir, lake, tmp_path):
+    from jobs.generate import generate_day
+
+    day = generate_day("2026-02-04", 30)
+    bad = day.copy()
+    bad["currency"] = "XXX"
+    lake.write_bytes("raw/transactions/date=2026-02-04/t.csv", bad.to_csv(index=False).encode())
+    assert jobs_cli("ingest", "--date", "2026-02-04", "--run-id", "r1").returncode == 0
+    assert jobs_cli("validate", "--date", "2026-02-04", "--run-id", "r1").returncode == 3
+    report = jobs_cli("quarantine")
+    assert "[r1]      30  currency is one we settle in" in report.stdout
+    fixed = tmp_path / "t.csv"
+    fixed.write_text(day.to_csv(index=False))
+    out = jobs_cli("replay", "--date", "2026-02-04", "--file", str(fixed))
+    assert out.returncode == 0 and "t-replay-" in out.stdout
+    assert jobs_cli("ingest", "--date", "2026-02-04", "--run-id", "r2").returncode == 0
+    assert jobs_cli("validate", "--date", "2026-02-04", "--run-id", "r2").returncode == 0
+    assert len(lake.read_parquet("silver/transactions/date=2026-02-04")) == 30
+    assert lake.exists("raw/transactions/date=2026-02-04/t.csv")  # the original delivery is kept

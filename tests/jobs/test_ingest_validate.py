@@ -120,6 +120,15 @@ def test_formats_are_detected():
         assert len(frame) == 20 and frame["transaction_id"].tolist() == day["transaction_id"].tolist(), name
     with pytest.raises(FileRejected):
         parse_raw("x.csv", b'transaction_id,amount\n"unterminated,1\n')
+    # Content wins over the name: compressed without .gz, Parquet or JSON lines under other names.
+    csv = day.to_csv(index=False).encode()
+    for name, data in [("a.csv", gzip.compress(csv)), ("export.dat", day.to_parquet(index=False)),
+                       ("a.csv", jsonl), ("feed", csv), ("a.csv", b"\xef\xbb\xbf" + csv)]:
+        assert parse_raw(name, data)["transaction_id"].tolist() == day["transaction_id"].tolist(), name
+    with pytest.raises(FileRejected, match="truncated"):
+        parse_raw("a.parquet", day.to_parquet(index=False)[:-100])
+    with pytest.raises(FileRejected, match="named .gz but the content is not gzip"):
+        parse_raw("a.csv.gz", csv)
 
 
 def test_truncated_delivery_quarantines_the_cut_row(lake):
