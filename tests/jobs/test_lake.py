@@ -52,3 +52,36 @@ def test_parquet_round_trip_and_row_counts(lake):
     assert lake.read_parquet("zone/date=2026-01-03")["a"].tolist() == list(range(5))
     assert lake.parquet_rows("zone") == 5
     assert lake.read_parquet("zone/date=1999-01-01").empty
+
+
+def test_a_publish_killed_halfway_leaves_the_old_partition_and_the_retry_completes(lake, tmp_path):
+    """The crash is injected inside the backend's own publishing step (upload / rename)."""
+    import jobs.lake as lake_module
+    from jobs.lake import S3Lake
+
+    with lake.publish("zone/date=2026-01-04") as folder:
+        (folder / "part-0.txt").write_text("old")
+    build = tmp_path / "build"
+    build.mkdir()
+    for i in range(3):
+        (build / f"part-{i}.txt").write_text(f"new {i}")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with pytest.MonkeyPatch.context() as mp:
+        if isinstance(lake, S3Lake):
+            real, calls = lake.s3.upload_file, []
+
+            def crash_on_second_upload(*args, **kwargs):
+                calls.append(args)
+                return killed() if len(calls) == 2 else real(*args, **kwargs)
+
+            mp.setattr(lake.s3, "upload_file", crash_on_second_upload)
+        else:
+            mp.setattr(lake_module.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            lake.publish_folder(build, "zone/date=2026-01-04")
+    assert [lake.read_bytes(k) for k in lake.list("zone")] == [b"old"]
+    lake.publish_folder(build, "zone/date=2026-01-04")
+    assert sorted(lake.read_bytes(k) for k in lake.list("zone")) == [b"new 0", b"new 1", b"new 2"]
