@@ -19,12 +19,16 @@ holdout (the most recent `PIPELINE_HOLDOUT_DAYS` days). With no champion yet the
 
 from __future__ import annotations
 
+import os
+
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
 from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
-from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.defaults import DEFAULT_ARGS, PROMOTION_POOL, START_DATE, TAGS
 from pipeline.operators import JobOperator
 from pipeline.runners import Resources
+
+TRAIN_PROCESSES = int(os.environ.get("PIPELINE_TRAIN_PROCESSES", "1"))
 
 with DAG(
     dag_id="train_model",
@@ -46,7 +50,8 @@ with DAG(
         step="train",
         pass_run_id=True,
         arguments=["--trigger", "{{ dag_run.run_type }}"],
-        job_resources=Resources(cpu=4, memory_gb=8, gpu=1),
+        # PIPELINE_TRAIN_PROCESSES > 1 trains with torchrun / DistributedDataParallel (one process per GPU).
+        job_resources=Resources(cpu=4, memory_gb=8, gpu=TRAIN_PROCESSES, processes=TRAIN_PROCESSES),
         doc_md="Fits the PyTorch model (CUDA + bf16 when present, else CPU), exports ONNX, registers a version.",
     )
     evaluate = JobOperator(
@@ -69,6 +74,7 @@ with DAG(
     promote = JobOperator(
         step="promote",
         pass_date=False,
+        pool=PROMOTION_POOL,
         arguments=["--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}"],
         outlets=[CHAMPION_MODEL],
         doc_md="Moves the champion alias to the new version (the old one becomes previous-champion).",

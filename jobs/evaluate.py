@@ -11,8 +11,8 @@ import numpy as np
 
 from jobs import lake as lk
 from jobs.features import LABEL
-from jobs.gate import decide
-from jobs.model import classification_metrics
+from jobs.gate import decide, render_slices
+from jobs.model import classification_metrics, paired_bootstrap, slice_metrics
 from jobs.registry import alias_version, load_bundle, mlflow_client, read_gold
 from jobs.result import JobError
 from jobs.settings import Settings
@@ -47,11 +47,19 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
         raise JobError(f"holdout {holdout_dates} has no rows or only one class in {lake.uri_of(lk.GOLD_FEATURES)}")
     y = holdout[LABEL].to_numpy()
     challenger = load_bundle(client, settings, model_version)
-    challenger_metrics = classification_metrics(y, challenger.predict(holdout))
+    challenger_scores = challenger.predict(holdout)
+    challenger_metrics = classification_metrics(y, challenger_scores)
+    slices = {"challenger": slice_metrics(holdout, challenger_scores)}
     champion_version = alias_version(client, settings, settings.champion_alias)
-    champion_metrics = None
+    champion_metrics = comparison = None
     if champion_version is not None and champion_version != str(model_version):
-        champion_metrics = classification_metrics(y, load_bundle(client, settings, champion_version).predict(holdout))
+        champion_scores = load_bundle(client, settings, champion_version).predict(holdout)
+        champion_metrics = classification_metrics(y, champion_scores)
+        slices["champion"] = slice_metrics(holdout, champion_scores)
+        comparison = paired_bootstrap(y, challenger_scores, champion_scores, settings.bootstrap_resamples,
+                                      settings.seed)
+        log.info("PR-AUC challenger - champion: %+.4f, 95%% CI [%+.4f, %+.4f]", comparison["delta"],
+                 comparison["ci_low"], comparison["ci_high"])
     elif champion_version == str(model_version):
         champion_version = None  # re-evaluating the champion itself: nothing to compare against
     parity = client.get_run(mv.run_id).data.metrics["onnx_max_abs_diff"]
@@ -62,26 +70,31 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
         min_pr_auc=settings.min_pr_auc, min_roc_auc=settings.min_roc_auc,
         non_inferiority_margin=settings.non_inferiority_margin,
         onnx_parity_tolerance=settings.onnx_parity_tolerance, latency_budget_ms=settings.latency_budget_ms,
+        comparison=comparison,
     )
     payload = {**report.to_dict(), "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
-               "holdout_dates": holdout_dates, "logical_date": date}
+               "comparison": comparison, "slices": slices, "holdout_dates": holdout_dates, "logical_date": date,
+               "trigger": mv.tags.get("trigger", "")}
+    markdown = report.to_markdown() + render_slices(slices)
     base = f"{lk.REPORTS}/gate/date={date}/v{model_version}"
     lake.write_json(base + ".json", payload)
-    lake.write_bytes(base + ".md", report.to_markdown().encode())
+    lake.write_bytes(base + ".md", markdown.encode())
     with mlflow.start_run(run_id=mv.run_id):
         mlflow.log_metrics({f"holdout_{k}": v for k, v in challenger_metrics.items()})
         mlflow.log_metric("scoring_latency_ms_per_1k", latency)
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "gate_report.md").write_text(report.to_markdown())
+            (Path(tmp) / "gate_report.md").write_text(markdown)
             mlflow.log_artifact(str(Path(tmp) / "gate_report.md"), artifact_path="gate")
         mlflow.log_dict(payload, "gate/gate_report.json")
     client.set_model_version_tag(settings.model_name, model_version, "gate_passed", str(report.passed).lower())
     client.set_model_version_tag(settings.model_name, model_version, "gate_verdict", report.verdict)
+    client.set_model_version_tag(settings.model_name, model_version, "gate_champion_version", champion_version or "")
+    client.set_model_version_tag(settings.model_name, model_version, "gate_report", lake.uri_of(base + ".md"))
     log.info("gate for v%s: %s", model_version, report.verdict)
     for c in report.checks:
         log.info("  %-24s %-10s %s %s -> %s", c.name, "n/a" if c.value is None else f"{c.value:.4g}",
                  c.comparison, "" if c.threshold is None else f"{c.threshold:.4g}", "pass" if c.passed else "FAIL")
     return {"passed": report.passed, "verdict": report.verdict, "model_version": str(model_version),
             "champion_version": champion_version, "challenger_metrics": challenger_metrics,
-            "champion_metrics": champion_metrics, "report": lake.uri_of(base + ".md"),
+            "champion_metrics": champion_metrics, "comparison": comparison, "report": lake.uri_of(base + ".md"),
             "checks": {c.name: c.passed for c in report.checks}}

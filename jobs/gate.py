@@ -56,11 +56,15 @@ def decide(
     non_inferiority_margin: float,
     onnx_parity_tolerance: float,
     latency_budget_ms: float,
+    comparison: dict | None = None,
 ) -> GateReport:
     """Gate a challenger: floors, ONNX parity, latency, and not worse than the champion.
 
-    First-run policy: with no champion, the champion comparison is skipped (recorded as such)
-    and the absolute floors alone decide.
+    Against a champion, ``comparison`` is the paired bootstrap of the PR-AUC difference on the
+    same holdout (``delta``, ``ci_low``, ``ci_high``): the challenger wins when even the low end
+    of the 95 % interval is above ``-non_inferiority_margin``, so noise alone cannot promote a
+    worse model. First-run policy: with no champion, the comparison is skipped (recorded as
+    such) and the absolute floors alone decide.
     """
     checks = [
         Check("pr_auc_floor", challenger["pr_auc"], min_pr_auc, ">=", challenger["pr_auc"] >= min_pr_auc),
@@ -74,8 +78,16 @@ def decide(
         checks.append(Check("beats_champion", None, None, "", True, "first run: no champion yet, floors decide"))
     else:
         delta = challenger["pr_auc"] - champion["pr_auc"]
-        checks.append(Check("beats_champion", delta, -non_inferiority_margin, ">=", delta >= -non_inferiority_margin,
-                            f"PR-AUC challenger {challenger['pr_auc']:.4f} - champion {champion['pr_auc']:.4f}"))
+        if comparison is None:
+            checks.append(Check("beats_champion", delta, -non_inferiority_margin, ">=",
+                                delta >= -non_inferiority_margin,
+                                f"PR-AUC challenger {challenger['pr_auc']:.4f} - champion {champion['pr_auc']:.4f}"))
+        else:
+            low = comparison["ci_low"]
+            checks.append(Check("beats_champion", low, -non_inferiority_margin, ">=", low >= -non_inferiority_margin,
+                                f"low end of the 95% CI of PR-AUC challenger - champion: delta "
+                                f"{comparison['delta']:+.4f} [{low:+.4f}, {comparison['ci_high']:+.4f}], "
+                                f"{comparison['resamples']} paired bootstrap resamples"))
     failed = [c.name for c in checks if not c.passed]
     if failed:
         verdict = f"keep the champion: failed {', '.join(failed)}"
@@ -85,3 +97,15 @@ def decide(
         verdict = (f"promote: PR-AUC {challenger['pr_auc']:.4f} vs champion {champion['pr_auc']:.4f} "
                    f"(margin {non_inferiority_margin})")
     return GateReport(not failed, verdict, checks, challenger_version, champion_version)
+
+
+def render_slices(slices: dict[str, dict]) -> str:
+    """Markdown table of per-slice PR-AUC for the challenger (and the champion when there is one)."""
+    challenger, champion = slices["challenger"], slices.get("champion") or {}
+    lines = ["", "## Slices (holdout)", "",
+             "| slice | rows | fraud | challenger PR-AUC | champion PR-AUC |", "| --- | --- | --- | --- | --- |"]
+    for name, m in challenger.items():
+        def fmt(metrics):
+            return f"{metrics['pr_auc']:.4f}" if metrics and "pr_auc" in metrics else "n/a"
+        lines.append(f"| {name} | {m['rows']} | {m['positives']} | {fmt(m)} | {fmt(champion.get(name))} |")
+    return "\n".join(lines) + "\n"

@@ -117,3 +117,45 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, precision_tar
         "positives": int(y_true.sum()),
         "rows": int(len(y_true)),
     }
+
+
+def paired_bootstrap(y_true, challenger, champion, resamples: int = 300, seed: int = 0) -> dict:
+    """PR-AUC difference (challenger - champion) with a 95 % paired bootstrap interval.
+
+    Both models are scored on the same resampled rows each time, so the interval reflects the
+    uncertainty of the *difference*, not of each model alone.
+    """
+    from sklearn.metrics import average_precision_score
+
+    y_true = np.asarray(y_true).astype(int)
+    a, b = np.asarray(challenger, dtype="float64"), np.asarray(champion, dtype="float64")
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        if y_true[idx].min() == y_true[idx].max():
+            continue
+        deltas.append(average_precision_score(y_true[idx], a[idx]) - average_precision_score(y_true[idx], b[idx]))
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    delta = average_precision_score(y_true, a) - average_precision_score(y_true, b)
+    return {"delta": float(delta), "ci_low": float(low), "ci_high": float(high), "resamples": len(deltas)}
+
+
+AMOUNT_BUCKETS = [0, 20, 100, 500, np.inf]  # currency units: everyday, regular, large, very large
+
+
+def slice_metrics(frame: pd.DataFrame, scores: np.ndarray, label: str = "is_fraud") -> dict:
+    """Metrics per channel and per amount bucket; slices with one class only report counts."""
+    frame = frame.assign(_score=np.asarray(scores), _amount=np.expm1(frame["log_amount"]))
+    frame["amount_bucket"] = pd.cut(frame["_amount"], AMOUNT_BUCKETS, right=False,
+                                    labels=["<20", "20-100", "100-500", ">=500"]).astype(str)
+    out: dict[str, dict] = {}
+    for column in ("channel", "amount_bucket"):
+        for value, part in frame.groupby(column):
+            key = f"{column}={value}"
+            if part[label].nunique() < 2:
+                out[key] = {"rows": len(part), "positives": int(part[label].sum())}
+            else:
+                m = classification_metrics(part[label].to_numpy(), part["_score"].to_numpy())
+                out[key] = {k: m[k] for k in ("pr_auc", "roc_auc", "rows", "positives")}
+    return out

@@ -15,7 +15,10 @@ def promote(settings: Settings, model_version: str) -> dict:
     """Make ``model_version`` the champion; the old champion becomes ``previous-champion``.
 
     Refuses a version whose gate did not pass (the tag written by evaluation), so a promotion
-    can never bypass the gate, whoever calls it.
+    can never bypass the gate, whoever calls it. Compare-and-set: the gate compared the version
+    with a given champion (tag ``gate_champion_version``); if the champion moved since, the
+    comparison is stale and the promotion is refused. With the ``model_promotion`` pool of one
+    slot around this step, two promotions can neither interleave nor overwrite each other.
     """
     client = mlflow_client(settings)
     mv = client.get_model_version(settings.model_name, model_version)
@@ -25,6 +28,12 @@ def promote(settings: Settings, model_version: str) -> dict:
             f"({mv.tags.get('gate_verdict', 'never evaluated')}): not promoting"
         )
     current = alias_version(client, settings, settings.champion_alias)
+    compared_with = mv.tags.get("gate_champion_version") or None
+    if current != str(model_version) and current != compared_with:
+        raise JobError(
+            f"the champion is v{current} but v{model_version} was gated against "
+            f"{('v' + compared_with) if compared_with else 'no champion'}: re-evaluate before promoting"
+        )
     if current == str(model_version):
         log.info("v%s is already the champion", model_version)
         return {"champion_version": current, "previous_champion_version": alias_version(

@@ -36,7 +36,7 @@ def emit(result: dict) -> dict:
     """Publish the job's result for whichever runner started it."""
     payload = json.dumps(result, sort_keys=True, default=str)
     path = os.environ.get(RESULT_FILE_ENV)
-    if path:
+    if path and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(payload)
     sys.stdout.write(f"{RESULT_MARKER}{payload}\n")

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     # so that retraining on fresh data is not blocked by noise.
     non_inferiority_margin: float = 0.01
     onnx_parity_tolerance: float = 1e-4
+    bootstrap_resamples: int = 300  # paired resamples for the challenger-vs-champion interval
     # Batch scoring must keep up with a day of transactions on one CPU core.
     latency_budget_ms: float = 50.0
 

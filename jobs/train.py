@@ -61,17 +61,37 @@ def pick_device(requested: str = "auto") -> str:
     return requested
 
 
+def distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) when launched by torchrun; (0, 1, 0) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
 def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, device: str, on_epoch=None):
-    """Train with early stopping on validation PR-AUC; returns (model, preprocessing, history)."""
+    """Train with early stopping on validation PR-AUC; returns (model, preprocessing, history).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (NCCL on
+    GPUs, gloo on CPUs) and each process trains on its own shard of every epoch's permutation;
+    all processes see the same validation set, so early stopping decides the same everywhere.
+    """
     import torch
+    import torch.distributed as dist
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    rank, world, _ = distributed()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     pre = Preprocessing.fit(fit_rows)
     net, _ = build_model(pre)
     net.to(device)
+    model = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[torch.device(device).index] if device.startswith("cuda")
+                                        else None)
     xn, xc = (torch.from_numpy(a) for a in pre.encode(fit_rows))
     y = torch.from_numpy(fit_rows[LABEL].to_numpy().astype("float32"))
     vn, vc = (torch.from_numpy(a).to(device) for a in pre.encode(val_rows))
@@ -81,28 +101,31 @@ def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, devi
     # Class imbalance: weight positives by the negative/positive ratio.
     pos_weight = torch.tensor((len(y) - positives) / positives, device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    opt = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(settings.seed)
     use_bf16 = device.startswith("cuda")
     best, best_state, stale, history = -1.0, None, 0, []
     for epoch in range(1, settings.max_epochs + 1):
-        net.train()
-        order = torch.randperm(len(y), generator=gen)
+        model.train()
+        order = torch.randperm(len(y), generator=gen)  # same on every process (same seed)
+        if world > 1:  # equal, disjoint shards: every process runs the same number of steps
+            order = order[: len(order) - len(order) % world][rank::world]
         total = 0.0
         for i in range(0, len(order), settings.batch_size):
             idx = order[i : i + settings.batch_size]
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                logits = net(xn[idx].to(device), xc[idx].to(device))
+                logits = model(xn[idx].to(device), xc[idx].to(device))
             loss = loss_fn(logits.float(), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         net.eval()
         with torch.no_grad():
             val_scores = torch.sigmoid(net(vn, vc)).float().cpu().numpy()
         val = classification_metrics(val_rows[LABEL].to_numpy(), val_scores)
-        row = {"epoch": epoch, "train_loss": total / len(y), "val_pr_auc": val["pr_auc"], "val_roc_auc": val["roc_auc"]}
+        row = {"epoch": epoch, "train_loss": total / len(order), "val_pr_auc": val["pr_auc"],
+               "val_roc_auc": val["roc_auc"]}
         history.append(row)
         log.info("epoch %d/%d  loss=%.4f  val_pr_auc=%.4f  val_roc_auc=%.4f",
                  epoch, settings.max_epochs, row["train_loss"], row["val_pr_auc"], row["val_roc_auc"])
@@ -117,6 +140,8 @@ def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, devi
                 log.info("early stopping: no val PR-AUC gain for %d epochs (best %.4f)", stale, best)
                 break
     net.load_state_dict(best_state)
+    if world > 1:
+        dist.destroy_process_group()
     return net.cpu().eval(), pre, history
 
 
@@ -143,8 +168,13 @@ def torch_scores(net, pre: Preprocessing, frame: pd.DataFrame) -> np.ndarray:
         return torch.sigmoid(net(torch.from_numpy(numeric), torch.from_numpy(categorical))).numpy()
 
 
-def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual", airflow_run_id: str = "") -> dict:
-    """Fit on the window ending at ``date``, register a new model version, return its identity."""
+def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual", airflow_run_id: str = "",
+          permute_labels: bool = False) -> dict:
+    """Fit on the window ending at ``date``, register a new model version, return its identity.
+
+    ``permute_labels`` shuffles the fitting labels: a no-skill baseline that the gate must reject
+    (used by the tests; tagged on the run so it can never pass unnoticed).
+    """
     import mlflow
     import onnx
     import onnxruntime as ort
@@ -156,19 +186,31 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
     if frame.empty:
         raise JobError(f"no gold features in {lake.uri_of(lk.GOLD_FEATURES)} for {window[0]}..{window[-1]}")
     fit_rows, val_rows, holdout = time_split(frame, settings.holdout_days)
+    if permute_labels:
+        rng = np.random.default_rng(settings.seed)
+        fit_rows = fit_rows.assign(**{LABEL: rng.permutation(fit_rows[LABEL].to_numpy())})
+        val_rows = val_rows.assign(**{LABEL: rng.permutation(val_rows[LABEL].to_numpy())})
     device = pick_device(settings.device)
+    rank, world, local_rank = distributed()
+    if device == "cuda" and world > 1:
+        device = f"cuda:{local_rank}"
+    if rank != 0:  # other torchrun processes train their shard; rank 0 logs, exports and registers
+        fit(fit_rows, val_rows, settings, device)
+        return {"rank": rank, "world_size": world}
     log.info("training on %d rows (%d fraud), validating on %d, holding out %d (%s..%s) on %s",
              len(fit_rows), int(fit_rows[LABEL].sum()), len(val_rows), len(holdout),
              holdout["date"].min(), holdout["date"].max(), device)
     client = mlflow_client(settings)
     with mlflow.start_run(run_name=f"train-{date}") as run:
         mlflow.set_tags({"trigger": trigger, "airflow_run_id": airflow_run_id, "logical_date": date,
-                         "device": device, "code_version": settings.code_version})
+                         "device": device, "code_version": settings.code_version,
+                         "labels": "permuted (baseline)" if permute_labels else "as delivered"})
         mlflow.log_params({
             "train_window": f"{window[0]}..{window[-1]}", "holdout_dates": ",".join(sorted(holdout["date"].unique())),
             "fit_rows": len(fit_rows), "val_rows": len(val_rows), "seed": settings.seed,
             "max_epochs": settings.max_epochs, "batch_size": settings.batch_size, "lr": settings.learning_rate,
             "features": ",".join(FEATURE_COLUMNS), "device": device, "torch": torch.__version__,
+            "world_size": world,
         })
         net, pre, history = fit(
             fit_rows, val_rows, settings, device,
@@ -206,7 +248,8 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
             client.set_model_version_tag(settings.model_name, version, key, value)
     return {
         "mlflow_run_id": run.info.run_id, "model_name": settings.model_name, "model_version": version,
-        "device": device, "epochs": len(history), "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
+        "device": device, "world_size": world, "epochs": len(history),
+        "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
         "onnx_max_abs_diff": parity, "onnx_sha256": digest, "fit_rows": len(fit_rows),
         "holdout_rows": len(holdout),
     }

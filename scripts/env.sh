@@ -19,3 +19,9 @@ export MLFLOW_DISABLE_TELEMETRY=true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 export TQDM_DISABLE=1
 export PYTHONPATH="$ROOT/plugins${PYTHONPATH:+:$PYTHONPATH}"
+
+# Create or upgrade the metadata database and the pools the DAGs use (idempotent).
+airflow_init() {
+  airflow db migrate >/dev/null
+  airflow pools set model_promotion 1 "Promotions and rollbacks of the fraud model, one at a time" >/dev/null
+}

@@ -28,7 +28,8 @@ dag() {
 }
 
 step "state folder: $PIPELINE_STATE_DIR"
-airflow db migrate >"$PIPELINE_STATE_DIR/logs-db-migrate.log" 2>&1 || { cat "$PIPELINE_STATE_DIR/logs-db-migrate.log"; exit 1; }
+mkdir -p "$PIPELINE_STATE_DIR/logs"
+airflow_init >"$PIPELINE_STATE_DIR/logs/airflow-init.log" 2>&1 || { cat "$PIPELINE_STATE_DIR/logs/airflow-init.log"; exit 1; }
 airflow dags reserialize >/dev/null 2>&1 || { airflow dags list-import-errors; exit 1; }
 
 step "generating $DAYS days x $ROWS_PER_DAY transactions ($START_DATE .. $END_DATE) into the raw zone"

@@ -28,7 +28,7 @@ wait_http() {  # url, seconds
 
 case "${1:-}" in
   up)
-    airflow db migrate >"$RUN_DIR/db-migrate.log" 2>&1
+    airflow_init >"$RUN_DIR/airflow-init.log" 2>&1 || { cat "$RUN_DIR/airflow-init.log"; exit 1; }
     airflow dags reserialize >/dev/null 2>&1 || true
     mkdir -p "$PIPELINE_STATE_DIR/mlflow"
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false start mlflow mlflow server --host 127.0.0.1 --port "$MLFLOW_PORT" \

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 TAGS = ["fraud-detection"]
+# One slot: promotions and rollbacks never run at the same time (scripts/env.sh creates it).
+PROMOTION_POOL = "model_promotion"
 
 DEFAULT_ARGS = {
     "owner": "ml-platform",

@@ -27,6 +27,7 @@ class Resources:
     cpu: float = 1.0
     memory_gb: float = 2.0
     gpu: int = 0
+    processes: int = 1  # > 1: launched with torchrun, one process per GPU (or CPU workers with gloo)
 
 
 @dataclass
@@ -40,6 +41,9 @@ class JobSpec:
 
     @property
     def command(self) -> list[str]:
+        if self.resources.processes > 1:
+            return ["python", "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={self.resources.processes}", "-m", "jobs", self.step, *self.arguments]
         return ["python", "-m", "jobs", self.step, *self.arguments]
 
 

@@ -20,6 +20,7 @@ EXPECTED_EDGES = {
     "train_model": {("train", "evaluate"), ("evaluate", "gate"), ("gate", "promote"), ("gate", "keep_champion")},
     "score_transactions": {("plan_dates", "score")},
     "monitor_drift": {("drift", "decide"), ("decide", "signal_retraining")},
+    "rollback_model": set(),
 }
 
 
@@ -74,7 +75,9 @@ def test_required_fields(dagbag):
         assert dag.catchup is False, dag_id
         assert dag.start_date.tzinfo is not None, dag_id
         assert dag.timetable is not None, dag_id
-        assert "date" in dag.params, f"{dag_id} has no date in its trigger form"
+        assert dag.params, f"{dag_id} has no trigger form"
+        if dag.timetable is not None and dag_id != "rollback_model":
+            assert "date" in dag.params, f"{dag_id} has no date in its trigger form"
         for task in dag.tasks:
             assert task.owner == "ml-platform", (dag_id, task.task_id)
             assert task.retries >= 1, (dag_id, task.task_id)
@@ -118,6 +121,11 @@ def _uris(condition) -> set[str]:
     if hasattr(condition, "objects"):
         return set().union(*(_uris(o) for o in condition.objects))
     return {condition.uri}
+
+
+def test_promotion_and_rollback_share_a_pool_of_one(dagbag):
+    assert dagbag.dags["train_model"].get_task("promote").pool == "model_promotion"
+    assert dagbag.dags["rollback_model"].get_task("rollback").pool == "model_promotion"
 
 
 def test_training_declares_its_gpu_need(dagbag):

@@ -35,7 +35,7 @@ def env(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINE_"))}
     env.update(PIPELINE_STATE_DIR=str(state), PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
                PIPELINE_HOLDOUT_DAYS="4", PIPELINE_MAX_EPOCHS="15")
-    sh(env, "airflow db migrate")
+    sh(env, "airflow_init")
     return env
 
 

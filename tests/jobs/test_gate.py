@@ -30,3 +30,37 @@ def test_onnx_parity_and_latency_are_gated():
     report = gate({"pr_auc": 0.9, "roc_auc": 0.99}, parity=1e-3, latency=80)
     assert not report.passed
     assert report.verdict == "keep the champion: failed onnx_parity, latency_ms_per_1k_rows"
+
+
+def test_bootstrap_interval_decides_against_the_champion():
+    champion = {"pr_auc": 0.70, "roc_auc": 0.97}
+    noisy = gate({"pr_auc": 0.71, "roc_auc": 0.97}, champion)
+    assert noisy.passed  # no comparison given: the point estimate decides
+    from jobs.gate import decide
+
+    report = decide({"pr_auc": 0.71, "roc_auc": 0.97}, champion, challenger_version="2", champion_version="1",
+                    onnx_max_abs_diff=0.0, latency_ms=1.0,
+                    comparison={"delta": 0.01, "ci_low": -0.05, "ci_high": 0.07, "resamples": 300}, **FLOORS)
+    assert not report.passed and "[-0.0500, +0.0700]" in report.to_markdown()
+
+
+def test_paired_bootstrap_and_slices_on_real_scores():
+    import numpy as np
+    import pandas as pd
+
+    from jobs.model import paired_bootstrap, slice_metrics
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(3000) < 0.05).astype(int)
+    good = y * 0.6 + rng.random(3000) * 0.4
+    shuffled = rng.permutation(good)
+    better = paired_bootstrap(y, good, shuffled)
+    assert better["ci_low"] > 0.2 and better["delta"] > better["ci_low"]
+    same = paired_bootstrap(y, good, good)
+    assert same["ci_low"] == same["ci_high"] == 0.0
+    frame = pd.DataFrame({"is_fraud": y, "channel": rng.choice(["pos", "online"], 3000),
+                          "log_amount": np.log1p(rng.choice([5.0, 50.0, 200.0, 900.0], 3000))})
+    slices = slice_metrics(frame, good)
+    assert set(slices) == {"channel=online", "channel=pos", "amount_bucket=<20", "amount_bucket=20-100",
+                           "amount_bucket=100-500", "amount_bucket=>=500"}
+    assert sum(s["rows"] for k, s in slices.items() if k.startswith("channel=")) == 3000

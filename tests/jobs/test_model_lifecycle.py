@@ -1,0 +1,107 @@
+"""Train -> evaluate -> gate -> promote -> rollback with real PyTorch, ONNX and MLflow (temp store)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from jobs.evaluate import evaluate
+from jobs.promote import promote, rollback
+from jobs.registry import alias_version, mlflow_client
+from jobs.result import JobError
+from jobs.settings import Settings
+from jobs.train import train
+
+END = "2026-03-14"
+
+
+@pytest.fixture(scope="module")
+def gold_lake(tmp_path_factory):
+    """12 days of features built by the real jobs (generate, ingest, validate, Spark features)."""
+    state = tmp_path_factory.mktemp("lifecycle")
+    env = {"PIPELINE_STATE_DIR": str(state), "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    import os
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}, **env}
+    for args in (["generate", "--date", END, "--days", "12", "--rows-per-day", "700"],
+                 ["ingest", "--date", END, "--run-id", "r1"], ["validate", "--date", END, "--run-id", "r1"],
+                 ["features", "--start", "2026-03-03", "--date", END]):
+        out = subprocess.run([sys.executable, "-m", "jobs", *args], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+    return state
+
+
+def test_worse_challenger_is_refused_better_is_promoted_and_rollback_restores(gold_lake):
+    from jobs.lake import LocalLake
+
+    settings = Settings(state_dir=gold_lake, holdout_days=4, max_epochs=12, bootstrap_resamples=200)
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    client = mlflow_client(settings)
+
+    # An under-trained first champion (2 epochs), so that a fully trained challenger is truly better.
+    first = train(lake, END, Settings(state_dir=gold_lake, holdout_days=4, max_epochs=2, bootstrap_resamples=200))
+    gate = evaluate(lake, END, settings, first["model_version"])
+    assert gate["passed"] and gate["champion_version"] is None  # first-run policy: floors decide
+    promote(settings, first["model_version"])
+    assert alias_version(client, settings, "champion") == first["model_version"]
+
+    worse = train(lake, END, settings, permute_labels=True)
+    gate = evaluate(lake, END, settings, worse["model_version"])
+    assert not gate["passed"]
+    assert not gate["checks"]["beats_champion"]
+    assert gate["comparison"]["ci_high"] < 0  # clearly worse, not a coin flip
+    report = (gold_lake / "lake" / "reports" / "gate" / f"date={END}" / f"v{worse['model_version']}.md").read_text()
+    assert "| beats_champion |" in report and "FAIL" in report and "## Slices (holdout)" in report
+    with pytest.raises(JobError, match="did not pass its gate"):
+        promote(settings, worse["model_version"])
+    assert alias_version(client, settings, "champion") == first["model_version"]
+
+    better = train(lake, END, Settings(state_dir=gold_lake, holdout_days=4, max_epochs=20, seed=7,
+                                       bootstrap_resamples=200))
+    gate = evaluate(lake, END, settings, better["model_version"])
+    assert gate["passed"], gate["verdict"]
+    promote(settings, better["model_version"])
+    assert alias_version(client, settings, "champion") == better["model_version"]
+    assert alias_version(client, settings, "previous-champion") == first["model_version"]
+
+    rollback(settings)
+    assert alias_version(client, settings, "champion") == first["model_version"]
+    assert alias_version(client, settings, "previous-champion") == better["model_version"]
+
+
+def test_a_stale_gate_cannot_promote(gold_lake):
+    """Compare-and-set: a version gated against an older champion is refused."""
+    settings = Settings(state_dir=gold_lake, holdout_days=4, max_epochs=3, bootstrap_resamples=50,
+                        non_inferiority_margin=1.0)
+    from jobs.lake import LocalLake
+
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    client = mlflow_client(settings)
+    a = train(lake, END, settings)
+    b = train(lake, END, settings)
+    assert evaluate(lake, END, settings, a["model_version"])["passed"]
+    assert evaluate(lake, END, settings, b["model_version"])["passed"]  # both gated against the same champion
+    promote(settings, a["model_version"])
+    with pytest.raises(JobError, match="re-evaluate before promoting"):
+        promote(settings, b["model_version"])
+    assert alias_version(client, settings, "champion") == a["model_version"]
+
+
+def test_distributed_training_with_torchrun_on_cpu(gold_lake, monkeypatch):
+    """Two processes, gloo backend, DistributedDataParallel: launched by the local runner via torchrun."""
+    import logging
+
+    from pipeline.runners import JobSpec, Resources, get_runner
+
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(gold_lake))
+    monkeypatch.setenv("PIPELINE_HOLDOUT_DAYS", "4")
+    monkeypatch.setenv("PIPELINE_MAX_EPOCHS", "4")
+    spec = JobSpec("train", ["--date", END, "--trigger", "manual"], Resources(processes=2))
+    assert spec.command[:5] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    result = get_runner("local").run(spec, logging.getLogger("test"))
+    assert result["world_size"] == 2 and result["onnx_max_abs_diff"] <= 1e-4
+    client = mlflow_client(Settings(state_dir=gold_lake))
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.params["world_size"] == "2"
+    assert client.get_model_version("fraud-detector", result["model_version"]).tags["onnx_sha256"]
