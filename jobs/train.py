@@ -92,10 +92,11 @@ def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, devi
 
         model = DistributedDataParallel(net, device_ids=[torch.device(device).index] if device.startswith("cuda")
                                         else None)
-    xn, xc = (torch.from_numpy(a) for a in pre.encode(fit_rows))
-    y = torch.from_numpy(fit_rows[LABEL].to_numpy().astype("float32"))
+    # The whole (small) training set lives on the device: no host-to-device copy per batch.
+    xn, xc = (torch.from_numpy(a).to(device) for a in pre.encode(fit_rows))
+    y = torch.from_numpy(fit_rows[LABEL].to_numpy().astype("float32")).to(device)
     vn, vc = (torch.from_numpy(a).to(device) for a in pre.encode(val_rows))
-    positives = float(y.sum())
+    positives = float(y.sum().cpu())
     if positives == 0 or val_rows[LABEL].nunique() < 2:
         raise JobError("training window holds no fraud examples in fitting or validation rows")
     # Class imbalance: weight positives by the negative/positive ratio.
@@ -110,21 +111,21 @@ def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, devi
         order = torch.randperm(len(y), generator=gen)  # same on every process (same seed)
         if world > 1:  # equal, disjoint shards: every process runs the same number of steps
             order = order[: len(order) - len(order) % world][rank::world]
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: no sync per batch
         for i in range(0, len(order), settings.batch_size):
-            idx = order[i : i + settings.batch_size]
+            idx = order[i : i + settings.batch_size].to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(xn[idx].to(device), xc[idx].to(device))
-            loss = loss_fn(logits.float(), y[idx].to(device))
+                logits = model(xn[idx], xc[idx])
+            loss = loss_fn(logits.float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            total += loss.detach() * len(idx)
         net.eval()
         with torch.no_grad():
             val_scores = torch.sigmoid(net(vn, vc)).float().cpu().numpy()
         val = classification_metrics(val_rows[LABEL].to_numpy(), val_scores)
-        row = {"epoch": epoch, "train_loss": total / len(order), "val_pr_auc": val["pr_auc"],
+        row = {"epoch": epoch, "train_loss": float(total) / len(order), "val_pr_auc": val["pr_auc"],
                "val_roc_auc": val["roc_auc"]}
         history.append(row)
         log.info("epoch %d/%d  loss=%.4f  val_pr_auc=%.4f  val_roc_auc=%.4f",
