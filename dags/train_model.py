@@ -13,6 +13,9 @@ gate passes, the `champion` alias on the new version (Asset `champion_model`).
 with PyTorch, scoring latency, and not worse than the current champion on the same frozen
 holdout (the most recent `PIPELINE_HOLDOUT_DAYS` days). With no champion yet the floors decide.
 
+**Human approval** (optional): with `PIPELINE_PROMOTION_APPROVAL=true` an `approve_promotion`
+task (Airflow's HITL approval) waits up to 24 h for a person to approve the promotion in the UI.
+
 **Roll back** with `python -m jobs rollback` (the previous champion keeps the
 `previous-champion` alias).
 """
@@ -20,6 +23,7 @@ holdout (the most recent `PIPELINE_HOLDOUT_DAYS` days). With no champion yet the
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
@@ -29,6 +33,8 @@ from pipeline.operators import JobOperator
 from pipeline.runners import Resources
 
 TRAIN_PROCESSES = int(os.environ.get("PIPELINE_TRAIN_PROCESSES", "1"))
+# PIPELINE_PROMOTION_APPROVAL=true: a person approves each promotion in the UI (Airflow HITL).
+PROMOTION_APPROVAL = os.environ.get("PIPELINE_PROMOTION_APPROVAL", "false").lower() == "true"
 
 with DAG(
     dag_id="train_model",
@@ -69,7 +75,9 @@ with DAG(
         for name, passed in result["checks"].items():
             print(f"  {name}: {'pass' if passed else 'FAIL'}")
         print(f"Report: {result['report']}")
-        return "promote" if result["passed"] else "keep_champion"
+        if not result["passed"]:
+            return "keep_champion"
+        return "approve_promotion" if PROMOTION_APPROVAL else "promote"
 
     promote = JobOperator(
         step="promote",
@@ -81,4 +89,21 @@ with DAG(
     )
     keep_champion = EmptyOperator(task_id="keep_champion", doc_md="The challenger failed the gate: nothing changes.")
 
-    train >> evaluate >> gate() >> [promote, keep_champion]
+    decision = train >> evaluate >> gate()
+    if PROMOTION_APPROVAL:
+        from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+        approve = ApprovalOperator(
+            task_id="approve_promotion",
+            subject="Promote fraud-detector v{{ ti.xcom_pull(task_ids='train')['model_version'] }} to champion?",
+            body="{{ ti.xcom_pull(task_ids='evaluate')['verdict'] }}\n\n"
+                 "Gate report: {{ ti.xcom_pull(task_ids='evaluate')['report'] }}",
+            response_timeout=timedelta(hours=24),
+            execution_timeout=None,
+            retries=0,
+            doc_md="Waits for a person to approve (or reject) the promotion the gate allowed.",
+        )
+        decision >> [approve, keep_champion]
+        approve >> promote
+    else:
+        decision >> [promote, keep_champion]

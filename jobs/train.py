@@ -53,6 +53,24 @@ def drift_reference(fit_rows: pd.DataFrame, min_rows: int = 500) -> pd.DataFrame
     return complete if len(complete) >= min_rows else fit_rows
 
 
+def lineage_snapshots(lake: lk.Lake, frame: pd.DataFrame) -> dict[str, str]:
+    """Fingerprints of what a model was built from, recorded with its run and version.
+
+    ``data_snapshot``: the raw objects ingested so far (ledger keys + content hashes);
+    ``feature_snapshot``: the exact feature rows of the training window.
+    """
+    import hashlib
+
+    from jobs.ingest import read_ledger
+
+    objects = sorted(f"{e['key']}:{e['sha256']}" for e in read_ledger(lake) if e.get("status") == "ingested")
+    rows = pd.util.hash_pandas_object(frame.drop(columns=["date"]), index=False).to_numpy().tobytes()
+    return {
+        "data_snapshot": hashlib.sha256("\n".join(objects).encode()).hexdigest()[:16],
+        "feature_snapshot": hashlib.sha256(rows).hexdigest()[:16],
+    }
+
+
 def pick_device(requested: str = "auto") -> str:
     import torch
 
@@ -201,9 +219,10 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
     log.info("training on %d rows (%d fraud), validating on %d, holding out %d (%s..%s) on %s",
              len(fit_rows), int(fit_rows[LABEL].sum()), len(val_rows), len(holdout),
              holdout["date"].min(), holdout["date"].max(), device)
+    snapshots = lineage_snapshots(lake, frame)
     client = mlflow_client(settings)
     with mlflow.start_run(run_name=f"train-{date}") as run:
-        mlflow.set_tags({"trigger": trigger, "airflow_run_id": airflow_run_id, "logical_date": date,
+        mlflow.set_tags({**snapshots, "trigger": trigger, "airflow_run_id": airflow_run_id, "logical_date": date,
                          "device": device, "code_version": settings.code_version,
                          "labels": "permuted (baseline)" if permute_labels else "as delivered"})
         mlflow.log_params({
@@ -243,7 +262,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
         version = str(info.registered_model_version)
         stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}"))
         digest = file_sha256(next(stored.rglob("*.onnx")))
-        for key, value in {ONNX_SHA_TAG: digest, "trigger": trigger, "logical_date": date,
+        for key, value in {**snapshots, ONNX_SHA_TAG: digest, "trigger": trigger, "logical_date": date,
                            "train_window": f"{window[0]}..{window[-1]}", "code_version": settings.code_version,
                            "holdout_dates": ",".join(sorted(holdout["date"].unique()))}.items():
             client.set_model_version_tag(settings.model_name, version, key, value)

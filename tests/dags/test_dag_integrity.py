@@ -131,3 +131,18 @@ def test_promotion_and_rollback_share_a_pool_of_one(dagbag):
 def test_training_declares_its_gpu_need(dagbag):
     train = dagbag.dags["train_model"].get_task("train")
     assert train.job_resources.gpu == 1
+
+
+def test_optional_human_approval_sits_between_gate_and_promote():
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'plugins')!r})\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"dag = DagBag(dag_folder={str(ROOT / 'dags' / 'train_model.py')!r}).dags['train_model']\n"
+        "print(json.dumps(sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids)))\n"
+    )
+    env = {**__import__("os").environ, "PIPELINE_PROMOTION_APPROVAL": "true"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    edges = {tuple(e) for e in json.loads(out.stdout.strip().splitlines()[-1])}
+    assert edges == {("train", "evaluate"), ("evaluate", "gate"), ("gate", "approve_promotion"),
+                     ("gate", "keep_champion"), ("approve_promotion", "promote")}

@@ -43,6 +43,9 @@ def test_worse_challenger_is_refused_better_is_promoted_and_rollback_restores(go
     first = train(lake, END, Settings(state_dir=gold_lake, holdout_days=4, max_epochs=2, bootstrap_resamples=200))
     gate = evaluate(lake, END, settings, first["model_version"])
     assert gate["passed"] and gate["champion_version"] is None  # first-run policy: floors decide
+    tags = client.get_model_version("fraud-detector", first["model_version"]).tags
+    assert len(tags["data_snapshot"]) == len(tags["feature_snapshot"]) == 16
+    assert tags["gate_report"].endswith(f"v{first['model_version']}.md") and tags["train_window"]
     promote(settings, first["model_version"])
     assert alias_version(client, settings, "champion") == first["model_version"]
 
