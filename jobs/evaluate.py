@@ -75,7 +75,8 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
     payload = {**report.to_dict(), "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
                "comparison": comparison, "slices": slices, "holdout_dates": holdout_dates, "logical_date": date,
                "trigger": mv.tags.get("trigger", "")}
-    markdown = report.to_markdown() + render_slices(slices)
+    markdown = (report.to_markdown() + f"\nTrigger of the training run: **{payload['trigger'] or 'unknown'}**\n"
+                + render_slices(slices))
     base = f"{lk.REPORTS}/gate/date={date}/v{model_version}"
     lake.write_json(base + ".json", payload)
     lake.write_bytes(base + ".md", markdown.encode())

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,22 @@ def test_distributed_training_with_torchrun_on_cpu(gold_lake, monkeypatch):
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.params["world_size"] == "2"
     assert client.get_model_version("fraud-detector", result["model_version"]).tags["onnx_sha256"]
+
+
+def test_scoring_refuses_a_tampered_onnx_file(gold_lake):
+    from jobs.lake import LocalLake
+    from jobs.score import score
+
+    settings = Settings(state_dir=gold_lake)
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    client = mlflow_client(settings)
+    assert score(lake, [END], settings)["rows"] == 700  # the untouched champion scores
+    champion = client.get_model_version_by_alias("fraud-detector", "champion")
+    model_id = champion.source.removeprefix("models:/")  # MLflow 3: the version's logged model
+    stored = client.get_logged_model(model_id).artifact_location.removeprefix("file://")
+    onnx_file = next(Path(stored).rglob("*.onnx"))
+    data = bytearray(onnx_file.read_bytes())
+    data[-20] ^= 0xFF  # one flipped byte in the weights
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(JobError, match="tampered or corrupt"):
+        score(lake, [END], settings)
