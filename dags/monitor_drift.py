@@ -47,13 +47,18 @@ with DAG(
 
     @task.short_circuit
     def decide(**context) -> bool:
-        """Continues to the retraining signal only when the data drifted; logs why either way."""
+        """Continues to the retraining signal only when the data drifted and no cooldown or limit holds."""
         r = context["ti"].xcom_pull(task_ids="drift")
         print(f"Drift share {r['drift_share']:.2f} over {r['window']} vs v{r['model_version']} reference; "
               f"drifted columns: {', '.join(r['drifted_columns']) or 'none'}")
-        print("DRIFT: asking for retraining" if r["drifted"] else "No drift: nothing to do")
+        if r["retrain"]:
+            print(f"DRIFT: asking for retraining ({r['decision']})")
+        elif r["drifted"]:
+            print(f"DRIFT, but no retraining: {r['decision']}")
+        else:
+            print("No drift: nothing to do")
         print(f"Report: {r['report_html']}")
-        return bool(r["drifted"])
+        return bool(r["retrain"])
 
     @task(outlets=[DRIFT_SIGNAL])
     def signal_retraining(**context) -> None:
@@ -61,7 +66,8 @@ with DAG(
         r = context["ti"].xcom_pull(task_ids="drift")
         context["outlet_events"][DRIFT_SIGNAL].extra = {
             "date": r["window"].split("..")[-1],  # train_model trains up to the drifted day
-            **{k: r[k] for k in ("drift_share", "drifted_columns", "window", "model_version", "report_json")},
+            **{k: r[k] for k in ("drift_share", "drifted_columns", "window", "model_version", "report_json",
+                                 "decision")},
         }
 
     drift >> decide() >> signal_retraining()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from jobs import lake as lk
-from jobs.registry import BUNDLE_DIR, alias_version, mlflow_client, read_gold
+from jobs.registry import BUNDLE_DIR, alias_version, load_bundle, mlflow_client, read_gold
 from jobs.result import JobError
 from jobs.settings import Settings
 
@@ -22,18 +22,30 @@ DRIFT_NUMERIC = ["log_amount", "hour_of_day", "card_txn_count_24h", "amount_to_c
 DRIFT_CATEGORICAL = ["merchant_category", "channel", "country"]
 
 
+PREDICTION = "fraud_probability"
+
+
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: float):
-    """Run Evidently's data drift preset; returns (snapshot, per-column results, drifted share)."""
+    """Evidently's data drift preset on the monitored features, plus prediction drift when both
+    frames carry the champion's ``fraud_probability``.
+
+    Returns (snapshot, drift score per column, share of drifted feature columns).
+    """
     logging.getLogger("evidently").setLevel(logging.WARNING)
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(numerical_columns=DRIFT_NUMERIC, categorical_columns=DRIFT_CATEGORICAL)
     cols = DRIFT_NUMERIC + DRIFT_CATEGORICAL
-    ref = Dataset.from_pandas(reference[cols], data_definition=definition)
-    cur = Dataset.from_pandas(current[cols], data_definition=definition)
-    report = Report([DataDriftPreset(columns=cols, drift_share=drift_share)], include_tests=True)
-    snapshot = report.run(current_data=cur, reference_data=ref)
+    numeric = DRIFT_NUMERIC + ([PREDICTION] if PREDICTION in reference and PREDICTION in current else [])
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=DRIFT_CATEGORICAL)
+    all_cols = numeric + DRIFT_CATEGORICAL
+    ref = Dataset.from_pandas(reference[all_cols], data_definition=definition)
+    cur = Dataset.from_pandas(current[all_cols], data_definition=definition)
+    metrics = [DataDriftPreset(columns=cols, drift_share=drift_share)]
+    if PREDICTION in numeric:
+        metrics.append(ValueDrift(column=PREDICTION))
+    snapshot = Report(metrics, include_tests=True).run(current_data=cur, reference_data=ref)
     columns = {}
     share = None
     for m in snapshot.dict()["metrics"]:
@@ -44,6 +56,27 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: fl
             column = name[len("ValueDrift(column="):].split(",")[0].rstrip(")")
             columns[column] = float(value)
     return snapshot, columns, share
+
+
+def retraining_decision(drifted: bool, reasons: list[str], date: str, earlier_requests: list[str],
+                        cooldown_days: int, max_requests: int, window_days: int) -> tuple[bool, str]:
+    """Whether this drift may start a retraining, given the dates of earlier requests.
+
+    The clock is the run's own date, so re-running a date decides the same way. A request for
+    the same date is not "earlier": re-running it does not trip its own cooldown.
+    """
+    if not drifted:
+        return False, "no drift"
+    day = Date.fromisoformat(date)
+    before = sorted(d for d in earlier_requests if d < date)
+    if before and (day - Date.fromisoformat(before[-1])).days < cooldown_days:
+        return False, (f"cooldown: retraining was already requested on {before[-1]} "
+                       f"(< {cooldown_days} days ago); {'; '.join(reasons)}")
+    recent = [d for d in before if (day - Date.fromisoformat(d)).days < window_days]
+    if len(recent) >= max_requests:
+        return False, (f"limit: {len(recent)} retraining requests in the last {window_days} days "
+                       f"(max {max_requests}); {'; '.join(reasons)}")
+    return True, "retraining requested: " + "; ".join(reasons)
 
 
 def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> dict:
@@ -64,18 +97,39 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
         ref_file = mlflow.artifacts.download_artifacts(
             run_id=mv.run_id, artifact_path=f"{BUNDLE_DIR}/reference.parquet", dst_path=tmp)
         reference = pd.read_parquet(ref_file)
+        bundle = load_bundle(client, settings, version)  # hash-checked, like scoring
+        reference[PREDICTION] = bundle.predict(reference)
+        current[PREDICTION] = bundle.predict(current)
         snapshot, columns, share = drift_report(reference, current, settings.drift_share_threshold)
+        performance = recent_performance(current, client.get_run(mv.run_id).data.metrics.get("holdout_pr_auc"))
         html = Path(tmp) / "drift.html"
         snapshot.save_html(str(html))
         base = f"{lk.REPORTS}/drift/date={date}"
         drifted_cols = _drifted_columns(snapshot)
-        drifted = share is not None and share >= settings.drift_share_threshold
+        reasons = []
+        if share is not None and share >= settings.drift_share_threshold:
+            features = ", ".join(c for c in drifted_cols if c != PREDICTION)
+            reasons.append(f"{share:.0%} of monitored columns drifted (threshold "
+                           f"{settings.drift_share_threshold:.0%}): {features}")
+        drop = performance.get("pr_auc_drop")
+        if drop is not None and drop > settings.max_pr_auc_drop:
+            reasons.append(f"PR-AUC on recent labelled data fell by {drop:.3f} (> {settings.max_pr_auc_drop})")
+        drifted = bool(reasons)
+        requests_prefix = f"{lk.REPORTS}/drift/_retrain_requests"
+        earlier = [k.rsplit("date=", 1)[-1].removesuffix(".json") for k in lake.list(requests_prefix)]
+        retrain, decision = retraining_decision(
+            drifted, reasons, date, earlier, settings.retrain_cooldown_days, settings.max_retrains_per_window,
+            settings.retrain_window_days)
         summary = {
             "date": date, "window": f"{window[0]}..{window[-1]}", "model_version": version,
             "reference_rows": len(reference), "current_rows": len(current), "drift_share": share,
             "drift_share_threshold": settings.drift_share_threshold, "drifted": drifted,
             "drifted_columns": drifted_cols, "column_scores": columns,
+            "prediction_drift_score": columns.get(PREDICTION), "prediction_drifted": PREDICTION in drifted_cols,
+            "performance": performance, "retrain": retrain, "decision": decision,
         }
+        if retrain:
+            lake.write_json(f"{requests_prefix}/date={date}.json", {"date": date, "decision": decision})
         lake.write_bytes(base + "/drift.html", html.read_bytes())
         lake.write_json(base + "/drift.json", summary)
         with mlflow.start_run(run_id=mv.run_id):
@@ -84,8 +138,35 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
     log.info("drift %s vs v%s reference: share %.2f (threshold %.2f) -> %s; drifted columns: %s",
              summary["window"], version, share or 0.0, settings.drift_share_threshold,
              "DRIFT" if drifted else "no drift", ", ".join(drifted_cols) or "none")
-    return {**{k: summary[k] for k in ("drifted", "drift_share", "drifted_columns", "model_version", "window")},
+    log.info("decision: %s", decision)
+    return {**{k: summary[k] for k in ("drifted", "drift_share", "drifted_columns", "model_version", "window",
+                                       "retrain", "decision", "prediction_drift_score")},
             "report_html": lake.uri_of(base + "/drift.html"), "report_json": lake.uri_of(base + "/drift.json")}
+
+
+MIN_POSITIVES = 30  # below this, a PR-AUC is too noisy to act on
+
+
+def recent_performance(current: pd.DataFrame, holdout_pr_auc: float | None) -> dict:
+    """The champion's PR-AUC on recent rows whose labels have arrived, vs its holdout PR-AUC.
+
+    With fewer than :data:`MIN_POSITIVES` labelled frauds the figures are reported but no drop
+    is computed, so noise cannot trigger a retraining.
+    """
+    from jobs.features import LABEL
+    from jobs.model import classification_metrics
+
+    labelled = current.dropna(subset=[LABEL])
+    if labelled.empty or labelled[LABEL].nunique() < 2:
+        return {"labelled_rows": len(labelled), "note": "not enough labelled rows with both classes"}
+    m = classification_metrics(labelled[LABEL].to_numpy(), labelled[PREDICTION].to_numpy())
+    out = {"labelled_rows": len(labelled), "pr_auc_recent": m["pr_auc"], "roc_auc_recent": m["roc_auc"],
+           "pr_auc_holdout": holdout_pr_auc}
+    if holdout_pr_auc is not None and m["positives"] >= MIN_POSITIVES:
+        out["pr_auc_drop"] = holdout_pr_auc - m["pr_auc"]
+    elif holdout_pr_auc is not None:
+        out["note"] = f"only {m['positives']} labelled frauds (< {MIN_POSITIVES}): performance not compared"
+    return out
 
 
 def _drifted_columns(snapshot) -> list[str]:

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     # --- drift --------------------------------------------------------------------------
     # Share of monitored columns that must drift before the data set counts as drifted.
     drift_share_threshold: float = 0.3
+    # A champion whose PR-AUC on recent labelled data is this much below its holdout PR-AUC counts as drifted.
+    max_pr_auc_drop: float = 0.10
+    # Against retraining storms: no new request within the cooldown, and at most N per window.
+    retrain_cooldown_days: int = 3
+    max_retrains_per_window: int = 2
+    retrain_window_days: int = 14
 
     @property
     def resolved_lake_uri(self) -> str:

@@ -160,6 +160,19 @@ def test_drifted_data_is_flagged_and_asks_for_retraining(env, chain):
     assert "DRIFT: asking for retraining" in out
     (event,) = asset_events(env, "drift_detected")
     assert event["window"] == f"{NEXT}..{NEXT}" and event["drift_share"] == report["drift_share"]
+    assert report["retrain"] is True and report["decision"].startswith("retraining requested")
+
+
+def test_retraining_on_drifted_data_promotes_only_through_the_gate(env, chain):
+    out = dag_test(env, "train_model", NEXT).stdout
+    assert "Gate verdict for v2:" in out
+    gate = json.loads((lake(env) / "reports" / "gate" / f"date={NEXT}" / "v2.json").read_text())
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    champion = client.get_model_version_by_alias("fraud-detector", "champion").version
+    assert champion == ("2" if gate["passed"] else "1")
+    assert gate["champion_version"] == "1" and gate["comparison"]["resamples"] > 0
 
 
 def test_malformed_delivery_stops_before_features_with_a_clear_message(env, chain):
