@@ -170,7 +170,7 @@ def test_retraining_on_drifted_data_promotes_only_through_the_gate(env, chain):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
-    champion = client.get_model_version_by_alias("fraud-detector", "champion").version
+    champion = str(client.get_model_version_by_alias("fraud-detector", "champion").version)
     assert champion == ("2" if gate["passed"] else "1")
     assert gate["champion_version"] == "1" and gate["comparison"]["resamples"] > 0
 
