@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param, task
 from pipeline.assets import GOLD_FEATURES, SILVER_TRANSACTIONS
-from pipeline.dates import partition_date, triggering_dates
+from pipeline.dates import planned_range
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import JobOperator
 from pipeline.runners import Resources
@@ -45,12 +45,7 @@ with DAG(
     @task
     def plan_dates(**context) -> dict:
         """Decides which dates to build: the form's range, else the triggering event's dates."""
-        params = context["params"]
-        dates = triggering_dates(context)
-        if params.get("start_date") or params.get("date") or not dates:
-            end = partition_date(context)
-            return {"start": params.get("start_date") or end, "end": end}
-        return {"start": dates[0], "end": dates[-1]}
+        return planned_range(context)
 
     plan = plan_dates()
     features = JobOperator(

@@ -64,3 +64,13 @@ def triggering_dates(context, key: str | None = None) -> list[str]:
             if key is None:
                 dates.update(s3_event_dates(extra))
     return sorted(dates)
+
+
+def planned_range(context) -> dict:
+    """``{"start", "end"}`` for range jobs: the form's range, else the triggering events' dates."""
+    params = context["params"]
+    dates = triggering_dates(context)
+    if params.get("start_date") or params.get("date") or not dates:
+        end = partition_date(context)
+        return {"start": params.get("start_date") or end, "end": end}
+    return {"start": dates[0], "end": dates[-1]}
