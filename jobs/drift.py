@@ -12,7 +12,7 @@ import pandas as pd
 
 from jobs import lake as lk
 from jobs.registry import BUNDLE_DIR, alias_version, load_bundle, mlflow_client, read_gold
-from jobs.result import JobError
+from jobs.result import MissingInput
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,13 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
     client = mlflow_client(settings)
     version = alias_version(client, settings, settings.champion_alias)
     if version is None:
-        raise JobError(f"no @{settings.champion_alias} for {settings.model_name}: nothing to compare drift against")
+        raise MissingInput(f"no @{settings.champion_alias} for {settings.model_name}: nothing to compare drift against")
     mv = client.get_model_version(settings.model_name, version)
     end = Date.fromisoformat(date)
     window = [(end - timedelta(days=i)).isoformat() for i in range(days)][::-1]
     current = read_gold(lake, window)
     if current.empty:
-        raise JobError(f"no gold features for {window[0]}..{window[-1]} in {lake.uri_of(lk.GOLD_FEATURES)}")
+        raise MissingInput(f"no gold features for {window[0]}..{window[-1]} in {lake.uri_of(lk.GOLD_FEATURES)}")
     with tempfile.TemporaryDirectory() as tmp:
         ref_file = mlflow.artifacts.download_artifacts(
             run_id=mv.run_id, artifact_path=f"{BUNDLE_DIR}/reference.parquet", dst_path=tmp)

@@ -32,6 +32,19 @@ class DataRejected(JobError):
     exit_code = 3
 
 
+class MissingInput(JobError):
+    """The lake holds nothing for the job to work on (no features for the window, no champion).
+
+    Retrying minutes later cannot help: an upstream step must run first. Runners fail the task
+    at once instead of retrying, so a run for a date without data never blocks the next run.
+    """
+
+    exit_code = 4
+
+
+NOT_RETRYABLE = frozenset({DataRejected.exit_code, MissingInput.exit_code})
+
+
 def emit(result: dict) -> dict:
     """Publish the job's result for whichever runner started it."""
     payload = json.dumps(result, sort_keys=True, default=str)

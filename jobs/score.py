@@ -6,7 +6,7 @@ import logging
 
 from jobs import lake as lk
 from jobs.registry import alias_version, load_bundle, mlflow_client, read_gold
-from jobs.result import JobError
+from jobs.result import MissingInput
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,11 +19,11 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings) -> dict:
     client = mlflow_client(settings)
     version = alias_version(client, settings, settings.champion_alias)
     if version is None:
-        raise JobError(f"no @{settings.champion_alias} for {settings.model_name}: train and promote a model first")
+        raise MissingInput(f"no @{settings.champion_alias} for {settings.model_name}: train and promote a model first")
     bundle = load_bundle(client, settings, version)  # verifies the ONNX hash before any row is scored
     present = [d for d in dates if lake.exists(lk.date_partition(lk.GOLD_FEATURES, d))]
     if not present:
-        raise JobError(f"no gold features for {dates[0]}..{dates[-1]} in {lake.uri_of(lk.GOLD_FEATURES)}")
+        raise MissingInput(f"no gold features for {dates[0]}..{dates[-1]} in {lake.uri_of(lk.GOLD_FEATURES)}")
     rows = flagged = 0
     for date in present:
         features = read_gold(lake, [date])

@@ -21,7 +21,7 @@ from jobs import lake as lk
 from jobs.features import FEATURE_COLUMNS, LABEL, LOOKBACK_DAYS
 from jobs.model import Preprocessing, build_model, classification_metrics
 from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, file_sha256, mlflow_client, read_gold
-from jobs.result import JobError
+from jobs.result import JobError, MissingInput
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
     window = [(end - timedelta(days=i)).isoformat() for i in range(settings.train_window_days)][::-1]
     frame = read_gold(lake, window)
     if frame.empty:
-        raise JobError(f"no gold features in {lake.uri_of(lk.GOLD_FEATURES)} for {window[0]}..{window[-1]}")
+        raise MissingInput(f"no gold features in {lake.uri_of(lk.GOLD_FEATURES)} for {window[0]}..{window[-1]}")
     fit_rows, val_rows, holdout = time_split(frame, settings.holdout_days)
     if permute_labels:
         rng = np.random.default_rng(settings.seed)

@@ -38,8 +38,16 @@ def test_local_runner_returns_the_job_result(state_dir, lake):
 def test_local_runner_fails_with_the_jobs_own_message(state_dir):
     with pytest.raises(JobFailed) as err:
         get_runner("local").run(JobSpec("score", ["--date", "2026-02-03"]), logging.getLogger("test"))
-    assert err.value.exit_code == 1 and err.value.retryable
+    # Missing input (exit 4) is not retried: an upstream step must run first.
+    assert err.value.exit_code == 4 and not err.value.retryable
     assert "no @champion for fraud-detector: train and promote a model first" in str(err.value)
+
+
+def test_local_runner_retries_other_job_errors(state_dir):
+    with pytest.raises(JobFailed) as err:
+        get_runner("local").run(JobSpec("score", ["--date", "2026-02-31"]), logging.getLogger("test"))
+    assert err.value.exit_code == 1 and err.value.retryable
+    assert "'2026-02-31' is not a YYYY-MM-DD date" in str(err.value)
 
 
 def test_unknown_runner_is_refused():
