@@ -21,7 +21,7 @@ from airflow.sdk import DAG, Param, task
 from pipeline.assets import GOLD_FEATURES, SILVER_TRANSACTIONS
 from pipeline.dates import planned_range
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
-from pipeline.operators import JobOperator
+from pipeline.operators import job_task
 from pipeline.runners import Resources
 
 with DAG(
@@ -48,7 +48,7 @@ with DAG(
         return planned_range(context)
 
     plan = plan_dates()
-    features = JobOperator(
+    features = job_task(
         step="features",
         date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
         arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}"],

@@ -25,7 +25,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
 from pipeline.assets import SILVER_TRANSACTIONS, raw_deliveries_watched
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
-from pipeline.operators import JobOperator
+from pipeline.operators import job_task
 from pipeline.runners import Resources
 from pipeline.sensors import raw_delivery_sensor
 
@@ -56,13 +56,13 @@ with DAG(
         mode="reschedule",
         doc_md="Waits until the day's delivery is in the raw zone (checks every 5 minutes, up to 6 hours).",
     )
-    ingest = JobOperator(
+    ingest = job_task(
         step="ingest",
         pass_run_id=True,
         job_resources=Resources(cpu=1, memory_gb=2),
         doc_md="Stages every new raw object as a bronze batch; unusable files are quarantined whole.",
     )
-    validate = JobOperator(
+    validate = job_task(
         step="validate",
         pass_run_id=True,
         job_resources=Resources(cpu=1, memory_gb=4),

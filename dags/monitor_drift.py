@@ -17,7 +17,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
 from pipeline.assets import DRIFT_SIGNAL, PREDICTIONS
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
-from pipeline.operators import JobOperator
+from pipeline.operators import job_task
 from pipeline.runners import Resources
 
 with DAG(
@@ -38,7 +38,7 @@ with DAG(
                       description="How many days ending at the date form the current data set."),
     },
 ) as dag:
-    drift = JobOperator(
+    drift = job_task(
         step="drift",
         arguments=["--days", "{{ params.days }}"],
         job_resources=Resources(cpu=1, memory_gb=4),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param
 from pipeline.assets import CHAMPION_MODEL
 from pipeline.defaults import DEFAULT_ARGS, PROMOTION_POOL, START_DATE, TAGS
-from pipeline.operators import JobOperator
+from pipeline.operators import job_task
 
 with DAG(
     dag_id="rollback_model",
@@ -30,7 +30,7 @@ with DAG(
                         description="Recorded in the task log (an incident id, a symptom)."),
     },
 ) as dag:
-    JobOperator(
+    job_task(
         step="rollback",
         pass_date=False,
         pool=PROMOTION_POOL,

@@ -18,7 +18,7 @@ from airflow.sdk import DAG, Param, task
 from pipeline.assets import GOLD_FEATURES, PREDICTIONS
 from pipeline.dates import planned_range
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
-from pipeline.operators import JobOperator
+from pipeline.operators import job_task
 from pipeline.runners import Resources
 
 with DAG(
@@ -43,7 +43,7 @@ with DAG(
         """Decides which dates to score: the form's range, else the triggering event's dates."""
         return planned_range(context)
 
-    score = JobOperator(
+    score = job_task(
         step="score",
         date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
         arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}"],

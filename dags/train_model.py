@@ -29,7 +29,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
 from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
 from pipeline.defaults import DEFAULT_ARGS, PROMOTION_POOL, START_DATE, TAGS
-from pipeline.operators import JobOperator
+from pipeline.operators import job_task
 from pipeline.runners import Resources
 
 TRAIN_PROCESSES = int(os.environ.get("PIPELINE_TRAIN_PROCESSES", "1"))
@@ -52,7 +52,7 @@ with DAG(
                       description="The training window ends here. Empty: the run's logical date."),
     },
 ) as dag:
-    train = JobOperator(
+    train = job_task(
         step="train",
         pass_run_id=True,
         # Only the drift monitor's asset event schedules this DAG, so asset-triggered means drift.
@@ -61,7 +61,7 @@ with DAG(
         job_resources=Resources(cpu=4, memory_gb=8, gpu=TRAIN_PROCESSES, processes=TRAIN_PROCESSES),
         doc_md="Fits the PyTorch model (CUDA + bf16 when present, else CPU), exports ONNX, registers a version.",
     )
-    evaluate = JobOperator(
+    evaluate = job_task(
         step="evaluate",
         arguments=["--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}"],
         job_resources=Resources(cpu=2, memory_gb=4),
@@ -80,7 +80,7 @@ with DAG(
             return "keep_champion"
         return "approve_promotion" if PROMOTION_APPROVAL else "promote"
 
-    promote = JobOperator(
+    promote = job_task(
         step="promote",
         pass_date=False,
         pool=PROMOTION_POOL,

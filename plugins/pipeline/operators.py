@@ -1,4 +1,16 @@
-"""``JobOperator``: a DAG declares a job (step, arguments, resources); the runner decides where."""
+"""Job tasks: a DAG declares a job (step, arguments, resources); configuration decides where it runs.
+
+``job_task(...)`` returns, by ``PIPELINE_JOB_RUNNER`` at parse time:
+
+- ``local``: :class:`LocalJobOperator`, a subprocess on the worker;
+- ``docker``: ``pipeline.docker_job.DockerJobOperator`` (the Docker provider's ``DockerOperator``);
+- ``kubernetes``: ``pipeline.kubernetes_job.KubernetesJobOperator`` (``KubernetesPodOperator``).
+
+All three run ``python -m jobs <step> --date <date> [--run-id <run>] <arguments>``, turn the job's
+JSON result into the task's XCom ``return_value`` and the extra of every asset event the task
+emits, and fail without retries when the job rejected its data (exit code 3) or found no input
+(exit code 4). The DAG files never change when the runner does.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +19,28 @@ from collections.abc import Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from jobs.result import NOT_RETRYABLE
 from pipeline.dates import partition_date
-from pipeline.runners import JobFailed, JobSpec, Resources, get_runner
+from pipeline.runners import JobFailed, JobSpec, LocalRunner, Resources, runner_name
 
 # Result values small enough to ride along in an asset event's extra.
 _EXTRA_TYPES = (str, int, float, bool)
 
 
-class JobOperator(BaseOperator):
-    """Run ``python -m jobs <step> --date <date> [--run-id <run>] <arguments>`` with the configured runner.
+class JobTask:
+    """What every job operator shares: the job's command line, its result and its failure modes."""
 
-    The job's JSON result becomes this task's XCom ``return_value`` and the extra of every
-    asset event it emits. A job that rejects its data (exit code 3) fails without retries.
-    """
+    job_template_fields: tuple[str, ...] = ("job_arguments", "date", "job_env")
 
-    template_fields: Sequence[str] = ("arguments", "date", "env")
-    ui_color = "#e8f4ff"
-
-    def __init__(
-        self,
-        *,
-        step: str,
-        arguments: Sequence[str] = (),
-        date: str | None = None,
-        pass_date: bool = True,
-        pass_run_id: bool = False,
-        job_resources: Resources = Resources(),
-        env: dict[str, str] | None = None,
-        **kwargs,
-    ):
-        kwargs.setdefault("task_id", step)
-        super().__init__(**kwargs)
+    def _init_job(self, *, step: str, arguments: Sequence[str], date: str | None, pass_date: bool,
+                  pass_run_id: bool, job_resources: Resources, env: dict[str, str] | None) -> None:
         self.step = step
-        self.arguments = list(arguments)
+        self.job_arguments = list(arguments)
         self.date = date
         self.pass_date = pass_date
         self.pass_run_id = pass_run_id
         self.job_resources = job_resources
-        self.env = env or {}
-        self._runner = None
+        self.job_env = dict(env or {})
 
     def build_spec(self, context) -> JobSpec:
         args = []
@@ -53,17 +48,10 @@ class JobOperator(BaseOperator):
             args += ["--date", self.date or partition_date(context)]
         if self.pass_run_id:
             args += ["--run-id", _safe_run_id(context["run_id"])]
-        return JobSpec(self.step, args + [str(a) for a in self.arguments], self.job_resources, dict(self.env))
+        return JobSpec(self.step, args + [str(a) for a in self.job_arguments], self.job_resources, dict(self.job_env))
 
-    def execute(self, context):
-        spec = self.build_spec(context)
-        self._runner = get_runner()
-        try:
-            result = self._runner.run(spec, self.log)
-        except JobFailed as exc:
-            if exc.retryable:
-                raise AirflowException(str(exc)) from None
-            raise AirflowFailException(str(exc)) from None
+    def publish(self, result: dict, context) -> dict:
+        """The job's result becomes the extra of every asset event this task emits."""
         extra = {"step": self.step, **{k: v for k, v in result.items() if isinstance(v, _EXTRA_TYPES)}}
         for key in ("silver_dates", "dates"):
             if key in result:
@@ -72,9 +60,56 @@ class JobOperator(BaseOperator):
             context["outlet_events"][outlet].extra = extra
         return result
 
+    def job_failed(self, exit_code: int, message: str):
+        """The Airflow exception for a failed job: no retry when retrying cannot help."""
+        text = f"job '{self.step}' exited with code {exit_code}: {message}"
+        if exit_code in NOT_RETRYABLE:
+            return AirflowFailException(text)
+        return AirflowException(text)
+
+
+class LocalJobOperator(JobTask, BaseOperator):
+    """Runs the job as a subprocess of the Airflow worker (``PIPELINE_JOB_RUNNER=local``)."""
+
+    template_fields: Sequence[str] = JobTask.job_template_fields
+    ui_color = "#e8f4ff"
+
+    def __init__(self, *, step: str, arguments: Sequence[str] = (), date: str | None = None,
+                 pass_date: bool = True, pass_run_id: bool = False, job_resources: Resources = Resources(),
+                 env: dict[str, str] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._init_job(step=step, arguments=arguments, date=date, pass_date=pass_date, pass_run_id=pass_run_id,
+                       job_resources=job_resources, env=env)
+        self._runner: LocalRunner | None = None
+
+    def execute(self, context):
+        spec = self.build_spec(context)
+        self._runner = LocalRunner()
+        try:
+            result = self._runner.run(spec, self.log)
+        except JobFailed as exc:
+            raise self.job_failed(exc.exit_code, str(exc).split(": ", 1)[-1]) from None
+        return self.publish(result, context)
+
     def on_kill(self) -> None:
         if self._runner is not None:
             self._runner.kill()
+
+
+def job_task(*, step: str, arguments: Sequence[str] = (), date: str | None = None, pass_date: bool = True,
+             pass_run_id: bool = False, job_resources: Resources = Resources(), env: dict[str, str] | None = None,
+             runner: str | None = None, **kwargs) -> BaseOperator:
+    """The operator running ``python -m jobs <step> ...`` with the configured runner (see the module doc)."""
+    name = runner_name(runner)
+    if name == "docker":
+        from pipeline.docker_job import DockerJobOperator as operator_class
+    elif name == "kubernetes":
+        from pipeline.kubernetes_job import KubernetesJobOperator as operator_class
+    else:
+        operator_class = LocalJobOperator
+    kwargs.setdefault("task_id", step)
+    return operator_class(step=step, arguments=arguments, date=date, pass_date=pass_date, pass_run_id=pass_run_id,
+                          job_resources=job_resources, env=env, **kwargs)
 
 
 def _safe_run_id(run_id: str) -> str:

@@ -1,23 +1,99 @@
 """Runners: where a job's command line executes. Chosen by ``PIPELINE_JOB_RUNNER``, never by a DAG.
 
-Every runner takes the same :class:`JobSpec` and returns the job's JSON result (see
-``jobs.result``). ``local`` runs a subprocess on the worker (embedded default and tests).
+Every job is the same ``python -m jobs <step> <arguments>`` (:class:`JobSpec`) and ends with the
+same JSON result (see ``jobs.result``):
+
+- ``local``: a subprocess on the Airflow worker (embedded default and tests);
+- ``docker``: a container of the job image, through the Docker provider's ``DockerOperator``;
+- ``kubernetes``: a pod, through the cncf.kubernetes provider's ``KubernetesPodOperator``.
+
+:class:`RunnerSettings` holds the knobs of the container runners (images, GPUs, network,
+namespace, secrets); :func:`forwarded_env` decides which of the worker's variables a job sees.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
-from jobs.result import RESULT_FILE_ENV, RESULT_MARKER, DataRejected
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobs.result import NOT_RETRYABLE, RESULT_FILE_ENV, RESULT_MARKER
 
 RUNNER_ENV = "PIPELINE_JOB_RUNNER"
-DATA_REJECTED_EXIT = DataRejected.exit_code  # retrying cannot help
+RUNNER_NAMES = ("local", "docker", "kubernetes")
+
+
+class RunnerSettings(BaseSettings):
+    """Where jobs run; each field is ``PIPELINE_<FIELD>`` in the worker's environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", extra="ignore")
+
+    job_runner: Literal["local", "docker", "kubernetes"] = "local"
+    job_image: str = "fraud-pipeline-jobs:latest"  # CPU image (jobs/Dockerfile)
+    job_image_gpu: str = "fraud-pipeline-jobs-gpu:latest"  # CUDA image (jobs/Dockerfile.gpu)
+    # false: jobs that ask for GPUs run the CPU image without GPUs (a laptop's docker-compose stack).
+    job_gpus: bool = True
+    # --- docker ---
+    docker_url: str = "unix://var/run/docker.sock"
+    docker_network: str = ""  # e.g. the compose network, so jobs reach minio and mlflow by name
+    docker_mounts: str = ""  # "volume-or-/host/path:/container/path,..."
+    # --- kubernetes ---
+    k8s_namespace: str = "fraud-pipeline"
+    k8s_service_account: str = ""
+    k8s_in_cluster: bool = True
+    k8s_config_file: str = ""
+    k8s_env_secrets: str = ""  # Secrets whose keys become the pod's environment (envFrom), comma-separated
+    k8s_gpu_node_selector: str = "nvidia.com/gpu.present=true"  # "key=value,...", GPU jobs only
+    k8s_gpu_tolerations: str = "nvidia.com/gpu"  # taint keys tolerated by GPU jobs (NoSchedule)
+    k8s_image_pull_policy: str = "IfNotPresent"
+
+    def image(self, resources: Resources) -> str:
+        return self.job_image_gpu if self.uses_gpu(resources) else self.job_image
+
+    def uses_gpu(self, resources: Resources) -> bool:
+        return self.job_gpus and resources.gpu > 0
+
+
+# Variables a job needs from the worker: its settings, the lake's and MLflow's client settings, and
+# Airflow connections. The runner's own settings stay on the worker.
+_FORWARDED_PREFIXES = ("PIPELINE_", "AWS_", "MLFLOW_", "AIRFLOW_CONN_")
+_RUNNER_ONLY = re.compile(r"^PIPELINE_(JOB_(RUNNER|IMAGE|IMAGE_GPU|GPUS|RESULT_FILE)|DOCKER_\w+|K8S_\w+)$")
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|^AIRFLOW_CONN_")
+_SECRET_IN_URI = re.compile(r"://[^/@\s]*:[^/@\s]*@")  # scheme://user:password@host
+
+
+def forwarded_env(environ: Mapping[str, str], extra: Mapping[str, str] = ()) -> tuple[dict, dict]:
+    """The worker variables a job container gets, split into (plain, secret).
+
+    Secret ones (credentials, connection URIs, URIs with a password) must never be written
+    into a rendered template, an operator's fields or a pod spec in clear.
+    """
+    plain, secret = {}, {}
+    for key, value in {**environ, **dict(extra)}.items():
+        if not key.startswith(_FORWARDED_PREFIXES) or _RUNNER_ONLY.match(key):
+            continue
+        target = secret if _SECRET_NAME.search(key) or _SECRET_IN_URI.search(value) else plain
+        target[key] = value
+    return plain, secret
+
+
+def job_message(lines: Iterable[str]) -> str:
+    """The job's own error text (its ``ERROR:`` block), else the last lines of its output."""
+    lines = [line.rstrip("\n") for line in lines]
+    error_lines: list[str] = []
+    for line in lines:
+        if line.startswith("ERROR: ") or (error_lines and line.startswith("  ")):
+            error_lines.append(line.removeprefix("ERROR: "))
+    return "\n".join(error_lines) or "\n".join(lines[-15:])
 
 
 @dataclass(frozen=True)
@@ -53,7 +129,7 @@ class JobFailed(Exception):
     def __init__(self, step: str, exit_code: int, message: str):
         super().__init__(f"job '{step}' exited with code {exit_code}: {message}")
         self.exit_code = exit_code
-        self.retryable = exit_code != DATA_REJECTED_EXIT
+        self.retryable = exit_code not in NOT_RETRYABLE  # rejected or missing input: retrying cannot help
 
 
 class LocalRunner:
@@ -72,7 +148,7 @@ class LocalRunner:
             log.info("local runner: %s (resources %s; a local process uses what the host has)",
                      " ".join(spec.command), spec.resources)
             tail: deque[str] = deque(maxlen=40)
-            error_lines: list[str] = []
+            error_lines: list[str] = []  # the ERROR block can be longer than the tail
             self._proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
             )
@@ -84,11 +160,11 @@ class LocalRunner:
                 log.info("%s", line)
                 tail.append(line)
                 if line.startswith("ERROR: ") or (error_lines and line.startswith("  ")):
-                    error_lines.append(line.removeprefix("ERROR: "))
+                    error_lines.append(line)
             code = self._proc.wait()
             self._proc = None
             if code != 0:
-                message = "\n".join(error_lines) or "\n".join(list(tail)[-15:])
+                message = job_message(error_lines or tail)
                 raise JobFailed(spec.step, code, message)
             with open(result_file, encoding="utf-8") as fh:
                 return json.load(fh)
@@ -98,13 +174,20 @@ class LocalRunner:
             self._proc.terminate()
 
 
-RUNNERS = {"local": LocalRunner}
-
-
-def get_runner(name: str | None = None):
-    """The configured runner (``PIPELINE_JOB_RUNNER``, default ``local``)."""
+def runner_name(name: str | None = None) -> str:
+    """The configured runner (``PIPELINE_JOB_RUNNER``, default ``local``), checked."""
     name = name or os.environ.get(RUNNER_ENV, "local")
-    try:
-        return RUNNERS[name]()
-    except KeyError:
-        raise ValueError(f"{RUNNER_ENV}={name!r} is not a known runner; choose one of {sorted(RUNNERS)}") from None
+    if name not in RUNNER_NAMES:
+        raise ValueError(f"{RUNNER_ENV}={name!r} is not a known runner; choose one of {', '.join(RUNNER_NAMES)}")
+    return name
+
+
+def get_runner(name: str | None = None) -> LocalRunner:
+    """A runner that executes a :class:`JobSpec` in this process's host (``local``).
+
+    The container runners are Airflow operators (``pipeline.docker_job``, ``pipeline.kubernetes_job``),
+    chosen by :func:`pipeline.operators.job_task` when the DAG is parsed.
+    """
+    if runner_name(name) != "local":
+        raise ValueError(f"the {name} runner runs inside Airflow only (pipeline.operators.job_task)")
+    return LocalRunner()

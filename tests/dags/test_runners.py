@@ -1,0 +1,139 @@
+"""Every job task of every DAG, rendered under each runner: the container or pod it would start.
+
+No Docker engine or cluster is needed: the Docker operator's fields and the pod the Kubernetes
+operator would submit (``build_pod_request_obj``) are checked, after the same preparation a run does.
+"""
+
+from pathlib import Path
+
+import pytest
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.docker.operators.docker import DockerOperator
+from pipeline.operators import JobTask, LocalJobOperator, job_task
+from pipeline.runners import forwarded_env
+
+ROOT = Path(__file__).resolve().parents[2]
+DATE = "2026-06-20"
+RUN_ID = "scheduled__2026-06-20T03:00:00+00:00"
+WORKER_ENV = {
+    "PIPELINE_LAKE_URI": "s3://lake/",
+    "PIPELINE_MLFLOW_TRACKING_URI": "http://mlflow:5000",
+    "PIPELINE_STATE_DIR": "/data/state",
+    "AWS_ENDPOINT_URL": "http://minio:9000",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "key-id",
+    "AWS_SECRET_ACCESS_KEY": "secret-value",
+    "AIRFLOW_CONN_LAKE_S3": "aws://key-id:secret-value@/?endpoint_url=http%3A%2F%2Fminio%3A9000",
+    "PIPELINE_JOB_RUNNER": "docker",
+    "PIPELINE_DOCKER_URL": "tcp://docker-proxy:2375",
+    "HOME": "/home/airflow",
+}
+SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AIRFLOW_CONN_LAKE_S3"}
+
+
+def job_tasks(monkeypatch, runner: str, **env):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("PIPELINE_JOB_RUNNER", runner)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    tasks = [t for dag in bag.dags.values() for t in dag.tasks if isinstance(t, JobTask)]
+    assert {t.step for t in tasks} >= {"ingest", "validate", "features", "train", "evaluate", "promote", "score",
+                                       "drift", "rollback"}
+    return tasks
+
+
+def expected_command(task) -> list[str]:
+    """``python -m jobs <step> --date <date> ...`` (or the same under torchrun), as the local runner runs it."""
+    command = task.build_spec(context()).command
+    jobs_at = command.index("jobs")
+    assert command[:3] == ["python", "-m", "jobs" if jobs_at == 2 else "torch.distributed.run"]
+    assert command[jobs_at + 1] == task.step
+    assert ("--date" in command) == task.pass_date
+    return command
+
+
+def context() -> dict:
+    return {"params": {"date": DATE}, "run_id": RUN_ID}
+
+
+def test_forwarded_env_keeps_credentials_apart():
+    plain, secret = forwarded_env({**WORKER_ENV, "PIPELINE_MLFLOW_TRACKING_URI": "postgresql://u:pw@db/mlflow"})
+    assert set(secret) == SECRETS | {"PIPELINE_MLFLOW_TRACKING_URI"}
+    assert plain == {"PIPELINE_LAKE_URI": "s3://lake/", "PIPELINE_STATE_DIR": "/data/state",
+                     "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def test_local_is_the_default_runner(monkeypatch):
+    monkeypatch.delenv("PIPELINE_JOB_RUNNER", raising=False)
+    assert type(job_task(step="score")) is LocalJobOperator
+    monkeypatch.setenv("PIPELINE_JOB_RUNNER", "mainframe")
+    with pytest.raises(ValueError, match="not a known runner"):
+        job_task(step="score")
+
+
+@pytest.mark.parametrize("gpus", [True, False])
+def test_docker_runner_renders_every_job(monkeypatch, gpus):
+    tasks = job_tasks(monkeypatch, "docker", PIPELINE_JOB_GPUS=str(gpus).lower(),
+                      PIPELINE_DOCKER_URL="tcp://docker-proxy:2375", PIPELINE_DOCKER_NETWORK="fraud-pipeline",
+                      PIPELINE_DOCKER_MOUNTS="fraud-pipeline-state:/data/state")
+    for task in tasks:
+        assert isinstance(task, DockerOperator), task.task_id
+        task.prepare(context(), WORKER_ENV)
+        wants_gpu = task.job_resources.gpu > 0 and gpus
+        assert task.image == ("fraud-pipeline-jobs-gpu:latest" if wants_gpu else "fraud-pipeline-jobs:latest")
+        assert [*task.entrypoint, *task.command] == expected_command(task)
+        assert task.environment["PIPELINE_LAKE_URI"] == "s3://lake/"
+        assert task.environment["PIPELINE_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert not SECRETS & set(task.environment), "credentials must not be plain (rendered) environment"
+        assert set(task._private_environment) == SECRETS
+        assert "PIPELINE_DOCKER_URL" not in task.environment and "HOME" not in task.environment
+        assert task.docker_url == "tcp://docker-proxy:2375" and task.network_mode == "fraud-pipeline"
+        assert [(m["Source"], m["Target"], m["Type"]) for m in task.mounts] == [
+            ("fraud-pipeline-state", "/data/state", "volume")]
+        assert task.mem_limit == f"{task.job_resources.memory_gb:g}g" and task.cpus == task.job_resources.cpu
+        assert task.mount_tmp_dir is False and task.auto_remove == "force"
+        if wants_gpu:
+            (request,) = task.device_requests
+            assert request["Count"] == task.job_resources.gpu and request["Capabilities"] == [["gpu"]]
+            assert task.shm_size >= 1024**3
+        else:
+            assert not task.device_requests
+    assert any(t.step == "train" and t.job_resources.gpu for t in tasks)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_kubernetes_runner_renders_every_pod(monkeypatch, processes):
+    tasks = job_tasks(monkeypatch, "kubernetes", PIPELINE_TRAIN_PROCESSES=processes,
+                      PIPELINE_K8S_NAMESPACE="ml", PIPELINE_K8S_SERVICE_ACCOUNT="pipeline-jobs",
+                      PIPELINE_K8S_ENV_SECRETS="lake-credentials,mlflow-credentials")
+    for task in tasks:
+        assert isinstance(task, KubernetesPodOperator), task.task_id
+        task.prepare(context(), WORKER_ENV)
+        pod = task.build_pod_request_obj(dry_run=True)
+        (container,) = [c for c in pod.spec.containers if c.name == "base"]
+        assert [*container.command, *container.args] == expected_command(task)
+        assert pod.metadata.namespace == "ml" and pod.spec.service_account_name == "pipeline-jobs"
+        env = {e.name: e.value for e in container.env}
+        assert env["PIPELINE_LAKE_URI"] == "s3://lake/" and env["PIPELINE_STATE_DIR"] == "/data/state"
+        assert env["PIPELINE_JOB_RESULT_FILE"] == "/airflow/xcom/return.json"
+        assert not SECRETS & set(env), "credentials come from Secrets, never from the pod spec"
+        assert [s.secret_ref.name for s in container.env_from] == ["lake-credentials", "mlflow-credentials"]
+        assert any(c.name == "airflow-xcom-sidecar" for c in pod.spec.containers)  # returns the result file
+        resources = task.job_resources
+        assert container.resources.requests == {"cpu": f"{resources.cpu:g}", "memory": f"{resources.memory_gb:g}Gi"}
+        assert container.resources.limits["memory"] == f"{resources.memory_gb:g}Gi"
+        if resources.gpu:
+            assert task.step == "train"
+            assert container.image == "fraud-pipeline-jobs-gpu:latest"
+            assert container.resources.limits["nvidia.com/gpu"] == processes
+            assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
+            assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [
+                ("nvidia.com/gpu", "Exists", "NoSchedule")]
+            launcher = ["python", "-m", "torch.distributed.run"] if processes == "2" else ["python", "-m", "jobs"]
+            assert container.command + container.args[:len(launcher) - 1] == launcher
+        else:
+            assert container.image == "fraud-pipeline-jobs:latest"
+            assert "nvidia.com/gpu" not in container.resources.limits and not pod.spec.node_selector
