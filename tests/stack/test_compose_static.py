@@ -1,48 +1,300 @@
-"""Static checks of the docker-compose stack and the job image (no Docker engine needed)."""
+"""Static checks of the docker-compose stack (no Docker engine needed).
+
+The file must hang together: services, networks and volumes it names exist; every variable it
+interpolates has a placeholder in .env.example and no secret is written inline; only 127.0.0.1 is
+published; every long-running service has a healthcheck; every PIPELINE_* variable is one the code
+reads; and the Docker runner's settings agree with the network, volume and images the file defines.
+The job images themselves are checked by test_images.py.
+"""
+
+from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
+from jobs.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+WORKER = "airflow-scheduler"  # LocalExecutor: the scheduler runs the tasks, so the Docker runner
+# Variables of the runner (plugins/pipeline/runners.py) and of the DAG files, beside jobs.settings.
+RUNNER_AND_DAG_VARIABLES = {
+    "PIPELINE_JOB_RUNNER", "PIPELINE_JOB_IMAGE", "PIPELINE_JOB_IMAGE_GPU", "PIPELINE_JOB_GPUS",
+    "PIPELINE_DOCKER_URL", "PIPELINE_DOCKER_NETWORK", "PIPELINE_DOCKER_MOUNTS",
+    "PIPELINE_TRAIN_PROCESSES", "PIPELINE_PROMOTION_APPROVAL",
+}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL")
+REFERENCE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*(:?-[^}]*)?\}")
+# Interpolated by compose: $VAR or ${VAR...}, but not $$VAR (a literal dollar for the container's shell).
+INTERPOLATED = re.compile(r"(?<!\$)(?:\$\$)*\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
+@pytest.fixture(scope="module")
 def compose():
-    return yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+    return yaml.safe_load(COMPOSE.read_text())
 
 
-def test_services_depend_only_on_defined_services():
-    services = compose()["services"]
+@pytest.fixture(scope="module")
+def services(compose):
+    return compose["services"]
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def example_variables() -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+             if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def strings(node):
+    """Every string in a YAML tree (values and keys of mappings, items of lists)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+
+
+def networks_of(service: dict) -> set[str]:
+    nets = service.get("networks") or ["default"]
+    return set(nets)
+
+
+def volume_mounts(service: dict) -> list[tuple[str, str]]:
+    mounts = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            mounts.append((volume.get("source", ""), volume["target"]))
+        else:
+            source, target = volume.split(":")[:2]
+            mounts.append((source, target))
+    return mounts
+
+
+def is_one_shot(name: str, services: dict) -> bool:
+    """Runs to completion: restart "no", and either awaited by another service or build-only (a profile)."""
+    if str(services[name].get("restart", "no")) != "no":
+        return False
+    awaited = any(
+        isinstance(svc.get("depends_on"), dict)
+        and (svc["depends_on"].get(name) or {}).get("condition") == "service_completed_successfully"
+        for svc in services.values()
+    )
+    return awaited or bool(services[name].get("profiles"))
+
+
+# --- the file hangs together ---------------------------------------------------------------------------
+
+
+def test_services_depend_only_on_defined_services(services):
     for name, svc in services.items():
-        for dep in (svc.get("depends_on") or {}):
+        for dep in svc.get("depends_on") or {}:
             assert dep in services, f"{name} depends on undefined {dep}"
+            if not svc.get("profiles"):
+                assert not services[dep].get("profiles"), f"{name} (always on) depends on {dep}, behind a profile"
 
 
-def test_bind_mounts_exist_in_the_repo():
-    for name, svc in compose()["services"].items():
-        for volume in svc.get("volumes", []):
-            source = volume.split(":")[0]
+def test_networks_and_named_volumes_are_declared(compose, services):
+    declared_networks = set(compose.get("networks") or {}) | {"default"}
+    declared_volumes = set(compose.get("volumes") or {})
+    for name, svc in services.items():
+        assert networks_of(svc) <= declared_networks, f"{name}: undeclared network"
+        for source, _ in volume_mounts(svc):
+            if source and not source.startswith((".", "/")):
+                assert source in declared_volumes, f"{name} mounts undeclared volume {source}"
+
+
+def test_bind_mounts_exist_in_the_repo(services):
+    for name, svc in services.items():
+        for source, _ in volume_mounts(svc):
             if source.startswith("."):
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
 
 
-def test_every_variable_has_an_example_and_no_secret_is_inline():
-    text = (ROOT / "docker-compose.yaml").read_text()
-    example = {line.split("=")[0] for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line}
-    used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", text))
-    assert used <= example, f"not in .env.example: {used - example}"
-    assert not re.search(r"(PASSWORD|SECRET)[A-Z_]*:\s*[^$\s{]", text), "a secret is written inline"
+def test_every_variable_has_an_example_and_every_example_is_used():
+    text = COMPOSE.read_text()
+    example = example_variables()
+    used = set(INTERPOLATED.findall(text))
+    assert used <= set(example), f"not in .env.example: {sorted(used - set(example))}"
+    assert set(example) <= used, f"in .env.example but unused: {sorted(set(example) - used)}"
+    assert example.get("PIPELINE_JOB_GPUS") == "false", "the example stack runs without GPUs"
 
 
-def test_ports_bind_to_localhost_only():
-    for name, svc in compose()["services"].items():
+def test_no_secret_is_written_inline(compose, services):
+    for name, svc in services.items():
+        for key, value in environment(svc).items():
+            if SECRET_NAME.search(key):
+                assert REFERENCE.fullmatch(value), f"{name}: {key} must come from .env, not be written inline"
+    for value in strings(compose):
+        for password in re.findall(r"://[^/@:\s]+:([^@/\s]+)@", value):
+            assert REFERENCE.fullmatch(password), f"a password is written inline in {value!r}"
+    example = example_variables()
+    for key, value in example.items():
+        if SECRET_NAME.search(key) and value:
+            assert re.search(r"change-me|generate", value), f".env.example: {key} must be a placeholder"
+
+
+def test_ports_bind_to_localhost_only(services):
+    for name, svc in services.items():
         for port in svc.get("ports", []):
-            assert port.startswith("127.0.0.1:"), f"{name} exposes {port} beyond localhost"
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", f"{name} exposes {port} beyond localhost"
+            else:
+                assert str(port).startswith("127.0.0.1:"), f"{name} exposes {port} beyond localhost"
 
 
-def test_dockerfile_copies_only_existing_paths():
-    for line in (ROOT / "jobs" / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY") and "--from" not in line:
-            for source in line.split()[1:-1]:
-                assert (ROOT / source).exists(), source
+def test_long_running_services_have_healthchecks(services):
+    for name, svc in services.items():
+        if is_one_shot(name, services):
+            continue
+        check = svc.get("healthcheck") or {}
+        assert check.get("test") and not check.get("disable"), f"{name} runs for good but has no healthcheck"
+
+
+def test_images_are_pinned(services):
+    for name, svc in services.items():
+        if "build" in svc:
+            continue
+        image = svc["image"]
+        assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"{name}: pin {image} by tag"
+
+
+# --- PIPELINE_* variables are ones the code reads -------------------------------------------------------
+
+
+def test_pipeline_variables_are_settings_or_runner_variables(services):
+    known = {f"PIPELINE_{field.upper()}" for field in Settings.model_fields} | RUNNER_AND_DAG_VARIABLES
+    for name, svc in services.items():
+        unknown = {key for key in environment(svc) if key.startswith("PIPELINE_")} - known
+        assert not unknown, f"{name} sets variables nothing reads (a typo?): {sorted(unknown)}"
+
+
+def test_worker_gets_what_the_stack_must_provide(services):
+    env = environment(services[WORKER])
+    for key in ("PIPELINE_LAKE_URI", "PIPELINE_MLFLOW_TRACKING_URI", "PIPELINE_STATE_DIR", "PIPELINE_DOCKER_URL",
+                "PIPELINE_DOCKER_NETWORK", "PIPELINE_DOCKER_MOUNTS", "PIPELINE_JOB_IMAGE", "PIPELINE_JOB_IMAGE_GPU",
+                "AIRFLOW_CONN_LAKE_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env.get(key), f"{WORKER} lacks {key}"
+    assert env["PIPELINE_JOB_RUNNER"] == "docker"
+    assert env["PIPELINE_JOB_GPUS"] == "${PIPELINE_JOB_GPUS:-false}"
+    assert env["PIPELINE_LAKE_URI"].startswith("s3://")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+
+
+def test_airflow_services_share_one_configuration(services):
+    airflow = {name: svc for name, svc in services.items() if name.startswith("airflow-")}
+    assert {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+            "airflow-triggerer"} <= set(airflow)
+    reference = environment(airflow[WORKER])
+    for name, svc in airflow.items():
+        assert environment(svc) == reference, f"{name} has another environment than {WORKER}"
+        assert svc["image"] == reference["PIPELINE_JOB_IMAGE"], f"{name} must run the job image"
+
+
+def test_urls_name_services_of_the_stack(services):
+    """Every http://, tcp:// or postgresql:// URL in an environment or a command names a service."""
+    for name, svc in services.items():
+        texts = [*environment(svc).values(), *strings(svc.get("command") or []), *strings(svc.get("entrypoint") or [])]
+        for text in texts:
+            for url in re.findall(r"(?:https?|tcp|postgresql[a-z0-9+]*)://[^\s&'\"]+", text):
+                host = urlsplit(url).hostname
+                assert host in services or host in {"localhost", "127.0.0.1"}, f"{name}: {url} names no service"
+    env = environment(services[WORKER])
+    proxy = urlsplit(env["PIPELINE_DOCKER_URL"]).hostname
+    assert networks_of(services[WORKER]) & networks_of(services[proxy]), f"{WORKER} cannot reach {proxy}"
+
+
+# --- the Docker runner's settings match the file ----------------------------------------------------------
+
+
+def test_job_network_is_the_compose_network(compose, services):
+    env = environment(services[WORKER])
+    default = (compose.get("networks") or {}).get("default") or {}
+    assert default.get("name") == env["PIPELINE_DOCKER_NETWORK"], "job containers would not reach minio/mlflow"
+    for needed in ("minio", "mlflow"):
+        assert "default" in networks_of(services[needed]), f"{needed} is not on the jobs' network"
+
+
+def test_job_state_mount_is_the_state_volume(compose, services):
+    env = environment(services[WORKER])
+    volume_name, _, target = env["PIPELINE_DOCKER_MOUNTS"].partition(":")
+    assert target == env["PIPELINE_STATE_DIR"], "jobs must see the state where PIPELINE_STATE_DIR says"
+    keys = [key for key, spec in (compose.get("volumes") or {}).items() if (spec or {}).get("name") == volume_name]
+    assert keys, f"no volume is named {volume_name} (give it an explicit name:)"
+    for name, svc in services.items():
+        if name.startswith("airflow-"):
+            assert (keys[0], target) in volume_mounts(svc), f"{name} must mount {keys[0]} at {target}"
+
+
+def test_job_images_are_built_by_the_file(services):
+    env = environment(services[WORKER])
+    built = {svc["image"]: svc["build"] for svc in services.values() if "build" in svc and "image" in svc}
+    expected = {"PIPELINE_JOB_IMAGE": "jobs/Dockerfile", "PIPELINE_JOB_IMAGE_GPU": "jobs/Dockerfile.gpu"}
+    for key, dockerfile in expected.items():
+        assert env[key] in built, f"{key}={env[key]} is built by no service"
+        assert built[env[key]]["dockerfile"] == dockerfile
+    gpu = next(name for name, svc in services.items() if svc.get("image") == env["PIPELINE_JOB_IMAGE_GPU"])
+    assert services[gpu].get("profiles") == ["gpu"], "the CUDA image is built on request: --profile gpu"
+
+
+def test_docker_proxy_exposes_only_what_the_runner_needs(services):
+    env = environment(services[WORKER])
+    proxy = services[urlsplit(env["PIPELINE_DOCKER_URL"]).hostname]
+    assert proxy["image"].startswith("tecnativa/docker-socket-proxy:")
+    assert not proxy.get("ports"), "the Docker API must never be published"
+    assert ("/var/run/docker.sock", "/var/run/docker.sock") in volume_mounts(proxy)
+    assert any(str(v).endswith(":ro") for v in proxy["volumes"]), "mount the socket read-only"
+    grants = {key for key, value in environment(proxy).items() if value == "1"}
+    assert {"CONTAINERS", "IMAGES", "POST"} <= grants
+    dangerous = {"AUTH", "SECRETS", "BUILD", "COMMIT", "EXEC", "ALLOW_EXEC", "SWARM", "NODES", "SERVICES", "TASKS",
+                 "PLUGINS", "SYSTEM", "VOLUMES", "NETWORKS", "CONFIGS", "DISTRIBUTION", "SESSION", "GRPC"}
+    assert not grants & dangerous, f"not needed by the runner: {sorted(grants & dangerous)}"
+    others = [name for name, svc in services.items() if networks_of(svc) & networks_of(proxy) and svc is not proxy]
+    assert others == [WORKER], f"only the worker may reach the Docker API, not {others}"
+
+
+# --- the Compose CLI's own validation, where it exists ----------------------------------------------------
+
+
+def compose_cli() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    standalone = shutil.which("docker-compose")  # Compose v2 as a standalone binary; v1 predates the spec
+    if standalone:
+        probe = subprocess.run([standalone, "version", "--short"], capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0 and probe.stdout.strip().lstrip("v").startswith("2."):
+            return [standalone]
+    return None
+
+
+def test_compose_cli_accepts_the_file():
+    cli = compose_cli()
+    if cli is None:
+        pytest.skip("no Docker Compose v2 CLI here (the docker client has no compose plugin): the file is "
+                    "checked by the tests above only")
+    result = subprocess.run(
+        [*cli, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "--profile", "gpu", "config", "--quiet"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
