@@ -31,7 +31,10 @@ def mlflow_client(settings: Settings):
     mlflow.set_registry_uri(settings.resolved_tracking_uri)
     client = MlflowClient()
     if client.get_experiment_by_name(settings.experiment_name) is None:
-        artifact_location = None if settings.mlflow_tracking_uri else settings.mlflow_artifact_root
+        # A tracking server decides where artifacts go; a database store would put them in ./mlruns
+        # of whatever folder the job runs in, so it gets the state folder's artifact root.
+        remote = settings.resolved_tracking_uri.startswith(("http://", "https://", "databricks"))
+        artifact_location = None if remote else settings.mlflow_artifact_root
         client.create_experiment(settings.experiment_name, artifact_location=artifact_location)
     mlflow.set_experiment(settings.experiment_name)
     return client
