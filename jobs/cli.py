@@ -143,7 +143,8 @@ def features(
     s = _settings()
     if start:
         _check_date(start)
-    return build_gold(_lake(), start or date, date, s.spark_master, s.spark_driver_memory, s.expectations_dir)
+    return build_gold(_lake(), start or date, date, s.spark_master, s.spark_driver_memory, s.expectations_dir,
+                      s.spark_staging_dir)
 
 
 @app.command()

@@ -126,8 +126,12 @@ def check_contract(folder: Path, date: str, expectations_dir: Path) -> None:
 
 
 def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: str,
-               expectations_dir: Path) -> dict:
-    """Build ``gold/features`` for every silver date in [start, end]; atomic per date."""
+               expectations_dir: Path, staging_dir: Path | None = None) -> dict:
+    """Build ``gold/features`` for every silver date in [start, end]; atomic per date.
+
+    Spark writes into a staging folder (``staging_dir``, shared by all executors on a cluster);
+    each date is checked against the gold contract, then published atomically to the lake.
+    """
     from pyspark.sql import functions as F
 
     wanted = date_range(start, end)
@@ -138,10 +142,12 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
         return {"dates": [], "rows": 0, "gold": lake.uri_of(lk.GOLD_FEATURES),
                 "note": f"no silver partitions in [{start}, {end}]"}
     spark = spark_session(master, driver_memory)
-    staging = Path(tempfile.mkdtemp(prefix="gold-build-"))
+    if staging_dir is not None:
+        Path(staging_dir).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="gold-build-", dir=staging_dir))
     try:
         keys = [lk.date_partition(lk.SILVER_TRANSACTIONS, d) for d in available]
-        with lake.local_partitions(keys) as paths:
+        with lake.local_partitions(keys, staging_dir) as paths:
             log.info("reading %d silver partitions (%s .. %s) with Spark %s", len(paths), available[0], end, master)
             silver = spark.read.parquet(*paths)
             feats = build_features(silver).where(F.col("date").isin(targets))

@@ -155,9 +155,12 @@ class Lake:
             shutil.rmtree(staging, ignore_errors=True)
 
     @contextmanager
-    def local_partitions(self, keys: list[str]) -> Iterator[list[str]]:
-        """Local folder paths holding the given partitions, for engines that read paths (Spark)."""
-        tmp = Path(tempfile.mkdtemp(prefix="lake-read-"))
+    def local_partitions(self, keys: list[str], staging_dir: Path | None = None) -> Iterator[list[str]]:
+        """Local folder paths holding the given partitions, for engines that read paths (Spark).
+
+        ``staging_dir``: where copies are staged (a shared filesystem when Spark runs on a cluster).
+        """
+        tmp = Path(tempfile.mkdtemp(prefix="lake-read-", dir=staging_dir))
         try:
             paths = []
             for i, key in enumerate(keys):
@@ -265,8 +268,8 @@ class LocalLake(Lake):
         return self.uri_of(key)
 
     @contextmanager
-    def local_partitions(self, keys: list[str]) -> Iterator[list[str]]:
-        yield [str(self.path(k)) for k in keys]
+    def local_partitions(self, keys: list[str], staging_dir: Path | None = None) -> Iterator[list[str]]:
+        yield [str(self.path(k)) for k in keys]  # already files: nothing to stage
 
     def remove(self, key: str) -> None:
         p = self.path(key)

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         default="local[*]", description="Spark master URL: local[*] or a cluster (spark://, k8s://)."
     )
     spark_driver_memory: str = "1g"
+    spark_staging_dir: Path | None = Field(
+        default=None,
+        description="Where Spark reads staged input and writes output before it is published (default: the "
+                    "system temp folder). On a cluster, a folder every executor sees at the same path (NFS, EFS).",
+    )
 
     # --- validation ---------------------------------------------------------------------
     # A delivery with more bad rows than this share is rejected whole: it points to a broken
