@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,17 +17,11 @@ from urllib.parse import quote
 
 import boto3
 import pytest
+from standalone import airflow_standalone, poll_db
 
 from jobs.generate import generate_day
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_s3_event_starts_ingestion_through_the_asset_watcher(s3_endpoint, tmp_path):
@@ -56,7 +45,6 @@ def test_s3_event_starts_ingestion_through_the_asset_watcher(s3_endpoint, tmp_pa
     assert int(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
                ["Attributes"]["ApproximateNumberOfMessages"]) >= 2  # plus S3's s3:TestEvent
 
-    port = free_port()
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINE_", "AWS_"))}
     env.update(
@@ -66,38 +54,20 @@ def test_s3_event_starts_ingestion_through_the_asset_watcher(s3_endpoint, tmp_pa
         AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
         AIRFLOW_CONN_LAKE_S3=f"aws://testing:testing@/?endpoint_url={quote(s3_endpoint, safe='')}"
                              "&region_name=us-east-1",
-        AIRFLOW__API__PORT=str(port), AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
     )
-    proc = subprocess.Popen(["bash", "-c", "source scripts/env.sh && exec airflow standalone"], cwd=ROOT, env=env,
-                            stdout=open(tmp_path / "standalone.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    db = state / "airflow" / "airflow.db"
-    try:
-        deadline = time.monotonic() + 420
-        runs, events = [], []
-        while time.monotonic() < deadline:
-            time.sleep(5)
-            if proc.poll() is not None:
-                break
-            try:
-                with sqlite3.connect(db) as conn:
-                    events = [json.loads(e) for (e,) in conn.execute(
-                        "select e.extra from asset_event e join asset a on a.id = e.asset_id "
-                        "where a.name = 'raw_deliveries'")]
-                    runs = conn.execute("select run_type, state from dag_run where dag_id = 'ingest_transactions'"
-                                        ).fetchall()
-            except sqlite3.OperationalError:
-                continue  # database still being created
-            if ("asset_triggered", "success") in runs:
-                break
-        log = (tmp_path / "standalone.log").read_text()[-6000:]
-        assert events and events[0]["from_trigger"] is True, log
-        assert ("asset_triggered", "success") in runs, f"{runs}\n{log}"
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+
+    def observe(conn):
+        events = [json.loads(e) for (e,) in conn.execute(
+            "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = 'raw_deliveries'")]
+        runs = conn.execute("select run_type, state from dag_run where dag_id = 'ingest_transactions'").fetchall()
+        return events, runs
+
+    with airflow_standalone(env, tmp_path / "standalone.log") as proc:
+        observed = poll_db(state / "airflow" / "airflow.db", proc, observe,
+                           lambda r: ("asset_triggered", "success") in r[1], timeout=420)
+    events, runs = observed or ([], [])
+    log = (tmp_path / "standalone.log").read_text()[-6000:]
+    assert events and events[0]["from_trigger"] is True, log
+    assert ("asset_triggered", "success") in runs, f"{runs}\n{log}"
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="lake/silver/transactions/")
     assert any(o["Key"].endswith("_partition.json") for o in listed.get("Contents", []))

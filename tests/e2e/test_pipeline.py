@@ -191,3 +191,31 @@ def test_malformed_delivery_stops_before_features_with_a_clear_message(env, chai
     assert raw.read_bytes() == b"transaction_id;card;amount\n\x00\xff\xfe"
     assert (lake(env) / "quarantine" / "files").exists()
     assert not (lake(env) / "silver" / "transactions" / f"date={AFTER}").exists()
+
+
+def test_drift_event_starts_retraining_under_the_scheduler(env, chain, tmp_path):
+    """The loop closes by itself: a scheduled drift check's asset event starts train_model (labelled drift)."""
+    from mlflow import MlflowClient
+    from standalone import airflow_standalone, poll_db
+
+    sh(env, "airflow dags pause --treat-dag-id-as-regex -y "
+            "'^(ingest_transactions|build_features|score_transactions|rollback_model)$'")
+    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    versions_before = {mv.version for mv in client.search_model_versions("name='fraud-detector'")}
+    db = Path(env["PIPELINE_STATE_DIR"]) / "airflow" / "airflow.db"
+
+    def train_runs(conn):
+        return conn.execute("select run_type, state from dag_run where dag_id = 'train_model' "
+                            "and run_type = 'asset_triggered'").fetchall()
+
+    with airflow_standalone(env, tmp_path / "standalone.log") as proc:
+        # A person asks for a drift check of the drifted day; nothing else is triggered by hand.
+        sh(env, f"airflow dags trigger monitor_drift -c '{json.dumps({'date': NEXT})}'")
+        runs = poll_db(db, proc, train_runs, lambda r: any(state in ("success", "failed") for _, state in r or []),
+                       timeout=600)
+    log = (tmp_path / "standalone.log").read_text()[-6000:]
+    assert runs == [("asset_triggered", "success")], f"{runs}\n{log}"
+    (new,) = [mv for mv in client.search_model_versions("name='fraud-detector'") if mv.version not in versions_before]
+    assert new.tags["trigger"] == "drift" and new.tags["logical_date"] == NEXT
+    gate = json.loads((lake(env) / "reports" / "gate" / f"date={NEXT}" / f"v{new.version}.json").read_text())
+    assert gate["trigger"] == "drift"

@@ -1,0 +1,58 @@
+"""A real Airflow (``airflow standalone``: API server, scheduler, dag-processor, triggerer) for e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def airflow_standalone(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """Start Airflow on the state folder of ``env`` (scripts/env.sh), on a free port; stop it after."""
+    port = free_port()
+    env = {**env, "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["bash", "-c", "source scripts/env.sh && exec airflow standalone"], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def poll_db(db: Path, proc: subprocess.Popen, query: Callable[[sqlite3.Connection], object],
+            done: Callable[[object], bool], timeout: float, every: float = 5) -> object:
+    """Run ``query`` on Airflow's SQLite database until ``done(result)``, Airflow exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    result = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(every)
+        try:
+            with sqlite3.connect(db) as conn:
+                result = query(conn)
+        except sqlite3.OperationalError:
+            continue  # database still being created, or locked for a moment
+        if done(result):
+            break
+    return result
