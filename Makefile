@@ -29,7 +29,7 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check dags plugins jobs tests bench
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --durations=15
 
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not e2e"

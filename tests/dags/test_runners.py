@@ -137,3 +137,26 @@ def test_kubernetes_runner_renders_every_pod(monkeypatch, processes):
         else:
             assert container.image == "fraud-pipeline-jobs:latest"
             assert "nvidia.com/gpu" not in container.resources.limits and not pod.spec.node_selector
+
+
+@pytest.mark.parametrize("runner", ["docker", "kubernetes"])
+def test_dag_files_stay_light_under_the_container_runners(runner):
+    """The providers' operators load at parse time; the heavy libraries still must not."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_dag_integrity import HEAVY
+
+    code = (
+        "import importlib.util, json, pathlib, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'plugins')!r})\n"
+        f"for i, path in enumerate(sorted(pathlib.Path({str(ROOT / 'dags')!r}).glob('*.py'))):\n"
+        "    spec = importlib.util.spec_from_file_location(f'dag_{i}', path)\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PIPELINE_JOB_RUNNER": runner})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
