@@ -344,6 +344,36 @@ class S3Lake(Lake):
         self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)  # a PUT is atomic
         return self.uri_of(key)
 
+    def append_line(self, key: str, line: str, attempts: int = 20) -> None:
+        """Append by compare-and-swap: the PUT succeeds only if nobody wrote the object since it was read.
+
+        S3 has no append; a plain read-modify-write would lose one of two concurrent lines. A
+        conditional PUT (If-Match on the ETag read, If-None-Match for a new object) fails instead,
+        and the append is retried on the fresh content.
+        """
+        import random
+        import time
+
+        from botocore.exceptions import ClientError
+
+        data = line.rstrip("\n").encode() + b"\n"
+        for attempt in range(attempts):
+            try:
+                got = self.s3.get_object(Bucket=self.bucket, Key=self._key(key))
+                old, condition = got["Body"].read(), {"IfMatch": got["ETag"]}
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] not in ("NoSuchKey", "404"):
+                    raise
+                old, condition = b"", {"IfNoneMatch": "*"}
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=old + data, **condition)
+                return
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+            time.sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))  # someone else appended: retry
+        raise LakeError(f"could not append to {self.uri_of(key)}: {attempts} concurrent-write conflicts in a row")
+
     def create_only(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 

@@ -85,3 +85,45 @@ def test_a_publish_killed_halfway_leaves_the_old_partition_and_the_retry_complet
     assert [lake.read_bytes(k) for k in lake.list("zone")] == [b"old"]
     lake.publish_folder(build, "zone/date=2026-01-04")
     assert sorted(lake.read_bytes(k) for k in lake.list("zone")) == [b"new 0", b"new 1", b"new 2"]
+
+
+
+def test_concurrent_appends_lose_no_line(state_dir):
+    """Eight writers append to one ledger of a folder lake at once (O_APPEND writes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobs.lake import get_lake
+
+    lake = get_lake()
+
+    def writer(n: int) -> None:
+        for i in range(6):
+            lake.append_line("_ledger/test.jsonl", f'{{"writer": {n}, "line": {i}}}')
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(writer, range(8)))
+    lines = lake.read_bytes("_ledger/test.jsonl").decode().splitlines()
+    assert sorted(lines) == sorted(f'{{"writer": {n}, "line": {i}}}' for n in range(8) for i in range(6))
+
+
+def test_s3_append_retries_when_another_writer_got_there_first(s3_env, monkeypatch):
+    """Another writer appends between our read and our write: our conditional PUT fails and is redone.
+
+    The interleaving is forced (the other append happens right after our first read), because moto's
+    server does not make its conditional checks atomic under concurrent requests; S3 does.
+    """
+    ours, theirs = open_lake(f"s3://{s3_env}/lake"), open_lake(f"s3://{s3_env}/lake")
+    ours.append_line("_ledger/l.jsonl", "first")
+    real_get, reads = ours.s3.get_object, []
+
+    def read_then_someone_appends(**kwargs):
+        got = real_get(**kwargs)
+        reads.append(kwargs["Key"])
+        if len(reads) == 1:
+            theirs.append_line("_ledger/l.jsonl", "theirs")
+        return got
+
+    monkeypatch.setattr(ours.s3, "get_object", read_then_someone_appends)
+    ours.append_line("_ledger/l.jsonl", "ours")
+    assert len(reads) == 2, "the stale write must have been refused and retried"
+    assert ours.read_bytes("_ledger/l.jsonl").decode().splitlines() == ["first", "theirs", "ours"]
