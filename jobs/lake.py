@@ -12,7 +12,7 @@ Two backends behind one interface, so every job and sensor takes the same code p
 - ``s3://bucket/prefix`` (:class:`S3Lake`): boto3 with the standard credential chain
   (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, instance roles, ...) and ``AWS_ENDPOINT_URL``
   for S3-compatible servers (MinIO). S3 has no rename, so a partition is published by uploading
-  its files under a fresh version prefix and then replacing one small ``_manifest.json`` object
+  its files under a fresh version prefix and then replacing one small ``_partition.json`` object
   (a single PUT, atomic) that lists them; readers only read what the manifest lists.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from jobs.result import JobError
+
+log = logging.getLogger(__name__)
 
 RAW_TRANSACTIONS = "raw/transactions"
 BRONZE_BATCHES = "bronze/batches"
@@ -255,6 +258,7 @@ class LocalLake(Lake):
         final = self.path(key)
         staging_root = final.parent / "_staging"
         staging_root.mkdir(parents=True, exist_ok=True)
+        _sweep_orphans(staging_root)
         incoming = staging_root / f"{final.name}.{uuid.uuid4().hex}"
         shutil.copytree(folder, incoming)  # same filesystem as the target: the renames are atomic
         trash = None
@@ -277,6 +281,25 @@ class LocalLake(Lake):
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+
+
+ORPHAN_AGE_S = 6 * 3600  # far longer than any copy into _staging takes
+
+
+def _sweep_orphans(staging_root: Path) -> None:
+    """Remove what publishes killed mid-way left in ``_staging/`` (invisible to readers, never resumed)."""
+    import time
+
+    for entry in staging_root.iterdir():
+        try:
+            if time.time() - entry.stat().st_mtime > ORPHAN_AGE_S:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                log.warning("removed %s, left by a publish that did not finish", entry)
+        except FileNotFoundError:
+            continue  # another publish swept it
 
 
 class S3Lake(Lake):

@@ -127,3 +127,22 @@ def test_s3_append_retries_when_another_writer_got_there_first(s3_env, monkeypat
     ours.append_line("_ledger/l.jsonl", "ours")
     assert len(reads) == 2, "the stale write must have been refused and retried"
     assert ours.read_bytes("_ledger/l.jsonl").decode().splitlines() == ["first", "theirs", "ours"]
+
+
+def test_publish_sweeps_what_killed_publishes_left_in_staging(state_dir):
+    import os
+    import time
+
+    from jobs.lake import ORPHAN_AGE_S, get_lake
+
+    lake = get_lake()
+    staging = lake.path("zone") / "_staging"
+    (staging / "date=2026-01-01.dead").mkdir(parents=True)
+    (staging / "date=2026-01-01.dead" / "half.parquet").write_text("half")
+    old = time.time() - ORPHAN_AGE_S - 60
+    os.utime(staging / "date=2026-01-01.dead", (old, old))
+    (staging / "date=2026-01-02.busy").mkdir()  # a publish in progress right now: left alone
+    with lake.publish("zone/date=2026-01-03") as folder:
+        (folder / "a.txt").write_text("new")
+    assert sorted(p.name for p in staging.iterdir()) == ["date=2026-01-02.busy"]
+    assert lake.list_partitions("zone") == ["2026-01-03"]
