@@ -263,9 +263,14 @@ class LocalLake(Lake):
         shutil.copytree(folder, incoming)  # same filesystem as the target: the renames are atomic
         trash = None
         if final.exists():
-            trash = staging_root / f"{final.name}.{uuid.uuid4().hex}.old"
-            os.replace(final, trash)
-        os.replace(incoming, final)
+            if exchange_paths(incoming, final):  # one atomic step: readers see old, then new
+                trash = incoming
+            else:  # no renameat2: two renames, with a moment in which the partition is absent
+                trash = staging_root / f"{final.name}.{uuid.uuid4().hex}.old"
+                os.replace(final, trash)
+                os.replace(incoming, final)
+        else:
+            os.replace(incoming, final)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         _remove_if_empty(staging_root)
@@ -281,6 +286,24 @@ class LocalLake(Lake):
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # old kernel or a filesystem without it
+        return False
+    raise OSError(code, os.strerror(code), f"{a} <-> {b}")
 
 
 ORPHAN_AGE_S = 6 * 3600  # far longer than any copy into _staging takes

@@ -79,7 +79,8 @@ def test_a_publish_killed_halfway_leaves_the_old_partition_and_the_retry_complet
 
             mp.setattr(lake.s3, "upload_file", crash_on_second_upload)
         else:
-            mp.setattr(lake_module.os, "replace", killed)
+            mp.setattr(lake_module, "exchange_paths", killed)  # the swap (renameat2)
+            mp.setattr(lake_module.os, "replace", killed)  # or the renames where it is missing
         with pytest.raises(KeyboardInterrupt):
             lake.publish_folder(build, "zone/date=2026-01-04")
     assert [lake.read_bytes(k) for k in lake.list("zone")] == [b"old"]
@@ -146,3 +147,18 @@ def test_publish_sweeps_what_killed_publishes_left_in_staging(state_dir):
         (folder / "a.txt").write_text("new")
     assert sorted(p.name for p in staging.iterdir()) == ["date=2026-01-02.busy"]
     assert lake.list_partitions("zone") == ["2026-01-03"]
+
+
+def test_republishing_swaps_in_one_atomic_step(tmp_path):
+    """On Linux a partition is replaced by exchanging two folders: there is no moment without it."""
+    from jobs.lake import exchange_paths
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "new.txt").write_text("new")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "old.txt").write_text("old")
+    assert exchange_paths(tmp_path / "a", tmp_path / "b")
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["new.txt"]
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["old.txt"]
+    with pytest.raises(FileNotFoundError):
+        exchange_paths(tmp_path / "missing", tmp_path / "b")
