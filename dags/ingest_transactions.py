@@ -39,7 +39,10 @@ with DAG(
     schedule=AssetOrTimeSchedule(timetable=NIGHTLY, assets=[_events]) if _events else NIGHTLY,
     start_date=START_DATE,
     catchup=False,
-    max_active_runs=1,
+    # Runs may overlap (a nightly run waiting for a late delivery must not hold back an event-driven
+    # run for another day): claims make ingest safe to run concurrently; validate merges into silver
+    # partitions, so only one validate runs at a time (max_active_tis_per_dag below).
+    max_active_runs=4,
     default_args=DEFAULT_ARGS,
     tags=[*TAGS, "ingestion"],
     params={
@@ -67,6 +70,7 @@ with DAG(
         pass_run_id=True,
         job_resources=Resources(cpu=1, memory_gb=4),
         outlets=[SILVER_TRANSACTIONS],
+        max_active_tis_per_dag=1,
         doc_md="Runs the Great Expectations contract; every row lands in silver or in quarantine with "
                "its reasons. Fails (no retry) when a delivery is rejected.",
     )

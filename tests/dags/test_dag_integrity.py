@@ -146,3 +146,11 @@ def test_optional_human_approval_sits_between_gate_and_promote():
     edges = {tuple(e) for e in json.loads(out.stdout.strip().splitlines()[-1])}
     assert edges == {("train", "evaluate"), ("evaluate", "gate"), ("gate", "approve_promotion"),
                      ("gate", "keep_champion"), ("approve_promotion", "promote")}
+
+
+def test_ingestion_runs_overlap_but_silver_merges_do_not(dagbag):
+    """A nightly run waiting hours for a late delivery must not hold back another day's run."""
+    dag = dagbag.dags["ingest_transactions"]
+    assert dag.max_active_runs > 1
+    assert dag.get_task("wait_for_raw").mode == "reschedule"  # waiting holds no worker slot
+    assert dag.get_task("validate").max_active_tis_per_dag == 1  # silver partitions are merged
