@@ -56,7 +56,9 @@ with DAG(
         step="train",
         pass_run_id=True,
         # Only the drift monitor's asset event schedules this DAG, so asset-triggered means drift.
-        arguments=["--trigger", "{{ 'drift' if dag_run.run_type == 'asset_triggered' else dag_run.run_type }}"],
+        # run_type renders as "DagRunType.SCHEDULED" under the scheduler: keep the plain value.
+        arguments=["--trigger", "{{ 'drift' if dag_run.run_type == 'asset_triggered' else "
+                                "(dag_run.run_type | string | replace('DagRunType.', '') | lower) }}"],
         # PIPELINE_TRAIN_PROCESSES > 1 trains with torchrun / DistributedDataParallel (one process per GPU).
         job_resources=Resources(cpu=4, memory_gb=8, gpu=TRAIN_PROCESSES, processes=TRAIN_PROCESSES),
         doc_md="Fits the PyTorch model (CUDA + bf16 when present, else CPU), exports ONNX, registers a version.",

@@ -154,3 +154,16 @@ def test_ingestion_runs_overlap_but_silver_merges_do_not(dagbag):
     assert dag.max_active_runs > 1
     assert dag.get_task("wait_for_raw").mode == "reschedule"  # waiting holds no worker slot
     assert dag.get_task("validate").max_active_tis_per_dag == 1  # silver partitions are merged
+
+
+@pytest.mark.parametrize("run_type, label", [("SCHEDULED", "scheduled"), ("MANUAL", "manual"),
+                                             ("ASSET_TRIGGERED", "drift")])
+def test_training_runs_are_labelled_by_what_started_them(dagbag, run_type, label):
+    """Only drift_detected schedules train_model by asset, so asset-triggered means drift."""
+    from types import SimpleNamespace
+
+    from airflow.utils.types import DagRunType
+
+    train = dagbag.dags["train_model"].get_task("train")
+    context = {"dag_run": SimpleNamespace(run_type=DagRunType[run_type])}
+    assert train.render_template(train.job_arguments, context) == ["--trigger", label]

@@ -23,13 +23,17 @@ def free_port() -> int:
 
 @contextmanager
 def airflow_standalone(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
-    """Start Airflow on the state folder of ``env`` (scripts/env.sh), on a free port; stop it after."""
+    """Start Airflow on the state folder of ``env`` (scripts/env.sh), on a free port; stop it after.
+
+    The process gets an ``api_url`` attribute (the API server's base URL).
+    """
     port = free_port()
     env = {**env, "AIRFLOW__API__PORT": str(port),
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(["bash", "-c", "source scripts/env.sh && exec airflow standalone"], cwd=ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.api_url = f"http://127.0.0.1:{port}"
     try:
         yield proc
     finally:
@@ -42,7 +46,7 @@ def airflow_standalone(env: dict[str, str], log_path: Path) -> Iterator[subproce
 
 
 def poll_db(db: Path, proc: subprocess.Popen, query: Callable[[sqlite3.Connection], object],
-            done: Callable[[object], bool], timeout: float, every: float = 5) -> object:
+            done: Callable[[object], bool], timeout: float, every: float = 2) -> object:
     """Run ``query`` on Airflow's SQLite database until ``done(result)``, Airflow exits or time runs out."""
     deadline = time.monotonic() + timeout
     result = None
@@ -56,3 +60,17 @@ def poll_db(db: Path, proc: subprocess.Popen, query: Callable[[sqlite3.Connectio
         if done(result):
             break
     return result
+
+
+def wait_for_api(proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until the API server answers: tasks started before it does fail to start (and wait for a retry)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"{proc.api_url}/api/v2/monitor/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"the Airflow API server at {proc.api_url} did not answer within {timeout:.0f} s")

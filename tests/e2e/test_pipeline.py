@@ -194,27 +194,36 @@ def test_malformed_delivery_stops_before_features_with_a_clear_message(env, chai
 
 
 def test_drift_event_starts_retraining_under_the_scheduler(env, chain, tmp_path):
-    """The loop closes by itself: a scheduled drift check's asset event starts train_model (labelled drift)."""
+    """The loop closes by itself: a drift check run by the scheduler emits drift_detected, and the
+    scheduler starts train_model from that event (asset-triggered, labelled drift)."""
     from mlflow import MlflowClient
-    from standalone import airflow_standalone, poll_db
+    from standalone import airflow_standalone, poll_db, wait_for_api
 
-    sh(env, "airflow dags pause --treat-dag-id-as-regex -y "
-            "'^(ingest_transactions|build_features|score_transactions|rollback_model)$'")
+    db = Path(env["PIPELINE_STATE_DIR"]) / "airflow" / "airflow.db"
+    sh(env, "airflow dags pause --treat-dag-id-as-regex -y '.*'")
+    with sqlite3.connect(db) as conn:  # events of the earlier `dags test` runs are not under test here
+        conn.execute("delete from asset_dag_run_queue")
     client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
     versions_before = {mv.version for mv in client.search_model_versions("name='fraud-detector'")}
-    db = Path(env["PIPELINE_STATE_DIR"]) / "airflow" / "airflow.db"
+    drift_run = "drift_check_under_the_scheduler"
 
     def train_runs(conn):
-        return conn.execute("select run_type, state from dag_run where dag_id = 'train_model' "
-                            "and run_type = 'asset_triggered'").fetchall()
+        return conn.execute(
+            "select r.state, e.source_dag_id, e.source_run_id from dag_run r "
+            "join dagrun_asset_event d on d.dag_run_id = r.id join asset_event e on e.id = d.event_id "
+            "where r.dag_id = 'train_model' and r.run_type = 'asset_triggered'").fetchall()
 
-    with airflow_standalone(env, tmp_path / "standalone.log") as proc:
+    # What is under test is the wiring, not the model: a short fit and a smaller bootstrap.
+    quick = {**env, "PIPELINE_MAX_EPOCHS": "4", "PIPELINE_BOOTSTRAP_RESAMPLES": "100"}
+    with airflow_standalone(quick, tmp_path / "standalone.log") as proc:
+        wait_for_api(proc)
+        sh(env, "airflow dags unpause --treat-dag-id-as-regex -y '^(monitor_drift|train_model)$'")
         # A person asks for a drift check of the drifted day; nothing else is triggered by hand.
-        sh(env, f"airflow dags trigger monitor_drift -c '{json.dumps({'date': NEXT})}'")
-        runs = poll_db(db, proc, train_runs, lambda r: any(state in ("success", "failed") for _, state in r or []),
-                       timeout=600)
+        sh(env, f"airflow dags trigger monitor_drift -r {drift_run} -c '{json.dumps({'date': NEXT})}'")
+        runs = poll_db(db, proc, train_runs, timeout=600, done=lambda r: any(
+            state in ("success", "failed") and source == drift_run for state, _, source in r or []))
     log = (tmp_path / "standalone.log").read_text()[-6000:]
-    assert runs == [("asset_triggered", "success")], f"{runs}\n{log}"
+    assert [r for r in runs or [] if r[2] == drift_run] == [("success", "monitor_drift", drift_run)], f"{runs}\n{log}"
     (new,) = [mv for mv in client.search_model_versions("name='fraud-detector'") if mv.version not in versions_before]
     assert new.tags["trigger"] == "drift" and new.tags["logical_date"] == NEXT
     gate = json.loads((lake(env) / "reports" / "gate" / f"date={NEXT}" / f"v{new.version}.json").read_text())
