@@ -64,7 +64,10 @@ def test_s3_event_starts_ingestion_through_the_asset_watcher(s3_endpoint, tmp_pa
 
     with airflow_standalone(env, tmp_path / "standalone.log") as proc:
         observed = poll_db(state / "airflow" / "airflow.db", proc, observe,
-                           lambda r: ("asset_triggered", "success") in r[1], timeout=420)
+                           # Runs overlap: the nightly run started at boot may claim the same objects
+                           # (exactly once), so wait for every ingestion run to finish, not just this one.
+                           lambda r: ("asset_triggered", "success") in r[1]
+                           and not any(state in ("queued", "running") for _, state in r[1]), timeout=420)
     events, runs = observed or ([], [])
     log = (tmp_path / "standalone.log").read_text()[-6000:]
     assert events and events[0]["from_trigger"] is True, log
