@@ -52,6 +52,7 @@ with DAG(
         step="features",
         date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
         arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}"],
+        pass_run_id=True,
         job_resources=Resources(cpu=2, memory_gb=4),
         outlets=[GOLD_FEATURES],
         doc_md="Builds gold features with Spark for the planned dates; each date is published atomically.",

@@ -4,30 +4,36 @@
 **Consumes** the lake's `raw/transactions/date=<date>/` zone: every object delivered for the
 partition date or earlier that the ingestion ledger has not seen (key + SHA-256).
 
-**Produces** `silver/transactions/date=*/` (Asset `silver_transactions`, extra: the dates it
-touched), `quarantine/` (rejected rows and files, with reasons), the ledger entries and a
-validation report in `reports/validation/`.
+**Produces** the Delta tables `silver/transactions` (Asset `silver_transactions`, extra: the
+dates that received rows), `quarantine/rows` (rejected rows as delivered, with reasons) and
+`_ledger/objects` (one entry per delivered object), whole unusable files in `quarantine/files/`,
+a validation report in `reports/validation/` and Data Docs in `reports/data_docs/`.
 
 **Starts** nightly (00:30 UTC, for the day that just ended), when a person triggers it with a
 date, and, on S3 lakes with `PIPELINE_LAKE_EVENTS_QUEUE` set, as soon as an S3 event
 notification for a new raw object arrives (AssetWatcher on SQS; the run takes the object's date).
 The sensor waits until the day's delivery is in the raw zone.
 
-**When it fails** at `validate`, a delivery broke the data contract
-(`expectations/raw_transactions.json`): the task log names the file, the counts and the
-broken rules, the bad rows or file are in `quarantine/`, raw is untouched and nothing
-downstream runs. Fix the delivery upstream and deliver it again (a new object), then re-run.
-Re-running the same date is safe: objects already in the ledger are skipped.
+**When a delivery is rejected** (it broke the data contract, `expectations/raw_transactions.json`),
+the good objects of the same run still land and `announce_silver` passes their dates on to
+features and scoring; then `stop_on_rejections` fails the run with a message naming each
+rejected file, its row counts and the broken rules. The bad rows or file are in `quarantine/`,
+raw is untouched. Fix the delivery upstream and deliver it again (a new object, or
+`python -m jobs replay`), then re-run. Re-running the same date is safe: objects already in the
+ledger are skipped, and a retried `validate` converges to what one clean run would have written.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pipeline.assets import SILVER_TRANSACTIONS, raw_deliveries_watched
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import job_task
 from pipeline.runners import Resources
 from pipeline.sensors import raw_delivery_sensor
+
+from jobs import layout
 
 NIGHTLY = CronDataIntervalTimetable("30 0 * * *", timezone="UTC")
 # With PIPELINE_LAKE_EVENTS_QUEUE set, S3 event notifications also start a run (AssetWatcher).
@@ -40,8 +46,8 @@ with DAG(
     start_date=START_DATE,
     catchup=False,
     # Runs may overlap (a nightly run waiting for a late delivery must not hold back an event-driven
-    # run for another day): claims make ingest safe to run concurrently; validate merges into silver
-    # partitions, so only one validate runs at a time (max_active_tis_per_dag below).
+    # run for another day): claims make ingest safe to run concurrently, and validate's Delta MERGE
+    # commits are optimistic (a conflicting commit is redone on the new version), so they may too.
     max_active_runs=4,
     default_args=DEFAULT_ARGS,
     tags=[*TAGS, "ingestion"],
@@ -53,7 +59,7 @@ with DAG(
 ) as dag:
     wait_for_raw = raw_delivery_sensor(
         task_id="wait_for_raw",
-        prefix="raw/transactions/date={date}",
+        prefix=layout.date_partition(layout.RAW_TRANSACTIONS, "{date}"),
         poke_interval=300,
         timeout=6 * 3600,
         mode="reschedule",
@@ -68,10 +74,31 @@ with DAG(
     validate = job_task(
         step="validate",
         pass_run_id=True,
+        arguments=["--no-fail-on-rejection"],  # rejections come back in the result; stop_on_rejections fails
         job_resources=Resources(cpu=1, memory_gb=4),
-        outlets=[SILVER_TRANSACTIONS],
-        max_active_tis_per_dag=1,
-        doc_md="Runs the Great Expectations contract; every row lands in silver or in quarantine with "
-               "its reasons. Fails (no retry) when a delivery is rejected.",
+        doc_md="Runs the Great Expectations contract; every row lands in silver or in quarantine with its "
+               "reasons, and each object in the ledger. Rejected objects are listed in its result.",
     )
+
+    @task(outlets=[SILVER_TRANSACTIONS])
+    def announce_silver(validated: dict, **context) -> list[str]:
+        """Emits `silver_transactions` for the dates that received rows, even when other objects were
+        rejected, so good data flows on to features and scoring. Skipped when nothing landed."""
+        dates = validated.get("silver_dates") or []
+        if not dates:
+            raise AirflowSkipException("no rows landed in silver: nothing for features to build")
+        context["outlet_events"][SILVER_TRANSACTIONS].extra = {
+            "step": "validate", "silver_dates": dates, "rows_silver": validated.get("rows_silver", 0),
+            "silver": validated.get("silver", "")}
+        return dates
+
+    @task
+    def stop_on_rejections(validated: dict) -> None:
+        """Fails the run (no retry: retrying cannot fix a delivery) when any object was rejected,
+        with the message that names each rejected file, its counts and the rules it broke."""
+        if validated.get("rejected"):
+            raise AirflowFailException(validated["rejection_message"])
+
     wait_for_raw >> ingest >> validate
+    announce_silver(validate.output)
+    stop_on_rejections(validate.output)

@@ -47,6 +47,7 @@ with DAG(
         step="score",
         date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
         arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}"],
+        pass_run_id=True,
         job_resources=Resources(cpu=2, memory_gb=4),
         outlets=[PREDICTIONS],
         doc_md="Scores the planned dates with the champion's ONNX model after checking its hash.",

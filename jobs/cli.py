@@ -86,7 +86,7 @@ def generate(
     """Generate synthetic transactions into the lake's raw/ zone (one CSV object per day)."""
     from datetime import timedelta
 
-    from jobs import lake as lk
+    from jobs import layout
     from jobs.generate import generate_day, inject_bad_rows
 
     lake = _lake()
@@ -97,7 +97,7 @@ def generate(
         frame = generate_day(d, rows_per_day, seed=seed, fraud_rate=fraud_rate, drift=drift, delivery=name)
         if bad_rows:
             frame = inject_bad_rows(frame, bad_rows, seed=seed)
-        key = f"{lk.date_partition(lk.RAW_TRANSACTIONS, d)}/transactions-{d}{('-' + name) if name else ''}.csv"
+        key = layout.raw_object(d, f"transactions-{d}{('-' + name) if name else ''}.csv")
         data = frame.to_csv(index=False).encode()
         if lake.exists(key):
             if lake.read_bytes(key) == data:
@@ -109,7 +109,7 @@ def generate(
         written.append(key)
     logging.getLogger("jobs.generate").info("wrote %d raw objects, %d already present", len(written), len(unchanged))
     return {"written": [lake.uri_of(k) for k in written], "unchanged": len(unchanged),
-            "rows": rows_per_day * days, "raw": lake.uri_of(lk.RAW_TRANSACTIONS)}
+            "rows": rows_per_day * days, "raw": lake.uri_of(layout.RAW_TRANSACTIONS)}
 
 
 @app.command()
@@ -123,12 +123,20 @@ def ingest(date: DateOpt, run_id: RunIdOpt):
 
 @app.command()
 @step
-def validate(date: DateOpt, run_id: RunIdOpt):
-    """Validate the run's bronze batch with Great Expectations; publish silver, quarantine the rest."""
-    from jobs.validate import validate_batch
+def validate(
+    date: DateOpt,
+    run_id: RunIdOpt,
+    fail_on_rejection: Annotated[bool, typer.Option(
+        help="Exit with code 3 when an object is rejected. --no-fail-on-rejection reports the rejections in "
+             "the result instead (exit 0), so the DAG can pass the landed dates on before it stops.")] = True,
+):
+    """Validate the run's bronze batch with Great Expectations; silver, quarantine and ledger (Delta tables)."""
+    from jobs.validate import contract_parameters, validate_batch
 
     s = _settings()
-    return {"date": date, **validate_batch(_lake(), run_id, s.expectations_dir, s.max_bad_row_share)}
+    return {"date": date, **validate_batch(_lake(), run_id, s.expectations_dir, s.max_bad_row_share,
+                                           contract_parameters(s.max_delivery_lag_days, s.clock_skew_minutes),
+                                           fail_on_rejection=fail_on_rejection)}
 
 
 @app.command()
@@ -136,6 +144,7 @@ def validate(date: DateOpt, run_id: RunIdOpt):
 def features(
     date: DateOpt,
     start: Annotated[Optional[str], typer.Option(help="First date to build (default: --date).")] = None,
+    run_id: RunIdOpt = "",
 ):
     """Build point-in-time gold features with Spark for [--start, --date]."""
     from jobs.features import build_gold
@@ -144,7 +153,7 @@ def features(
     if start:
         _check_date(start)
     return build_gold(_lake(), start or date, date, s.spark_master, s.spark_driver_memory, s.expectations_dir,
-                      s.spark_staging_dir)
+                      s.spark_staging_dir, run_id=run_id)
 
 
 @app.command()
@@ -195,12 +204,13 @@ def rollback():
 def score(
     date: DateOpt,
     start: Annotated[Optional[str], typer.Option(help="First date to score (default: --date).")] = None,
+    run_id: RunIdOpt = "",
 ):
     """Score [--start, --date] with the champion's ONNX model on onnxruntime."""
     from jobs.features import date_range
     from jobs.score import score as run
 
-    return run(_lake(), date_range(_check_date(start) if start else date, date), _settings())
+    return run(_lake(), date_range(_check_date(start) if start else date, date), _settings(), run_id=run_id)
 
 
 @app.command()
@@ -220,22 +230,52 @@ def drift(
 def ledger(
     status: Annotated[Optional[str], typer.Option(help="Only entries with this status (ingested, rejected_file, "
                                                         "rejected_rows).")] = None,
+    format: Annotated[str, typer.Option("--format", help="table (for people) or json (one object per line).")] = (
+        "table"),
 ):
-    """List what was ingested: object, content hash, run, when, row counts and status."""
+    """List what was ingested: object, content hash, status, row counts, broken rules, run."""
+    import json
+
     from jobs.ingest import read_ledger
 
+    if format not in ("table", "json"):
+        raise JobError(f"--format {format!r}: use table or json")
     entries = [e for e in read_ledger(_lake()) if status is None or e.get("status") == status]
-    header = f"{'ingested_at':<26} {'status':<14} {'delivered':>9} {'silver':>7} {'quarant.':>8}  run / object"
-    lines = [header] + [
-        f"{e.get('ingested_at', ''):<26} {e.get('status', ''):<14} {e.get('rows_delivered') or 0:>9} "
-        f"{e.get('rows_silver') or 0:>7} {e.get('rows_quarantined') or 0:>8}  {e['run_id']} / {e['key']} "
-        f"({e['sha256'][:12]})"
-        for e in entries
-    ]
-    sys.stdout.write("\n".join(lines) + "\n")
+    if format == "json":
+        fields = ("key", "sha256", "status", "rows_delivered", "rows_silver", "rows_quarantined", "broken_rules",
+                  "detail", "run_id", "ingested_at", "silver_version")
+        lines = [json.dumps({k: e.get(k) for k in fields}, sort_keys=True) for e in entries]
+    else:
+        header = f"{'ingested_at':<26} {'status':<14} {'delivered':>9} {'silver':>7} {'quarant.':>8}  run / object"
+        lines = [header] + [
+            f"{e.get('ingested_at', ''):<26} {e.get('status', ''):<14} {e.get('rows_delivered') or 0:>9} "
+            f"{e.get('rows_silver') or 0:>7} {e.get('rows_quarantined') or 0:>8}  {e['run_id']} / {e['key']} "
+            f"({e['sha256'][:12]})"
+            for e in entries
+        ]
+    sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
     return {"entries": len(entries), "rows_delivered": sum(e.get("rows_delivered") or 0 for e in entries),
             "rows_silver": sum(e.get("rows_silver") or 0 for e in entries),
             "rows_quarantined": sum(e.get("rows_quarantined") or 0 for e in entries)}
+
+
+@app.command()
+@step
+def maintain(
+    retention_hours: Annotated[Optional[int], typer.Option(
+        help="Keep the files table versions of the last N hours read (default PIPELINE_VACUUM_RETENTION_HOURS)."
+    )] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only list what the vacuum would delete.")] = False,
+):
+    """Compact, checkpoint and vacuum every Delta table of the lake (old files go only here)."""
+    from jobs import layout, tables
+
+    hours = _settings().vacuum_retention_hours if retention_hours is None else retention_hours
+    lake = _lake()
+    done = [tables.maintain(lake, name, hours, dry_run=dry_run) for name in layout.TABLES]
+    for d in done:
+        logging.getLogger("jobs.tables").info("%s", d)
+    return {"retention_hours": hours, "tables": done}
 
 
 @app.command()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from jobs import lake as lk
+from jobs import layout
 from jobs.registry import BUNDLE_DIR, alias_version, load_bundle, mlflow_client, read_gold
 from jobs.result import MissingInput
 from jobs.settings import Settings
@@ -92,7 +93,7 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
     window = [(end - timedelta(days=i)).isoformat() for i in range(days)][::-1]
     current = read_gold(lake, window)
     if current.empty:
-        raise MissingInput(f"no gold features for {window[0]}..{window[-1]} in {lake.uri_of(lk.GOLD_FEATURES)}")
+        raise MissingInput(f"no gold features for {window[0]}..{window[-1]} in {lake.uri_of(layout.GOLD_FEATURES)}")
     with tempfile.TemporaryDirectory() as tmp:
         ref_file = mlflow.artifacts.download_artifacts(
             run_id=mv.run_id, artifact_path=f"{BUNDLE_DIR}/reference.parquet", dst_path=tmp)
@@ -104,7 +105,6 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
         performance = recent_performance(current, client.get_run(mv.run_id).data.metrics.get("holdout_pr_auc"))
         html = Path(tmp) / "drift.html"
         snapshot.save_html(str(html))
-        base = f"{lk.REPORTS}/drift/date={date}"
         drifted_cols = _drifted_columns(snapshot)
         reasons = []
         if share is not None and share >= settings.drift_share_threshold:
@@ -115,8 +115,7 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
         if drop is not None and drop > settings.max_pr_auc_drop:
             reasons.append(f"PR-AUC on recent labelled data fell by {drop:.3f} (> {settings.max_pr_auc_drop})")
         drifted = bool(reasons)
-        requests_prefix = f"{lk.REPORTS}/drift/_retrain_requests"
-        earlier = [k.rsplit("date=", 1)[-1].removesuffix(".json") for k in lake.list(requests_prefix)]
+        earlier = [k.rsplit("date=", 1)[-1].removesuffix(".json") for k in lake.list(layout.RETRAIN_REQUESTS)]
         retrain, decision = retraining_decision(
             drifted, reasons, date, earlier, settings.retrain_cooldown_days, settings.max_retrains_per_window,
             settings.retrain_window_days)
@@ -129,9 +128,9 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
             "performance": performance, "retrain": retrain, "decision": decision,
         }
         if retrain:
-            lake.write_json(f"{requests_prefix}/date={date}.json", {"date": date, "decision": decision})
-        lake.write_bytes(base + "/drift.html", html.read_bytes())
-        lake.write_json(base + "/drift.json", summary)
+            lake.write_json(layout.retrain_request(date), {"date": date, "decision": decision})
+        lake.write_bytes(layout.drift_report(date, "html"), html.read_bytes())
+        lake.write_json(layout.drift_report(date, "json"), summary)
         with mlflow.start_run(run_id=mv.run_id):
             mlflow.log_artifact(str(html), artifact_path=f"drift/{date}")
             mlflow.log_dict(summary, f"drift/{date}/drift.json")
@@ -141,7 +140,8 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
     log.info("decision: %s", decision)
     return {**{k: summary[k] for k in ("drifted", "drift_share", "drifted_columns", "model_version", "window",
                                        "retrain", "decision", "prediction_drift_score")},
-            "report_html": lake.uri_of(base + "/drift.html"), "report_json": lake.uri_of(base + "/drift.json")}
+            "report_html": lake.uri_of(layout.drift_report(date, "html")),
+            "report_json": lake.uri_of(layout.drift_report(date, "json"))}
 
 
 MIN_POSITIVES = 30  # below this, a PR-AUC is too noisy to act on

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs import lake as lk
+from jobs import layout
 from jobs.features import LABEL
 from jobs.gate import decide, render_slices
 from jobs.model import classification_metrics, paired_bootstrap, slice_metrics
@@ -44,7 +45,7 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
     holdout_dates = mv.tags["holdout_dates"].split(",")
     holdout = read_gold(lake, holdout_dates)
     if holdout.empty or holdout[LABEL].nunique() < 2:
-        raise JobError(f"holdout {holdout_dates} has no rows or only one class in {lake.uri_of(lk.GOLD_FEATURES)}")
+        raise JobError(f"holdout {holdout_dates} has no rows or only one class in {lake.uri_of(layout.GOLD_FEATURES)}")
     y = holdout[LABEL].to_numpy()
     challenger = load_bundle(client, settings, model_version)
     challenger_scores = challenger.predict(holdout)
@@ -77,9 +78,8 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
                "trigger": mv.tags.get("trigger", "")}
     markdown = (report.to_markdown() + f"\nTrigger of the training run: **{payload['trigger'] or 'unknown'}**\n"
                 + render_slices(slices))
-    base = f"{lk.REPORTS}/gate/date={date}/v{model_version}"
-    lake.write_json(base + ".json", payload)
-    lake.write_bytes(base + ".md", markdown.encode())
+    lake.write_json(layout.gate_report(date, model_version, "json"), payload)
+    lake.write_bytes(layout.gate_report(date, model_version, "md"), markdown.encode())
     with mlflow.start_run(run_id=mv.run_id):
         mlflow.log_metrics({f"holdout_{k}": v for k, v in challenger_metrics.items()})
         mlflow.log_metric("scoring_latency_ms_per_1k", latency)
@@ -90,12 +90,13 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
     client.set_model_version_tag(settings.model_name, model_version, "gate_passed", str(report.passed).lower())
     client.set_model_version_tag(settings.model_name, model_version, "gate_verdict", report.verdict)
     client.set_model_version_tag(settings.model_name, model_version, "gate_champion_version", champion_version or "")
-    client.set_model_version_tag(settings.model_name, model_version, "gate_report", lake.uri_of(base + ".md"))
+    report_uri = lake.uri_of(layout.gate_report(date, model_version, "md"))
+    client.set_model_version_tag(settings.model_name, model_version, "gate_report", report_uri)
     log.info("gate for v%s: %s", model_version, report.verdict)
     for c in report.checks:
         log.info("  %-24s %-10s %s %s -> %s", c.name, "n/a" if c.value is None else f"{c.value:.4g}",
                  c.comparison, "" if c.threshold is None else f"{c.threshold:.4g}", "pass" if c.passed else "FAIL")
     return {"passed": report.passed, "verdict": report.verdict, "model_version": str(model_version),
             "champion_version": champion_version, "challenger_metrics": challenger_metrics,
-            "champion_metrics": champion_metrics, "comparison": comparison, "report": lake.uri_of(base + ".md"),
+            "champion_metrics": champion_metrics, "comparison": comparison, "report": report_uri,
             "checks": {c.name: c.passed for c in report.checks}}

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from jobs import lake as lk
+from jobs import layout
 
 log = logging.getLogger(__name__)
 
@@ -108,58 +109,75 @@ def date_range(start: str, end: str) -> list[str]:
     return [(s + timedelta(days=i)).isoformat() for i in range((e - s).days + 1)]
 
 
-def check_contract(folder: Path, date: str, expectations_dir: Path) -> None:
-    """Validate one built date against ``expectations/gold_features.json`` before publishing it."""
-    import pandas as pd
-
+def check_contract(frame, dates: list[str], expectations_dir: Path) -> None:
+    """Validate a whole build against ``expectations/gold_features.json`` (one run) before publishing it."""
     from jobs.result import JobError
     from jobs.validate import load_suite_json, row_failures
 
-    frame = pd.read_parquet(folder)
     _, summaries = row_failures(frame, load_suite_json(expectations_dir, "gold_features.json"))
     broken = [s for s in summaries if not s["success"]]
     if broken:
         raise JobError(
-            f"gold features for {date} break their contract ({len(frame)} rows); nothing was published: "
-            + "; ".join(f"{s['rule']} ({s['failing_rows']} rows)" for s in broken)
+            f"gold features for {dates[0]}..{dates[-1]} break their contract ({len(frame)} rows); nothing was "
+            "published: " + "; ".join(f"{s['rule']} ({s['failing_rows']} rows)" for s in broken)
         )
 
 
-def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: str,
-               expectations_dir: Path, staging_dir: Path | None = None) -> dict:
-    """Build ``gold/features`` for every silver date in [start, end]; atomic per date.
+def silver_version_of_gold(lake: lk.Lake, gold_version: int) -> int | None:
+    """The newest silver version any gold build up to ``gold_version`` read (from the commits' metadata)."""
+    from jobs import tables
 
-    Spark writes into a staging folder (``staging_dir``, shared by all executors on a cluster);
-    each date is checked against the gold contract, then published atomically to the lake.
+    read = [int(c["silver_version"]) for c in tables.history(lake, layout.GOLD_FEATURES)
+            if c.get("silver_version") not in (None, "None") and int(c.get("version", -1)) <= gold_version]
+    return max(read, default=None)
+
+
+def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: str,
+               expectations_dir: Path, staging_dir: Path | None = None, run_id: str = "") -> dict:
+    """Build ``gold/features`` for every silver date in [start, end] and publish them in one commit.
+
+    Spark reads one snapshot (version) of the silver table through its file list, writes its
+    output once into a staging folder (``staging_dir``, shared by all executors on a cluster);
+    the build is checked against the gold contract, then every built date is replaced in the
+    gold Delta table by one predicate overwrite: readers see the old range or the new one.
     """
+    import pyarrow as pa
+    import pyarrow.dataset as ds
     from pyspark.sql import functions as F
+
+    from jobs import tables
 
     wanted = date_range(start, end)
     history_start = (Date.fromisoformat(start) - timedelta(days=LOOKBACK_DAYS)).isoformat()
-    available = [d for d in lake.list_partitions(lk.SILVER_TRANSACTIONS) if history_start <= d <= end]
+    silver_version = tables.version(lake, layout.SILVER_TRANSACTIONS)
+    available = [d for d in tables.partitions(lake, layout.SILVER_TRANSACTIONS) if history_start <= d <= end]
     targets = [d for d in wanted if d in available]
     if not targets:
-        return {"dates": [], "rows": 0, "gold": lake.uri_of(lk.GOLD_FEATURES),
+        return {"dates": [], "rows": 0, "gold": lake.uri_of(layout.GOLD_FEATURES),
                 "note": f"no silver partitions in [{start}, {end}]"}
     spark = spark_session(master, driver_memory)
     if staging_dir is not None:
         Path(staging_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="gold-build-", dir=staging_dir))
     try:
-        keys = [lk.date_partition(lk.SILVER_TRANSACTIONS, d) for d in available]
-        with lake.local_partitions(keys, staging_dir) as paths:
-            log.info("reading %d silver partitions (%s .. %s) with Spark %s", len(paths), available[0], end, master)
+        uris = tables.files(lake, layout.SILVER_TRANSACTIONS, available, version=silver_version)
+        with lake.local_files(uris, staging_dir) as paths:
+            log.info("reading silver v%s: %d files of %d dates (%s .. %s) with Spark %s", silver_version, len(paths),
+                     len(available), available[0], end, master)
             silver = spark.read.parquet(*paths)
             feats = build_features(silver).where(F.col("date").isin(targets))
             feats.repartition("date").write.mode("overwrite").partitionBy("date").parquet(str(staging / "out"))
-            counts = {r["date"]: r["count"] for r in feats.groupBy("date").count().collect()}
-        for d in targets:
-            check_contract(staging / "out" / f"date={d}", d, expectations_dir)
-        for d in targets:
-            lake.publish_folder(staging / "out" / f"date={d}", lk.date_partition(lk.GOLD_FEATURES, d))
-            log.info("published gold features for %s: %d rows", d, counts.get(d, 0))
+        # The output is read back from the staging folder: the plan runs once.
+        partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+        built = ds.dataset(str(staging / "out"), format="parquet", partitioning=partitioning).to_table()
+        counts = {r["date"]: r["date_count"] for r in built.group_by("date").aggregate([("date", "count")]).to_pylist()}
+        check_contract(built.to_pandas(), targets, expectations_dir)
+        gold_version = tables.replace_partitions(lake, layout.GOLD_FEATURES, built, targets, metadata={
+            "run_id": run_id, "silver_version": silver_version, "dates": f"{targets[0]}..{targets[-1]}"})
+        log.info("published gold features v%s for %d dates (%s .. %s): %d rows", gold_version, len(targets),
+                 targets[0], targets[-1], built.num_rows)
     finally:
         spark.stop()
         shutil.rmtree(staging, ignore_errors=True)
-    return {"dates": targets, "rows": int(sum(counts.values())), "gold": lake.uri_of(lk.GOLD_FEATURES),
-            "rows_by_date": counts}
+    return {"dates": targets, "rows": int(built.num_rows), "gold": lake.uri_of(layout.GOLD_FEATURES),
+            "rows_by_date": counts, "gold_version": gold_version, "silver_version": silver_version}

@@ -30,28 +30,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from jobs import faults
 from jobs.result import JobError
 
 log = logging.getLogger(__name__)
 
-RAW_TRANSACTIONS = "raw/transactions"
-BRONZE_BATCHES = "bronze/batches"
-SILVER_TRANSACTIONS = "silver/transactions"
-QUARANTINE = "quarantine"
-GOLD_FEATURES = "gold/features"
-PREDICTIONS = "predictions"
-REPORTS = "reports"
-LEDGER = "_ledger/ingested.jsonl"
-MANIFEST = "_partition.json"  # S3 partitions: the list of files that make the current version
-
-
-def date_partition(zone: str, date: str) -> str:
-    """Key of one date partition of a zone, e.g. ``silver/transactions/date=2026-11-21``."""
-    return f"{zone}/date={date}"
+MANIFEST = "_partition.json"  # S3 folders: the list of files that make the current version
+# Only these S3 error codes mean "the object is not there"; every other error is a failure.
+_ABSENT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 class LakeError(JobError):
-    """A lake operation failed (missing object, unsupported scheme)."""
+    """A lake operation failed (unsupported scheme, unreadable table, storage error)."""
+
+
+class ObjectMissing(LakeError):
+    """The object does not exist (S3 404 / NoSuchKey, or no such file)."""
+
+
+class StorageUnavailable(LakeError):
+    """The storage answered with an error other than "not found" (5xx, AccessDenied, reset).
+
+    Never read as "absent": the job fails and its task is retried.
+    """
 
 
 def _hidden(key: str) -> bool:
@@ -92,6 +93,21 @@ class Lake:
         """Keys of the files that make up the current version of a partition (or one file)."""
         raise NotImplementedError
 
+    def replace_if_unchanged(self, key: str, expected: bytes, data: bytes) -> bool:
+        """Compare-and-set: replace ``key`` with ``data`` only if it still holds ``expected``."""
+        raise NotImplementedError
+
+    def table_location(self, name: str) -> tuple[str, dict[str, str]]:
+        """URI and delta-rs storage options of the Delta table ``name`` (see ``jobs.tables``)."""
+        raise NotImplementedError
+
+    def has_table(self, name: str) -> bool:
+        """Whether a Delta log exists under ``name`` (a failed listing raises, never says no)."""
+        return bool(self._log_entries(name))
+
+    def _log_entries(self, name: str) -> list[str]:
+        raise NotImplementedError
+
     def publish_folder(self, folder: Path, key: str) -> str:
         """Atomically make the finished local ``folder`` the content of partition ``key``."""
         raise NotImplementedError
@@ -123,25 +139,17 @@ class Lake:
         self.write_bytes(key, old + line.rstrip("\n").encode() + b"\n")
 
     def read_parquet(self, key: str, columns: list[str] | None = None):
-        """A partition (or one parquet object) as a pandas DataFrame; empty if it does not exist."""
+        """One Parquet object (or the Parquet files of a published folder) as a pandas DataFrame.
+
+        A missing object is an error: tables (silver, gold, ...) are read through ``jobs.tables``.
+        """
         import pandas as pd
 
         files = [k for k in self.partition_files(key) if k.endswith(".parquet")]
         if not files:
-            return pd.DataFrame(columns=columns)
+            raise ObjectMissing(f"{self.uri_of(key)} holds no Parquet data")
         frames = [pd.read_parquet(io.BytesIO(self.read_bytes(k)), columns=columns) for k in files]
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-
-    def parquet_rows(self, zone: str) -> int:
-        """Rows in every current parquet file under a zone (reads only the footers on local lakes)."""
-        import pyarrow.parquet as pq
-
-        total = 0
-        for part in self.list_partitions(zone):
-            for k in self.partition_files(date_partition(zone, part)):
-                if k.endswith(".parquet"):
-                    total += pq.ParquetFile(io.BytesIO(self.read_bytes(k))).metadata.num_rows
-        return total
 
     @contextmanager
     def publish(self, key: str) -> Iterator[Path]:
@@ -158,23 +166,27 @@ class Lake:
             shutil.rmtree(staging, ignore_errors=True)
 
     @contextmanager
-    def local_partitions(self, keys: list[str], staging_dir: Path | None = None) -> Iterator[list[str]]:
-        """Local folder paths holding the given partitions, for engines that read paths (Spark).
+    def local_files(self, uris: list[str], staging_dir: Path | None = None) -> Iterator[list[str]]:
+        """Local paths of the given lake file URIs, for engines that read paths (Spark).
 
         ``staging_dir``: where copies are staged (a shared filesystem when Spark runs on a cluster).
         """
         tmp = Path(tempfile.mkdtemp(prefix="lake-read-", dir=staging_dir))
         try:
             paths = []
-            for i, key in enumerate(keys):
-                folder = tmp / f"p{i:05d}"
-                folder.mkdir()
-                for k in self.partition_files(key):
-                    (folder / k.rsplit("/", 1)[-1]).write_bytes(self.read_bytes(k))
-                paths.append(str(folder))
+            for i, uri in enumerate(uris):
+                target = tmp / f"part-{i:05d}.parquet"
+                target.write_bytes(self.read_bytes(self.key_of(uri)))
+                paths.append(str(target))
             yield paths
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def key_of(self, uri: str) -> str:
+        """The key of a full URI under this lake (the inverse of :meth:`uri_of`)."""
+        if not uri.startswith(self.uri + "/"):
+            raise LakeError(f"{uri} is not under the lake {self.uri}")
+        return uri[len(self.uri) + 1 :]
 
 
 class LocalLake(Lake):
@@ -212,7 +224,7 @@ class LocalLake(Lake):
         try:
             return self.path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError) as exc:
-            raise LakeError(f"{self.uri_of(key)} does not exist") from exc
+            raise ObjectMissing(f"{self.uri_of(key)} does not exist") from exc
 
     def write_bytes(self, key: str, data: bytes) -> str:
         target = self.path(key)
@@ -220,7 +232,30 @@ class LocalLake(Lake):
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
+        faults.wrote(f"put {key}")
         return self.uri_of(key)
+
+    def replace_if_unchanged(self, key: str, expected: bytes, data: bytes) -> bool:
+        import fcntl
+
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / ".cas.lock", "a") as lock:  # one compare-and-set at a time per folder
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not target.exists() or target.read_bytes() != expected:
+                    return False
+                self.write_bytes(key, data)
+                return True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def table_location(self, name: str) -> tuple[str, dict[str, str]]:
+        return str(self.path(name)), {}
+
+    def _log_entries(self, name: str) -> list[str]:
+        log_dir = self.path(name) / "_delta_log"
+        return sorted(p.name for p in log_dir.iterdir()) if log_dir.is_dir() else []
 
     def create_only(self, key: str, data: bytes) -> bool:
         target = self.path(key)
@@ -229,11 +264,12 @@ class LocalLake(Lake):
         tmp.write_bytes(data)
         try:
             os.link(tmp, target)  # fails if the target exists: the content appears whole or not at all
-            return True
         except FileExistsError:
             return False
         finally:
             tmp.unlink()
+        faults.wrote(f"create {key}")
+        return True
 
     def append_line(self, key: str, line: str) -> None:
         target = self.path(key)
@@ -242,17 +278,13 @@ class LocalLake(Lake):
             fh.write(line.rstrip("\n") + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        faults.wrote(f"append {key}")
 
     def partition_files(self, key: str) -> list[str]:
         p = self.path(key)
         if p.is_file():
             return [key]
         return self.list(key)
-
-    def parquet_rows(self, zone: str) -> int:
-        import pyarrow.parquet as pq
-
-        return sum(pq.ParquetFile(self.path(k)).metadata.num_rows for k in self.list(zone) if k.endswith(".parquet"))
 
     def publish_folder(self, folder: Path, key: str) -> str:
         final = self.path(key)
@@ -274,11 +306,12 @@ class LocalLake(Lake):
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         _remove_if_empty(staging_root)
+        faults.wrote(f"publish {key}")
         return self.uri_of(key)
 
     @contextmanager
-    def local_partitions(self, keys: list[str], staging_dir: Path | None = None) -> Iterator[list[str]]:
-        yield [str(self.path(k)) for k in keys]  # already files: nothing to stage
+    def local_files(self, uris: list[str], staging_dir: Path | None = None) -> Iterator[list[str]]:
+        yield [urlparse(u).path if u.startswith("file://") else u for u in uris]  # already local files
 
     def remove(self, key: str) -> None:
         p = self.path(key)
@@ -326,7 +359,12 @@ def _sweep_orphans(staging_root: Path) -> None:
 
 
 class S3Lake(Lake):
-    """A lake under an S3 prefix (``s3://bucket/prefix``), any S3-compatible server."""
+    """A lake under an S3 prefix (``s3://bucket/prefix``), any S3-compatible server.
+
+    Error semantics: only 404 / NoSuchKey means "absent"; any other error (5xx, SlowDown,
+    AccessDenied, a reset connection) raises :class:`StorageUnavailable` naming the object, so a
+    failed read can never be mistaken for an empty partition or an unseen object.
+    """
 
     def __init__(self, uri: str, client=None):
         parsed = urlparse(uri)
@@ -345,21 +383,41 @@ class S3Lake(Lake):
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
+    @contextmanager
+    def _call(self, action: str, key: str, missing_ok: bool = False):
+        """Turn a boto3 failure into ObjectMissing (404 only) or StorageUnavailable (everything else)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _ABSENT_CODES or (status == 404 and code not in ("NoSuchBucket",)):
+                raise ObjectMissing(f"{self.uri_of(key)} does not exist") from exc
+            raise StorageUnavailable(
+                f"S3 {action} of {self.uri_of(key)} failed: {code or status} "
+                f"({exc.response.get('Error', {}).get('Message', '')}); not treated as absent, retry the task"
+            ) from exc
+        except BotoCoreError as exc:  # connection reset, timeout, incomplete read
+            raise StorageUnavailable(
+                f"S3 {action} of {self.uri_of(key)} failed: {type(exc).__name__}: {exc}; retry the task") from exc
+
     def _objects(self, prefix: str) -> list[str]:
         full = self._key(prefix).rstrip("/") + "/"
         keys = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            keys.extend(self._rel(o["Key"]) for o in page.get("Contents", []))
+        with self._call("LIST", prefix):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(self._rel(o["Key"]) for o in page.get("Contents", []))
         return keys
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            with self._call("HEAD", key):
+                self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
-        except ClientError:
-            return bool(self._objects(key)[:1])
+        except ObjectMissing:
+            return bool(self._objects(key)[:1])  # a "folder": some object lies under it
 
     def list(self, prefix: str) -> list[str]:
         keys = set()
@@ -379,63 +437,70 @@ class S3Lake(Lake):
         return sorted(dates)
 
     def read_bytes(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
-
-        try:
+        with self._call("GET", key):
             return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except ClientError as exc:
-            raise LakeError(f"{self.uri_of(key)} does not exist ({exc.response['Error']['Code']})") from exc
 
     def write_bytes(self, key: str, data: bytes) -> str:
-        self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)  # a PUT is atomic
+        with self._call("PUT", key):
+            self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)  # a PUT is atomic
+        faults.wrote(f"put {key}")
         return self.uri_of(key)
 
     def append_line(self, key: str, line: str, attempts: int = 20) -> None:
-        """Append by compare-and-swap: the PUT succeeds only if nobody wrote the object since it was read.
-
-        S3 has no append; a plain read-modify-write would lose one of two concurrent lines. A
-        conditional PUT (If-Match on the ETag read, If-None-Match for a new object) fails instead,
-        and the append is retried on the fresh content.
-        """
+        """Append by compare-and-swap: the PUT succeeds only if nobody wrote the object since it was read."""
         import random
         import time
-
-        from botocore.exceptions import ClientError
 
         data = line.rstrip("\n").encode() + b"\n"
         for attempt in range(attempts):
             try:
-                got = self.s3.get_object(Bucket=self.bucket, Key=self._key(key))
-                old, condition = got["Body"].read(), {"IfMatch": got["ETag"]}
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] not in ("NoSuchKey", "404"):
-                    raise
+                with self._call("GET", key):
+                    got = self.s3.get_object(Bucket=self.bucket, Key=self._key(key))
+                    old, condition = got["Body"].read(), {"IfMatch": got["ETag"]}
+            except ObjectMissing:
                 old, condition = b"", {"IfNoneMatch": "*"}
-            try:
-                self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=old + data, **condition)
+            if self._conditional_put(key, old + data, condition):
+                faults.wrote(f"append {key}")
                 return
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] not in ("PreconditionFailed", "ConditionalRequestConflict"):
-                    raise
             time.sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))  # someone else appended: retry
         raise LakeError(f"could not append to {self.uri_of(key)}: {attempts} concurrent-write conflicts in a row")
 
-    def create_only(self, key: str, data: bytes) -> bool:
+    def _conditional_put(self, key: str, data: bytes, condition: dict) -> bool:
+        """A PUT with If-Match / If-None-Match; False when the condition failed (someone else wrote)."""
         from botocore.exceptions import ClientError
 
         try:
-            self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
             return True
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
-            raise
+            with self._call("conditional PUT", key):
+                raise
+
+    def create_only(self, key: str, data: bytes) -> bool:
+        if not self._conditional_put(key, data, {"IfNoneMatch": "*"}):
+            return False
+        faults.wrote(f"create {key}")
+        return True
+
+    def replace_if_unchanged(self, key: str, expected: bytes, data: bytes) -> bool:
+        try:
+            with self._call("GET", key):
+                got = self.s3.get_object(Bucket=self.bucket, Key=self._key(key))
+                current = got["Body"].read()
+        except ObjectMissing:
+            return False
+        if current != expected or not self._conditional_put(key, data, {"IfMatch": got["ETag"]}):
+            return False
+        faults.wrote(f"replace {key}")
+        return True
 
     def partition_files(self, key: str) -> list[str]:
         manifest = f"{key}/{MANIFEST}"
         try:
             listed = self.read_json(manifest)
-        except LakeError:
+        except ObjectMissing:
             return [key] if self.exists(key) and not self._objects(key) else []
         return [f"{key}/{listed['version']}/{name}" for name in listed["files"]]
 
@@ -443,18 +508,47 @@ class S3Lake(Lake):
         version = f"_v-{uuid.uuid4().hex}"
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         for name in files:
-            self.s3.upload_file(str(folder / name), self.bucket, self._key(f"{key}/{version}/{name}"))
+            with self._call("PUT", f"{key}/{version}/{name}"):
+                self.s3.upload_file(str(folder / name), self.bucket, self._key(f"{key}/{version}/{name}"))
         previous = set(k.split("/")[len(key.split("/"))] for k in self._objects(key)) - {MANIFEST}
         self.write_json(f"{key}/{MANIFEST}", {"version": version, "files": files})
         for old in previous:  # older versions: no manifest points at them any more
             if old.startswith("_v-") and old != version:
                 for k in self._objects(f"{key}/{old}"):
-                    self.s3.delete_object(Bucket=self.bucket, Key=self._key(k))
+                    with self._call("DELETE", k):
+                        self.s3.delete_object(Bucket=self.bucket, Key=self._key(k))
         return self.uri_of(key)
 
     def remove(self, key: str) -> None:
         for k in self._objects(key) or [key]:
-            self.s3.delete_object(Bucket=self.bucket, Key=self._key(k))
+            with self._call("DELETE", k):
+                self.s3.delete_object(Bucket=self.bucket, Key=self._key(k))
+
+    def table_location(self, name: str) -> tuple[str, dict[str, str]]:
+        from jobs.settings import get_settings
+
+        settings = get_settings()
+        endpoint = self.s3.meta.endpoint_url
+        options = {
+            # Commits are create-if-absent PUTs (If-None-Match); AWS S3, MinIO and R2 support them.
+            "conditional_put": "etag",
+            "AWS_REGION": self.s3.meta.region_name or "us-east-1",
+            "max_retries": str(settings.storage_max_retries),
+            "retry_timeout": f"{settings.storage_retry_timeout_s}s",
+        }
+        credentials = self.s3._request_signer._credentials  # boto3's own chain: env, profile, role
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            options.update(AWS_ACCESS_KEY_ID=frozen.access_key, AWS_SECRET_ACCESS_KEY=frozen.secret_key)
+            if frozen.token:
+                options["AWS_SESSION_TOKEN"] = frozen.token
+        if endpoint and "amazonaws.com" not in endpoint:  # MinIO, a local server: the endpoint boto3 uses
+            options["AWS_ENDPOINT_URL"] = endpoint
+            options["AWS_ALLOW_HTTP"] = "true" if endpoint.startswith("http://") else "false"
+        return f"s3://{self.bucket}/{self._key(name)}", options
+
+    def _log_entries(self, name: str) -> list[str]:
+        return self._objects(f"{name}/_delta_log")
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -7,23 +7,25 @@ from collections import Counter
 from pathlib import Path
 
 from jobs import lake as lk
+from jobs import layout
 from jobs.result import JobError
 
 
 def quarantine_report(lake: lk.Lake, run_id: str | None = None) -> dict:
     """Rejected files with their reasons and quarantined rows counted by reason, per run."""
     files = []
-    for key in lake.list(f"{lk.QUARANTINE}/files"):
+    for key in lake.list(layout.QUARANTINE_FILES):
         if key.endswith(".reason.json") and (run_id is None or f"/files/{run_id}/" in key):
             reason = lake.read_json(key)
             files.append({"run_id": key.split("/")[2], "quarantined": lake.uri_of(key.removesuffix(".reason.json")),
                           "source": reason["source"], "rule": reason["rule"], "detail": reason["detail"]})
+    from jobs import tables
+
     rows: dict[str, Counter] = {}
-    for key in lake.list(f"{lk.QUARANTINE}/rows"):
-        run = key.split("/")[2]
-        if key.endswith(".parquet") and (run_id is None or run == run_id):
-            reasons = lake.read_parquet(key, columns=["_reason"])["_reason"]
-            rows.setdefault(run, Counter()).update(rule for r in reasons for rule in r.split(" | "))
+    quarantined = tables.read(lake, layout.QUARANTINE_ROWS, columns=["run_id", "_reason"],
+                              filters=[("run_id", "=", run_id)] if run_id else None)
+    for run, reasons in quarantined.groupby("run_id")["_reason"] if not quarantined.empty else []:
+        rows.setdefault(run, Counter()).update(rule for r in reasons for rule in r.split(" | "))
     return {"files": files, "rows": {run: dict(c) for run, c in rows.items()}}
 
 
@@ -45,7 +47,7 @@ def replay(lake: lk.Lake, file: Path, date: str) -> dict:
     data = file.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     stem, dot, ext = file.name.partition(".")
-    key = f"{lk.date_partition(lk.RAW_TRANSACTIONS, date)}/{stem}-replay-{digest[:8]}{dot}{ext}"
+    key = layout.raw_object(date, f"{stem}-replay-{digest[:8]}{dot}{ext}")
     lake.write_bytes(key, data)
     return {"raw_object": lake.uri_of(key), "sha256": digest, "date": date,
             "next": f"trigger ingest_transactions for {date} (or wait for the sensor / nightly run)"}

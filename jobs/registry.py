@@ -133,17 +133,16 @@ def onnx_providers() -> list[str]:
     return wanted
 
 
-def read_gold(lake, dates: list[str]):
-    """Gold feature rows for the given dates (missing dates are skipped), with a ``date`` column."""
+def read_gold(lake, dates: list[str], version: int | None = None):
+    """Gold feature rows for the given dates (missing dates are skipped), with a ``date`` column.
+
+    ``version``: a version of the gold table (time travel); default the latest.
+    """
     import pandas as pd
 
-    from jobs import lake as lk
+    from jobs import layout, tables
 
-    frames = []
-    for d in dates:
-        key = lk.date_partition(lk.GOLD_FEATURES, d)
-        if lake.exists(key):
-            frames.append(lake.read_parquet(key).assign(date=d))
-    if not frames:
+    frame = tables.read(lake, layout.GOLD_FEATURES, dates=dates, version=version)
+    if frame.empty:
         return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True).sort_values(["timestamp", "transaction_id"], ignore_index=True)
+    return frame.sort_values(["timestamp", "transaction_id"], ignore_index=True)

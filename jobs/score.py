@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from jobs import lake as lk
+from jobs import layout
 from jobs.registry import alias_version, load_bundle, mlflow_client, read_gold
 from jobs.result import MissingInput
 from jobs.settings import Settings
@@ -14,28 +15,42 @@ log = logging.getLogger(__name__)
 ALERT_THRESHOLD = 0.5  # probability above which a transaction is counted as flagged in the summary
 
 
-def score(lake: lk.Lake, dates: list[str], settings: Settings) -> dict:
-    """Write ``predictions/date=<date>/`` with the champion's fraud probability per transaction."""
+def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "") -> dict:
+    """Replace ``predictions`` for ``dates`` with the champion's fraud probability per transaction.
+
+    All scored dates are published in one commit of the predictions table.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    from jobs import tables
+
     client = mlflow_client(settings)
     version = alias_version(client, settings, settings.champion_alias)
     if version is None:
         raise MissingInput(f"no @{settings.champion_alias} for {settings.model_name}: train and promote a model first")
     bundle = load_bundle(client, settings, version)  # verifies the ONNX hash before any row is scored
-    present = [d for d in dates if lake.exists(lk.date_partition(lk.GOLD_FEATURES, d))]
+    gold_version = tables.version(lake, layout.GOLD_FEATURES)
+    present = [d for d in tables.partitions(lake, layout.GOLD_FEATURES) if d in set(dates)]
     if not present:
-        raise MissingInput(f"no gold features for {dates[0]}..{dates[-1]} in {lake.uri_of(lk.GOLD_FEATURES)}")
-    rows = flagged = 0
+        raise MissingInput(f"no gold features for {dates[0]}..{dates[-1]} in {lake.uri_of(layout.GOLD_FEATURES)}")
+    frames, flagged = [], 0
     for date in present:
-        features = read_gold(lake, [date])
-        out = features[["transaction_id", "card_id", "timestamp"]].copy()
+        features = read_gold(lake, [date], version=gold_version)
+        out = features[["transaction_id", "card_id", "timestamp", "date"]].copy()
         out["fraud_probability"] = bundle.predict(features).astype("float64")
         out["model_name"] = settings.model_name
-        out["model_version"] = version
-        with lake.publish(lk.date_partition(lk.PREDICTIONS, date)) as folder:
-            out.to_parquet(folder / "part-00000.parquet", index=False)
+        out["model_version"] = str(version)
         n_flagged = int((out["fraud_probability"] > ALERT_THRESHOLD).sum())
         log.info("scored %d transactions for %s with v%s on %s; %d flagged", len(out), date, version,
                  bundle.providers[0], n_flagged)
-        rows, flagged = rows + len(out), flagged + n_flagged
-    return {"dates": present, "rows": rows, "flagged": flagged, "model_version": version,
-            "provider": bundle.providers[0], "predictions": lake.uri_of(lk.PREDICTIONS)}
+        frames.append(out)
+        flagged += n_flagged
+    scored = pd.concat(frames, ignore_index=True)
+    scored["timestamp"] = scored["timestamp"].astype("datetime64[us]")
+    predictions_version = tables.replace_partitions(
+        lake, layout.PREDICTIONS, pa.Table.from_pandas(scored, preserve_index=False), present,
+        metadata={"run_id": run_id, "model_version": version, "gold_version": gold_version})
+    return {"dates": present, "rows": len(scored), "flagged": flagged, "model_version": version,
+            "provider": bundle.providers[0], "predictions": lake.uri_of(layout.PREDICTIONS),
+            "predictions_version": predictions_version, "gold_version": gold_version}

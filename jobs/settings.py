@@ -59,8 +59,21 @@ class Settings(BaseSettings):
     # A delivery with more bad rows than this share is rejected whole: it points to a broken
     # upstream export rather than a few bad records.
     max_bad_row_share: float = 0.05
-    # A claim on a raw object whose run never finished may be taken over after this long.
-    claim_ttl_hours: float = 6.0
+    # A claim on a raw object whose run never finished may be taken over after this long. It must
+    # outlive the longest life of an ingestion run (ingest + validate, each 2 h x 3 tries with
+    # back-off: about 13 h); tests/dags check it against the DAG's timeouts and retries.
+    claim_ttl_hours: float = 24.0
+    # Late deliveries are normal: a row may be up to this many days older than its date= partition.
+    max_delivery_lag_days: int = 7
+    # ...and at most this far past the end of its partition's day (clocks of card terminals drift).
+    clock_skew_minutes: int = 15
+
+    # --- storage ----------------------------------------------------------------------
+    # Retries of one S3 request inside delta-rs (object_store) before the job fails (and Airflow retries).
+    storage_max_retries: int = 3
+    storage_retry_timeout_s: int = 30
+    # Files no table version newer than this references are deleted by the vacuum (time travel horizon).
+    vacuum_retention_hours: int = 168
 
     # --- model --------------------------------------------------------------------------
     model_name: str = "fraud-detector"

@@ -6,13 +6,16 @@ import json
 import sys
 
 from jobs import lake as lk
+from jobs import layout
 from jobs.ingest import read_ledger
 from jobs.registry import alias_version, mlflow_client
 from jobs.settings import Settings
 
 
-def _rows(lake: lk.Lake, zone: str) -> int:
-    return lake.parquet_rows(zone)
+def _rows(lake: lk.Lake, table: str) -> int:
+    from jobs import tables
+
+    return tables.count(lake, table)
 
 
 def _latest(lake: lk.Lake, prefix: str, suffix: str) -> dict | None:
@@ -31,8 +34,10 @@ def build_summary(lake: lk.Lake, date: str, settings: Settings) -> dict:
     champion_run = client.get_model_version(settings.model_name, champion).run_id if champion else None
     versions = client.search_model_versions(f"name='{settings.model_name}'")
     latest = max((int(v.version) for v in versions), default=None)
-    gate = _latest(lake, f"{lk.REPORTS}/gate/date={date}", ".json")
-    drift_key = f"{lk.REPORTS}/drift/date={date}/drift.json"
+    from jobs import tables
+
+    gate = _latest(lake, layout.gate_reports(date), ".json")
+    drift_key = layout.drift_report(date, "json")
     drift = lake.read_json(drift_key) if lake.exists(drift_key) else None
     summary = {
         "date": date,
@@ -44,10 +49,12 @@ def build_summary(lake: lk.Lake, date: str, settings: Settings) -> dict:
             "rows_quarantined": sum(e.get("rows_quarantined") or 0 for e in ledger),
             "objects_rejected": [e["key"] for e in ledger if e.get("status") != "ingested"],
         },
-        "silver_rows": _rows(lake, lk.SILVER_TRANSACTIONS),
-        "feature_rows": _rows(lake, lk.GOLD_FEATURES),
-        "feature_dates": len(lake.list_partitions(lk.GOLD_FEATURES)),
-        "prediction_rows": _rows(lake, lk.PREDICTIONS),
+        "silver_rows": _rows(lake, layout.SILVER_TRANSACTIONS),
+        "feature_rows": _rows(lake, layout.GOLD_FEATURES),
+        "feature_dates": len(tables.partitions(lake, layout.GOLD_FEATURES)),
+        "table_versions": {name: tables.version(lake, name) for name in
+                           (layout.SILVER_TRANSACTIONS, layout.GOLD_FEATURES, layout.PREDICTIONS, layout.LEDGER)},
+        "prediction_rows": _rows(lake, layout.PREDICTIONS),
         "model": {
             "name": settings.model_name,
             "champion_version": champion,
@@ -62,9 +69,9 @@ def build_summary(lake: lk.Lake, date: str, settings: Settings) -> dict:
         },
         "drift": None if drift is None else {
             "drifted": drift["drifted"], "drift_share": drift["drift_share"],
-            "drifted_columns": drift["drifted_columns"], "report": lake.uri_of(drift_key.replace(".json", ".html")),
+            "drifted_columns": drift["drifted_columns"], "report": lake.uri_of(layout.drift_report(date, "html")),
         },
-        "reports": lake.uri_of(lk.REPORTS),
+        "reports": lake.uri_of(layout.REPORTS),
     }
     out = settings.state_dir / "run-summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from jobs import lake as lk
+from jobs import layout
 from jobs.features import FEATURE_COLUMNS, LABEL, LOOKBACK_DAYS
 from jobs.model import Preprocessing, build_model, classification_metrics
 from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, file_sha256, mlflow_client, read_gold
@@ -53,21 +54,33 @@ def drift_reference(fit_rows: pd.DataFrame, min_rows: int = 500) -> pd.DataFrame
     return complete if len(complete) >= min_rows else fit_rows
 
 
-def lineage_snapshots(lake: lk.Lake, frame: pd.DataFrame) -> dict[str, str]:
-    """Fingerprints of what a model was built from, recorded with its run and version.
+def feature_fingerprint(frame: pd.DataFrame) -> str:
+    """A fingerprint of exact feature rows (values and order)."""
+    import hashlib
 
-    ``data_snapshot``: the raw objects ingested so far (ledger keys + content hashes);
-    ``feature_snapshot``: the exact feature rows of the training window.
+    rows = pd.util.hash_pandas_object(frame.drop(columns=["date"]), index=False).to_numpy().tobytes()
+    return hashlib.sha256(rows).hexdigest()[:16]
+
+
+def lineage_snapshots(lake: lk.Lake, frame: pd.DataFrame, gold_version: int) -> dict[str, str]:
+    """What a model was built from, recorded with its run and version.
+
+    ``gold_version``: the version of the gold table the training frame was read from (reading the
+    window at that version gives the frame back exactly); ``silver_version``: the newest silver
+    version the gold builds behind it read; ``data_snapshot``: the raw objects ingested so far
+    (ledger keys + content hashes); ``feature_snapshot``: the exact feature rows of the window.
     """
     import hashlib
 
+    from jobs.features import silver_version_of_gold
     from jobs.ingest import read_ledger
 
     objects = sorted(f"{e['key']}:{e['sha256']}" for e in read_ledger(lake) if e.get("status") == "ingested")
-    rows = pd.util.hash_pandas_object(frame.drop(columns=["date"]), index=False).to_numpy().tobytes()
     return {
+        "gold_version": str(gold_version),
+        "silver_version": str(silver_version_of_gold(lake, gold_version)),
         "data_snapshot": hashlib.sha256("\n".join(objects).encode()).hexdigest()[:16],
-        "feature_snapshot": hashlib.sha256(rows).hexdigest()[:16],
+        "feature_snapshot": feature_fingerprint(frame),
     }
 
 
@@ -201,9 +214,12 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
 
     end = Date.fromisoformat(date)
     window = [(end - timedelta(days=i)).isoformat() for i in range(settings.train_window_days)][::-1]
-    frame = read_gold(lake, window)
+    from jobs import tables
+
+    gold_version = tables.version(lake, layout.GOLD_FEATURES)
+    frame = read_gold(lake, window, version=gold_version)
     if frame.empty:
-        raise MissingInput(f"no gold features in {lake.uri_of(lk.GOLD_FEATURES)} for {window[0]}..{window[-1]}")
+        raise MissingInput(f"no gold features in {lake.uri_of(layout.GOLD_FEATURES)} for {window[0]}..{window[-1]}")
     fit_rows, val_rows, holdout = time_split(frame, settings.holdout_days)
     if permute_labels:
         rng = np.random.default_rng(settings.seed)
@@ -219,7 +235,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
     log.info("training on %d rows (%d fraud), validating on %d, holding out %d (%s..%s) on %s",
              len(fit_rows), int(fit_rows[LABEL].sum()), len(val_rows), len(holdout),
              holdout["date"].min(), holdout["date"].max(), device)
-    snapshots = lineage_snapshots(lake, frame)
+    snapshots = lineage_snapshots(lake, frame, gold_version)
     client = mlflow_client(settings)
     with mlflow.start_run(run_name=f"train-{date}") as run:
         mlflow.set_tags({**snapshots, "trigger": trigger, "airflow_run_id": airflow_run_id, "logical_date": date,

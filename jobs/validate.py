@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from jobs import lake as lk
+from jobs import layout
 from jobs.ingest import BATCH_MANIFEST
 from jobs.result import DataRejected, JobError
 
@@ -33,14 +34,31 @@ def load_suite_json(expectations_dir: Path, name: str = SUITE_FILE) -> dict:
     return json.loads((expectations_dir / name).read_text())
 
 
-def to_typed(raw: pd.DataFrame) -> pd.DataFrame:
-    """Cast as-delivered strings to contract types; unparseable values become null."""
+PARTITION_OFFSET = "_hours_from_partition"  # derived: timestamp minus the start of the delivery's date=
+
+
+def to_typed(raw: pd.DataFrame, delivery_date: str | None = None) -> pd.DataFrame:
+    """Cast as-delivered strings to contract types; unparseable values become null.
+
+    With ``delivery_date`` (the ``date=`` partition the object was delivered under), adds
+    ``_hours_from_partition``: how far each timestamp lies from the start of that day, which the
+    contract bounds (late deliveries of a few days are normal, decades are not, the future is not).
+    """
     typed = raw.copy()
     typed["amount"] = pd.to_numeric(raw["amount"], errors="coerce")
     ts = pd.to_datetime(raw["timestamp"], utc=True, errors="coerce", format="ISO8601")
     typed["timestamp"] = ts.dt.tz_localize(None)
     typed["is_fraud"] = pd.to_numeric(raw["is_fraud"], errors="coerce").astype("float64")
+    if delivery_date is not None:
+        start = pd.Timestamp(delivery_date)
+        typed[PARTITION_OFFSET] = (typed["timestamp"] - start) / pd.Timedelta(hours=1)
     return typed
+
+
+def contract_parameters(max_lag_days: int, clock_skew_minutes: int) -> dict:
+    """Values of the ``$PARAMETER`` placeholders of the raw contract (configurable bounds)."""
+    return {"min_hours_from_partition": -24.0 * max_lag_days,
+            "max_hours_from_partition": 24.0 + clock_skew_minutes / 60.0}
 
 
 class Contract:
@@ -80,16 +98,19 @@ class Contract:
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
         ))
 
-    def failures(self, frame: pd.DataFrame, run_name: str = "batch") -> tuple[dict[int, list[str]], list[dict]]:
+    def failures(self, frame: pd.DataFrame, run_name: str = "batch",
+                 parameters: dict | None = None) -> tuple[dict[int, list[str]], list[dict]]:
         """Map each failing row to the rules it broke; returns ``(reasons_by_row, expectation_summaries)``.
 
-        Table-level expectations that fail (e.g. the column set) mark every row.
+        Table-level expectations that fail (e.g. the column set) mark every row. ``parameters``
+        fill the suite's ``$PARAMETER`` placeholders.
         """
         from great_expectations.core.run_identifier import RunIdentifier
 
         frame = frame.copy()
         frame[ROW_ID] = range(len(frame))
-        outcome = self.checkpoint.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
+        outcome = self.checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
+                                      run_id=RunIdentifier(run_name=run_name))
         (result,) = outcome.run_results.values()
         reasons: dict[int, list[str]] = {}
         summaries = []
@@ -125,7 +146,7 @@ def _later_copies(frame: pd.DataFrame, column: str, rows: list[int]) -> list[int
 
 @dataclass
 class ObjectOutcome:
-    """What became of one delivered object."""
+    """What became of one delivered object (one ledger entry)."""
 
     key: str
     sha256: str
@@ -135,93 +156,171 @@ class ObjectOutcome:
     status: str = "ingested"
     broken_rules: dict[str, int] = field(default_factory=dict)
     detail: str = ""
+    silver_version: int | None = None
 
 
-def split_object(typed: pd.DataFrame, reasons: dict[int, list[str]], silver_ids: set[str],
-                 max_bad_share: float) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
-    """Split one object's rows into (good, quarantined-with-reason, rejected_whole).
+def split_contract(typed: pd.DataFrame, reasons: dict[int, list[str]],
+                   max_bad_share: float) -> tuple[pd.Series, bool]:
+    """Each row's reason to be quarantined ("" for a good row), and whether the delivery is rejected whole.
 
-    Rows whose id is already in silver are quarantined as repeated deliveries. When the share
-    of contract-breaking rows exceeds ``max_bad_share`` all rows are quarantined.
+    When the share of contract-breaking rows exceeds ``max_bad_share`` every row is quarantined.
     """
     reason = pd.Series([" | ".join(reasons.get(i, [])) for i in range(len(typed))], index=typed.index)
     bad = reason != ""
     bad_share = float(bad.mean()) if len(typed) else 0.0
     if bad_share > max_bad_share:
-        whole = reason.where(bad, f"delivery rejected: {bad_share:.1%} bad rows > {max_bad_share:.1%} allowed")
-        return typed.iloc[0:0], typed.assign(_reason=whole), True
-    dup = ~bad & typed["transaction_id"].isin(silver_ids)
-    reason = reason.where(~dup, DUPLICATE_IN_SILVER)
-    bad = bad | dup
-    return typed[~bad], typed[bad].assign(_reason=reason[bad]), False
+        return reason.where(bad, f"delivery rejected: {bad_share:.1%} bad rows > {max_bad_share:.1%} allowed"), True
+    return reason, False
 
 
-def _silver_ids(lake: lk.Lake, dates: set[str]) -> set[str]:
-    ids: set[str] = set()
-    for d in dates:
-        key = lk.date_partition(lk.SILVER_TRANSACTIONS, d)
-        if lake.exists(key):
-            ids.update(lake.read_parquet(key, columns=["transaction_id"])["transaction_id"])
-    return ids
+SILVER_SCHEMA_FIELDS = [("transaction_id", "string"), ("card_id", "string"), ("customer_id", "string"),
+                        ("merchant_id", "string"), ("merchant_category", "string"), ("amount", "float64"),
+                        ("currency", "string"), ("timestamp", "timestamp_us"), ("channel", "string"),
+                        ("country", "string"), ("is_fraud", "int64"), ("_source_key", "string"),
+                        ("_source_sha256", "string"), ("_source_row", "int64"), ("date", "string")]
 
 
-def publish_silver(lake: lk.Lake, good: pd.DataFrame) -> list[str]:
-    """Merge good rows into their date partitions (existing rows win); atomic per partition."""
-    if good.empty:
-        return []
-    good = good.assign(date=good["timestamp"].dt.strftime("%Y-%m-%d"), is_fraud=good["is_fraud"].astype("int64"))
-    touched = []
-    for date, rows in good.groupby("date"):
-        key = lk.date_partition(lk.SILVER_TRANSACTIONS, date)
-        rows = rows.drop(columns=["date"])
-        if lake.exists(key):
-            rows = pd.concat([lake.read_parquet(key), rows], ignore_index=True)
-        rows = rows.drop_duplicates("transaction_id", keep="first").sort_values(["timestamp", "transaction_id"])
-        rows["timestamp"] = rows["timestamp"].astype("datetime64[us]")  # Spark reads micros, not nanos
-        with lake.publish(key) as folder:
-            rows.to_parquet(folder / "part-00000.parquet", index=False)
-        touched.append(date)
-    return sorted(touched)
+def _arrow_schema(fields):
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64(), "timestamp_us": pa.timestamp("us")}
+    return pa.schema([(name, types[t]) for name, t in fields])
 
 
-def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_share: float) -> dict:
-    """Validate the bronze batch of ``run_id``; publish silver, quarantine, ledger, report."""
-    batch_key = f"{lk.BRONZE_BATCHES}/{run_id}"
+def silver_rows(good: pd.DataFrame):
+    """Good rows as the silver table's Arrow rows (partition ``date`` from the timestamp)."""
+    import pyarrow as pa
+
+    schema = _arrow_schema(SILVER_SCHEMA_FIELDS)
+    frame = good.assign(date=good["timestamp"].dt.strftime("%Y-%m-%d"), is_fraud=good["is_fraud"].astype("int64"),
+                        timestamp=good["timestamp"].astype("datetime64[us]"),  # Spark reads micros, not nanos
+                        _source_row=good["_source_row"].astype("int64"))
+    frame = frame.sort_values(["timestamp", "transaction_id"])
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+def quarantine_rows(raw: pd.DataFrame, reasons: pd.Series, run_id: str, delivery_date: str):
+    """Rejected rows exactly as delivered (strings), with their reasons, as the quarantine table's rows."""
+    import pyarrow as pa
+
+    from jobs.generate import RAW_COLUMNS
+
+    fields = [(c, "string") for c in RAW_COLUMNS] + [("_reason", "string"), ("_source_key", "string"),
+                                                      ("_source_sha256", "string"), ("_source_row", "int64"),
+                                                      ("run_id", "string"), ("delivery_date", "string")]
+    schema = _arrow_schema(fields)
+    frame = raw.loc[reasons.index, RAW_COLUMNS].astype(object).where(raw.loc[reasons.index, RAW_COLUMNS].notna(), None)
+    frame = frame.assign(_reason=reasons.to_numpy(), _source_key=raw.loc[reasons.index, "_source_key"],
+                         _source_sha256=raw.loc[reasons.index, "_source_sha256"],
+                         _source_row=raw.loc[reasons.index, "_source_row"].astype("int64"),
+                         run_id=run_id, delivery_date=delivery_date)
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+def landed_by(lake: lk.Lake, key: str, digest: str, dates: set[str]) -> set[str]:
+    """Transaction ids in silver that this object (key + content) put there, in any run."""
+    from jobs import tables
+
+    if not dates:
+        return set()
+    found = tables.read(lake, layout.SILVER_TRANSACTIONS, dates=dates, columns=["transaction_id"],
+                        filters=[("_source_sha256", "=", digest), ("_source_key", "=", key)])
+    return set(found["transaction_id"])
+
+
+def validate_object(lake: lk.Lake, obj: dict, raw: pd.DataFrame, contract: Contract, parameters: dict,
+                    max_bad_share: float, run_id: str) -> tuple[ObjectOutcome, set[str]]:
+    """Validate one staged object and commit its rows: silver (MERGE), then quarantine, then its ledger entry.
+
+    Crash-safe at every write: the silver MERGE carries the object's application transaction id
+    (a retry skips it), and which rows count as silver is read back from silver (rows this object
+    put there), so a retry after any crash reaches exactly the state of a clean run. Rows whose id
+    another object put in silver are quarantined as repeated deliveries: a row is in silver or in
+    quarantine, never both, never neither.
+    """
+    from jobs import tables
+    from jobs.ingest import record_in_ledger
+
+    key, digest = obj["key"], obj["sha256"]
+    ident = layout.object_id(key, digest)
+    out = ObjectOutcome(key, digest, len(raw))
+    typed = to_typed(raw, obj.get("delivery_date"))
+    reasons, _ = contract.failures(typed, run_name=key.rsplit("/", 1)[-1], parameters=parameters)
+    reason, rejected = split_contract(typed, reasons, max_bad_share)
+    good = typed[reason == ""]
+    dates: set[str] = set()
+    if not rejected and not good.empty:
+        rows = silver_rows(good)
+        dates = set(rows.column("date").to_pylist())
+        merged = tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, rows, keys=["transaction_id", "date"],
+                                       app_id=f"silver-{ident}", metadata={"run_id": run_id, "object": key,
+                                                                           "sha256": digest})
+        out.silver_version = merged["version"]
+        if merged["skipped"]:
+            log.info("%s: its rows were already merged into silver (a retry): not merged again", lake.uri_of(key))
+    landed = landed_by(lake, key, digest, dates)
+    repeated = (reason == "") & ~typed["transaction_id"].isin(landed)
+    if not rejected:
+        reason = reason.where(~repeated, DUPLICATE_IN_SILVER)
+    quarantined = reason[reason != ""]
+    if not quarantined.empty:
+        tables.merge_new_rows(lake, layout.QUARANTINE_ROWS,
+                              quarantine_rows(raw, quarantined, run_id, obj.get("delivery_date") or ""),
+                              keys=["_source_sha256", "_source_key", "_source_row"], app_id=f"quarantine-{ident}",
+                              metadata={"run_id": run_id, "object": key, "sha256": digest})
+    out.rows_silver, out.rows_quarantined = len(landed), len(quarantined)
+    out.broken_rules = _count_rules(quarantined) if not quarantined.empty else {}
+    extra = obj.get("extra_columns") or []
+    if rejected:
+        out.status = "rejected_rows"
+        out.detail = f"{len(reasons)} of {len(typed)} rows break the contract"
+    if extra:
+        out.detail = "; ".join(filter(None, [out.detail, f"extra columns ignored: {', '.join(extra)}"]))
+    record_in_ledger(lake, [_ledger_entry(out, run_id)])
+    log.info("%s: %d rows -> %d silver, %d quarantined%s", lake.uri_of(key), out.rows_delivered, out.rows_silver,
+             out.rows_quarantined, " (delivery rejected)" if rejected else "")
+    return out, {d for d in dates if landed}
+
+
+def _ledger_entry(out: ObjectOutcome, run_id: str) -> dict:
+    return {**out.__dict__, "run_id": run_id, "ingested_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_share: float,
+                   parameters: dict | None = None, fail_on_rejection: bool = True) -> dict:
+    """Validate the bronze batch of ``run_id``: silver, quarantine, ledger, report, Data Docs.
+
+    With ``fail_on_rejection`` a rejected object raises :class:`DataRejected` (exit code 3) after
+    everything is recorded; without it the result lists the rejections (``rejected``), so the
+    dates that did land can flow on before the pipeline stops.
+    """
+    from jobs.ingest import record_in_ledger
+
+    if parameters is None:
+        from jobs.settings import get_settings
+
+        s = get_settings()
+        parameters = contract_parameters(s.max_delivery_lag_days, s.clock_skew_minutes)
+    batch_key = layout.bronze_batch(run_id)
     manifest = lake.read_json(lake.partition_file(batch_key, BATCH_MANIFEST))
     docs_dir = Path(tempfile.mkdtemp(prefix="data-docs-"))
     contract = Contract(load_suite_json(expectations_dir), docs_dir=docs_dir)
     outcomes: list[ObjectOutcome] = []
     touched: set[str] = set()
     for obj in manifest["objects"]:
-        out = ObjectOutcome(obj["key"], obj["sha256"], obj.get("rows_delivered") or 0)
         if obj["status"] == "rejected_file":
-            out.status, out.rows_quarantined = "rejected_file", out.rows_delivered
+            out = ObjectOutcome(obj["key"], obj["sha256"], obj.get("rows_delivered") or 0, status="rejected_file")
+            out.rows_quarantined = out.rows_delivered
             out.broken_rules = {obj["rule"]: out.rows_delivered}
             out.detail = f"{obj['detail']} (file kept at {obj['quarantine']})"
+            record_in_ledger(lake, [_ledger_entry(out, run_id)])
             outcomes.append(out)
             continue
         raw = lake.read_parquet(lake.partition_file(batch_key, obj["bronze_part"]))
-        typed = to_typed(raw)
-        reasons, _ = contract.failures(typed, run_name=obj["key"].rsplit("/", 1)[-1])
-        dates = set(typed["timestamp"].dropna().dt.strftime("%Y-%m-%d"))
-        good, quarantined, rejected = split_object(typed, reasons, _silver_ids(lake, dates), max_bad_share)
-        if not quarantined.empty:
-            qkey = f"{lk.QUARANTINE}/rows/{run_id}/{obj['bronze_part']}"
-            q = raw.loc[quarantined.index].assign(_reason=quarantined["_reason"])
-            lake.write_bytes(qkey, q.to_parquet(index=False))
-        touched.update(publish_silver(lake, good.drop(columns=["_source_sha256"])))
-        out.rows_silver, out.rows_quarantined = len(good), len(quarantined)
-        out.broken_rules = _count_rules(quarantined["_reason"]) if not quarantined.empty else {}
-        if rejected:
-            out.status = "rejected_rows"
-            out.detail = f"{sum(1 for r in reasons)} of {len(typed)} rows break the contract"
+        out, dates = validate_object(lake, obj, raw, contract, parameters, max_bad_share, run_id)
         outcomes.append(out)
-        log.info("%s: %d rows -> %d silver, %d quarantined", lake.uri_of(obj["key"]),
-                 out.rows_delivered, out.rows_silver, out.rows_quarantined)
+        touched.update(dates)
 
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    for out in outcomes:
-        lake.append_line(lk.LEDGER, json.dumps({**out.__dict__, "run_id": run_id, "ingested_at": now}))
     report = {
         "run_id": run_id,
         "objects": [o.__dict__ for o in outcomes],
@@ -230,13 +329,14 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
         "rows_quarantined": sum(o.rows_quarantined for o in outcomes),
         "silver_dates": sorted(touched),
     }
-    docs_key = f"{lk.REPORTS}/data_docs/{run_id}"
+    docs_key = layout.data_docs(run_id)
     if any(docs_dir.iterdir()):
         lake.publish_folder(docs_dir, docs_key)
         report["data_docs"] = lake.uri_of(lake.partition_file(docs_key, "index.html"))
     shutil.rmtree(docs_dir, ignore_errors=True)
-    lake.write_json(f"{lk.REPORTS}/validation/{run_id}.json", report)
+    lake.write_json(layout.validation_report(run_id), report)
     rejected = [o for o in outcomes if o.status != "ingested"]
+    message = ""
     if rejected:
         lines = [
             f"{lake.uri_of(o.key)}: {o.status}, {o.rows_delivered} rows delivered, "
@@ -245,14 +345,19 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
             + (f"; {o.detail}" if o.detail else "")
             for o in rejected
         ]
-        raise DataRejected(
-            f"{len(rejected)} of {len(outcomes)} delivered object(s) rejected; the pipeline stops "
-            f"before features. Raw files are untouched; quarantine: {lake.uri_of(lk.QUARANTINE)}\n  "
-            + "\n  ".join(lines)
-        )
+        landed = (f"{len(touched)} date(s) of good rows landed in silver and flow on: {', '.join(sorted(touched))}. "
+                  if touched else "")
+        message = (f"{len(rejected)} of {len(outcomes)} delivered object(s) rejected; {landed}The pipeline stops "
+                   f"for the rejected data. Raw files are untouched; quarantine: {lake.uri_of(layout.QUARANTINE)}\n  "
+                   + "\n  ".join(lines))
+        if fail_on_rejection:
+            raise DataRejected(message)
+        log.error("%s", message)
     return {**{k: v for k, v in report.items() if k != "objects"},
-            "report": lake.uri_of(f"{lk.REPORTS}/validation/{run_id}.json"),
-            "silver": lake.uri_of(lk.SILVER_TRANSACTIONS)}
+            "rejected": [{"key": o.key, "status": o.status, "rows": o.rows_delivered} for o in rejected],
+            "rejection_message": message,
+            "report": lake.uri_of(layout.validation_report(run_id)),
+            "silver": lake.uri_of(layout.SILVER_TRANSACTIONS)}
 
 
 def _count_rules(reasons: pd.Series) -> dict[str, int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset
 
-from jobs import lake as lk
+from jobs import layout
 from jobs.settings import get_settings
 
 LAKE_URI = get_settings().resolved_lake_uri
@@ -17,12 +17,12 @@ def _lake_asset(name: str, key: str) -> Asset:
     return Asset(name, uri=f"{LAKE_URI}/{key}")
 
 
-SILVER_TRANSACTIONS = _lake_asset("silver_transactions", lk.SILVER_TRANSACTIONS)
-GOLD_FEATURES = _lake_asset("gold_features", lk.GOLD_FEATURES)
-PREDICTIONS = _lake_asset("fraud_predictions", lk.PREDICTIONS)
+SILVER_TRANSACTIONS = _lake_asset("silver_transactions", layout.SILVER_TRANSACTIONS)
+GOLD_FEATURES = _lake_asset("gold_features", layout.GOLD_FEATURES)
+PREDICTIONS = _lake_asset("fraud_predictions", layout.PREDICTIONS)
 # Not a lake zone: a signal that the drift monitor asks for retraining (extra: drift summary).
-DRIFT_SIGNAL = _lake_asset("drift_detected", f"{lk.REPORTS}/drift")
-RAW_DELIVERIES = _lake_asset("raw_deliveries", lk.RAW_TRANSACTIONS)
+DRIFT_SIGNAL = _lake_asset("drift_detected", layout.DRIFT_SIGNAL)
+RAW_DELIVERIES = _lake_asset("raw_deliveries", layout.RAW_TRANSACTIONS)
 CHAMPION_MODEL = Asset("champion_model", uri=f"{LAKE_URI}/_registry/{get_settings().model_name}/champion")
 
 

@@ -9,9 +9,10 @@ the day that just ended.
 from __future__ import annotations
 
 import json
-import re
 from datetime import timedelta
 from urllib.parse import unquote_plus
+
+from jobs.layout import partition_date as key_partition_date
 
 # Keys under which producers list dates in their asset event extras.
 _DATE_LIST_KEYS = ("dates", "silver_dates")
@@ -31,9 +32,6 @@ def partition_date(context) -> str:
     return when.strftime("%Y-%m-%d")
 
 
-_DATE_IN_KEY = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
-
-
 def s3_event_dates(extra: dict) -> set[str]:
     """Partition dates of the objects named by S3 event notifications that an AssetWatcher relayed."""
     dates = set()
@@ -44,7 +42,9 @@ def s3_event_dates(extra: dict) -> set[str]:
             continue
         for record in records:
             key = unquote_plus(record.get("s3", {}).get("object", {}).get("key", ""))
-            dates.update(_DATE_IN_KEY.findall(key))
+            day = key_partition_date(key)
+            if day is not None:
+                dates.add(day.isoformat())
     return dates
 
 

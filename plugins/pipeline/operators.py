@@ -48,7 +48,8 @@ class JobTask:
             args += ["--date", self.date or partition_date(context)]
         if self.pass_run_id:
             args += ["--run-id", _safe_run_id(context["run_id"])]
-        return JobSpec(self.step, args + [str(a) for a in self.job_arguments], self.job_resources, dict(self.job_env))
+        args += [str(a) for a in self.job_arguments if str(a) != ""]  # a template may render to nothing
+        return JobSpec(self.step, args, self.job_resources, dict(self.job_env))
 
     def publish(self, result: dict, context) -> dict:
         """The job's result becomes the extra of every asset event this task emits."""
