@@ -7,6 +7,8 @@ import sys
 import pytest
 from pipeline.runners import JobFailed, JobSpec, get_runner
 
+from jobs import layout, tables
+
 STEPS = ["generate", "ingest", "validate", "features", "train", "evaluate", "promote", "score", "drift"]
 
 
@@ -84,5 +86,5 @@ def test_quarantine_report_and_replay_of_a_fixed_file(state_dir, lake, tmp_path)
     assert out.returncode == 0 and "t-replay-" in out.stdout
     assert jobs_cli("ingest", "--date", "2026-02-04", "--run-id", "r2").returncode == 0
     assert jobs_cli("validate", "--date", "2026-02-04", "--run-id", "r2").returncode == 0
-    assert len(lake.read_parquet("silver/transactions/date=2026-02-04")) == 30
+    assert len(tables.read(lake, layout.SILVER_TRANSACTIONS, dates=["2026-02-04"])) == 30
     assert lake.exists("raw/transactions/date=2026-02-04/t.csv")  # the original delivery is kept

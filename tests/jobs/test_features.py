@@ -95,10 +95,8 @@ def test_gold_contract_passes_real_features_and_names_broken_rules(spark, tmp_pa
     from jobs.settings import get_settings
 
     out = spark_features(spark, silver_frame(rows=100))
-    out.to_parquet(tmp_path / "good.parquet")
-    check_contract(tmp_path, "2026-04-02", get_settings().expectations_dir)
+    check_contract(out, ["2026-04-01", "2026-04-02"], get_settings().expectations_dir)
     out.loc[0:2, "hour_of_day"] = 30
     out.loc[5, "card_txn_count_1h"] = out.loc[5, "card_txn_count_24h"] + 1
-    out.to_parquet(tmp_path / "good.parquet")
     with pytest.raises(JobError, match=r"hour of day is 0-23 \(3 rows\); a 24 h window holds at least the 1 h window"):
-        check_contract(tmp_path, "2026-04-02", get_settings().expectations_dir)
+        check_contract(out, ["2026-04-01", "2026-04-02"], get_settings().expectations_dir)

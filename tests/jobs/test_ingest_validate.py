@@ -5,7 +5,7 @@ import gzip
 import pandas as pd
 import pytest
 
-from jobs import lake as lk
+from jobs import layout, tables
 from jobs.generate import generate_day, inject_bad_rows
 from jobs.ingest import FileRejected, ingest, parse_raw, read_ledger
 from jobs.result import DataRejected
@@ -16,7 +16,7 @@ DATE = "2026-05-10"
 
 
 def deliver(lake, frame, name, date=DATE):
-    key = f"{lk.date_partition(lk.RAW_TRANSACTIONS, date)}/{name}"
+    key = layout.raw_object(date, name)
     data = frame.to_csv(index=False).encode() if isinstance(frame, pd.DataFrame) else frame
     lake.write_bytes(key, data)
     return key
@@ -28,13 +28,11 @@ def run(lake, run_id, max_bad_share=0.05, date=DATE):
 
 
 def silver(lake):
-    keys = [k for k in lake.list(lk.SILVER_TRANSACTIONS) if k.endswith(".parquet")]
-    return pd.concat([lake.read_parquet(k) for k in keys]) if keys else pd.DataFrame()
+    return tables.read(lake, layout.SILVER_TRANSACTIONS)
 
 
 def quarantined(lake):
-    keys = [k for k in lake.list(f"{lk.QUARANTINE}/rows") if k.endswith(".parquet")]
-    return pd.concat([lake.read_parquet(k) for k in keys]) if keys else pd.DataFrame()
+    return tables.read(lake, layout.QUARANTINE_ROWS)
 
 
 def test_clean_delivery_lands_in_silver_and_rerun_ingests_nothing(lake):
@@ -95,8 +93,8 @@ def test_unusable_files_are_quarantined_whole(lake, name, data, rule):
     key = deliver(lake, data, name)
     with pytest.raises(DataRejected, match=rule):
         run(lake, "run1")
-    reason = lake.read_json(f"{lk.QUARANTINE}/files/run1/{name}.reason.json")
-    assert reason["rule"] == rule and lake.read_bytes(f"{lk.QUARANTINE}/files/run1/{name}") == data
+    reason = lake.read_json(layout.quarantined_file("run1", name) + ".reason.json")
+    assert reason["rule"] == rule and lake.read_bytes(layout.quarantined_file("run1", name)) == data
     assert lake.exists(key)
 
 

@@ -43,15 +43,17 @@ def test_partition_being_published_is_invisible_until_done(lake, tmp_path):
     assert lake.list_partitions("zone") == ["2026-01-02"]
 
 
-def test_parquet_round_trip_and_row_counts(lake):
+def test_parquet_round_trip_and_a_missing_object_is_an_error(lake):
     import pandas as pd
+
+    from jobs.lake import ObjectMissing
 
     frame = pd.DataFrame({"a": range(5)})
     with lake.publish("zone/date=2026-01-03") as folder:
         frame.to_parquet(folder / "part-0.parquet")
     assert lake.read_parquet("zone/date=2026-01-03")["a"].tolist() == list(range(5))
-    assert lake.parquet_rows("zone") == 5
-    assert lake.read_parquet("zone/date=1999-01-01").empty
+    with pytest.raises(ObjectMissing):  # never an empty frame: a missing input must not look like no rows
+        lake.read_parquet("zone/date=1999-01-01")
 
 
 def test_a_publish_killed_halfway_leaves_the_old_partition_and_the_retry_completes(lake, tmp_path):

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from jobs import layout, tables
 from jobs.lake import get_lake
 
 
@@ -24,7 +25,8 @@ def test_cli_chain_on_an_s3_lake(s3_env, state_dir, monkeypatch):
     get_settings.cache_clear()
     lake = get_lake()
     assert lake.uri == f"s3://{s3_env}/lake"
-    assert lake.list_partitions("silver/transactions") == ["2026-08-01", "2026-08-02", "2026-08-03"]
-    assert lake.list_partitions("gold/features") == ["2026-08-02", "2026-08-03"]
-    gold = lake.read_parquet("gold/features/date=2026-08-03")
+    assert tables.partitions(lake, layout.SILVER_TRANSACTIONS) == ["2026-08-01", "2026-08-02", "2026-08-03"]
+    assert tables.partitions(lake, layout.GOLD_FEATURES) == ["2026-08-02", "2026-08-03"]
+    assert lake.exists("silver/transactions/_delta_log/00000000000000000000.json")  # a Delta table on S3
+    gold = tables.read(lake, layout.GOLD_FEATURES, dates=["2026-08-03"])
     assert len(gold) == 200 and gold["card_txn_count_7d"].max() >= 1  # history from earlier days was read

@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 from test_features import reference_features
 
+from jobs import layout, tables
 from jobs.generate import generate_day
-from jobs.validate import publish_silver, to_typed
+from jobs.validate import silver_rows, to_typed
 
 DAYS = ["2026-04-01", "2026-04-02"]
 
@@ -75,7 +76,8 @@ def test_features_job_runs_on_a_standalone_cluster(state_dir, spark_cluster, tmp
     master_url, status_url = spark_cluster
     lake = get_lake()
     silver = pd.concat([to_typed(generate_day(d, 150, n_cards=40)) for d in DAYS], ignore_index=True)
-    publish_silver(lake, silver)
+    tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, silver_rows(silver.assign(
+        _source_key="test", _source_sha256="test", _source_row=range(len(silver)))), keys=["transaction_id", "date"])
     env = {**os.environ, "PIPELINE_SPARK_MASTER": master_url, "PIPELINE_SPARK_STAGING_DIR": str(tmp_path / "shared"),
            "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
     out = subprocess.run([sys.executable, "-m", "jobs", "features", "--start", DAYS[0], "--date", DAYS[-1]],
@@ -87,7 +89,7 @@ def test_features_job_runs_on_a_standalone_cluster(state_dir, spark_cluster, tmp
     apps = [a["name"] for a in status.get("completedapps", []) + status.get("activeapps", [])]
     assert "fraud-features" in apps, status
 
-    gold = pd.concat([lake.read_parquet(f"gold/features/date={d}") for d in DAYS], ignore_index=True)
+    gold = tables.read(lake, layout.GOLD_FEATURES, dates=DAYS)
     gold = gold.sort_values("transaction_id").reset_index(drop=True)
     expected = reference_features(silver.assign(timestamp=silver["timestamp"].astype("datetime64[us]")))
     assert len(gold) == len(silver) == len(expected)
