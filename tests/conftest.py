@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
+sys.path.insert(0, str(ROOT / "tests"))  # shared test helpers (faultproxy)
 
 # Airflow reads its configuration at import: point it at a throwaway home before any test imports it.
 _AIRFLOW_HOME = Path(os.environ.get("PYTEST_AIRFLOW_HOME", "/tmp/pytest-airflow-home-" + str(os.getpid())))
@@ -97,3 +98,32 @@ def lake(request, state_dir, monkeypatch):
         monkeypatch.setenv("PIPELINE_LAKE_URI", f"s3://{bucket}/lake")
         get_settings.cache_clear()
     return get_lake()
+
+
+@pytest.fixture
+def faulty_s3(s3_endpoint, state_dir, monkeypatch):
+    """An S3 lake reached through a fault-injecting proxy (tests/faultproxy.py) in front of moto.
+
+    Yields ``(lake, proxy)``; ``proxy.fail(method, path_regex, 503 | 500 | 403 | "reset")`` makes
+    matching requests fail over real HTTP. Client retries are kept short so faults surface fast.
+    """
+    import uuid
+
+    import boto3
+    from faultproxy import FaultProxy
+
+    from jobs.lake import get_lake
+    from jobs.settings import get_settings
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard",
+                       "PIPELINE_STORAGE_MAX_RETRIES": "1", "PIPELINE_STORAGE_RETRY_TIMEOUT_S": "5"}.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"lake-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    with FaultProxy(s3_endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("PIPELINE_LAKE_URI", f"s3://{bucket}/lake")
+        get_settings.cache_clear()
+        yield get_lake(), proxy
+    get_settings.cache_clear()
