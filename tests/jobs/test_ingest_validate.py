@@ -196,3 +196,112 @@ def test_a_stale_claim_is_taken_over(lake):
     ingest(lake, DATE, "crashed-run")
     assert ingest(lake, DATE, "next-run", claim_ttl_hours=6)["objects"] == 0
     assert ingest(lake, DATE, "next-run", claim_ttl_hours=0)["objects"] == 1
+
+
+@pytest.mark.parametrize(("timestamp", "why"), [
+    ("2099-01-01T00:00:00", "decades in the future"),
+    ("1970-01-01T00:00:00", "epoch zero"),
+    ("2026-05-11T01:00:00", "after the partition's day, beyond the clock skew"),
+    ("2026-04-20T12:00:00", "older than the late-delivery window"),
+])
+def test_implausible_timestamps_are_quarantined_not_landed(lake, timestamp, why):
+    day = generate_day(DATE, 100).astype(object)
+    day.loc[4, "timestamp"] = timestamp
+    deliver(lake, day, "a.csv")
+    _, result = run(lake, "run1")
+    q = quarantined(lake)
+    assert result["rows_silver"] == 99 and list(q["transaction_id"]) == [day.loc[4, "transaction_id"]], why
+    assert q["_reason"].iloc[0] == "timestamp lies within the delivery window of its date= partition"
+    assert tables.partitions(lake, layout.SILVER_TRANSACTIONS) == [DATE]  # no date=2099-01-01 partition
+
+
+def test_late_rows_within_the_window_land_on_their_own_date(lake):
+    day = generate_day(DATE, 50).astype(object)
+    day.loc[0, "timestamp"] = "2026-05-07T09:00:00"  # three days late: normal
+    day.loc[1, "timestamp"] = "2026-05-11T00:10:00"  # ten minutes past midnight: clock skew
+    deliver(lake, day, "a.csv")
+    _, result = run(lake, "run1")
+    assert result["rows_silver"] == 50
+    assert tables.partitions(lake, layout.SILVER_TRANSACTIONS) == ["2026-05-07", DATE, "2026-05-11"]
+
+
+@pytest.mark.parametrize(("data", "rule", "says"), [
+    (b"transaction_id,card_id,amount,amount\n1,2,3,4\n", "duplicate_columns", "['amount'] more than once"),
+    (b"transaction_id,,amount\n1,2,3\n", "unreadable_header", "have no name"),
+    (b'{"transaction_id": "a", "amount": 1, "amount": 2}\n', "duplicate_columns", "['amount']"),
+])
+def test_header_defects_reject_the_file_with_a_reason_that_says_so(lake, data, rule, says):
+    deliver(lake, data, "h.csv" if data[:1] != b"{" else "h.jsonl")
+    with pytest.raises(DataRejected, match=rule) as err:
+        run(lake, "run1")
+    assert says in str(err.value)
+
+
+def test_json_lines_and_csv_with_a_byte_order_mark_are_read_correctly(lake):
+    day = generate_day(DATE, 30)
+    bom = b"\xef\xbb\xbf"
+    deliver(lake, bom + day.iloc[:15].to_json(orient="records", lines=True).encode(), "a.jsonl")
+    deliver(lake, bom + day.iloc[15:].to_csv(index=False).encode(), "b.csv")
+    _, result = run(lake, "run1")
+    assert result["rows_silver"] == 30 and result["rows_quarantined"] == 0
+    assert sorted(tables.read(lake, layout.SILVER_TRANSACTIONS)["transaction_id"]) == sorted(day["transaction_id"])
+
+
+def test_oversized_text_is_quarantined_and_extra_columns_are_ignored_and_recorded(lake):
+    day = generate_day(DATE, 20).astype(object)
+    day.loc[2, "merchant_category"] = "x" * 10_000_000  # a 10 MB field
+    day["loyalty_tier"] = "gold"  # a column the contract does not know
+    deliver(lake, day, "a.csv")
+    _, result = run(lake, "run1")
+    q = quarantined(lake)
+    assert result["rows_silver"] == 19 and q["_reason"].tolist() == ["merchant_category is 1 to 64 characters"]
+    assert "loyalty_tier" not in tables.read(lake, layout.SILVER_TRANSACTIONS).columns
+    (entry,) = read_ledger(lake)
+    assert entry["detail"] == "extra columns ignored: loyalty_tier"
+
+
+def test_a_stale_claim_is_taken_over_by_exactly_one_run(lake):
+    from jobs.ingest import claim
+
+    deliver(lake, generate_day(DATE, 10), "a.csv")
+    key = layout.raw_object(DATE, "a.csv")
+    ckey = layout.claim(key, "f" * 64)
+    assert claim(lake, key, "f" * 64, "crashed", ttl_hours=6) is None
+    stale = lake.read_bytes(ckey)  # two runs read the same stale claim...
+    assert claim(lake, key, "f" * 64, "next-1", ttl_hours=0) is None  # ...the first replaces it...
+    # ...and the second's compare-and-set, still based on the stale claim it read, is refused.
+    assert not lake.replace_if_unchanged(ckey, stale, b'{"run_id": "next-2"}')
+    assert lake.read_json(ckey)["run_id"] == "next-1"
+    assert claim(lake, key, "f" * 64, "next-2", ttl_hours=6) == "next-1"  # fresh: held by next-1
+
+
+def test_ledger_as_json_lines(lake, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    deliver(lake, generate_day(DATE, 25), "a.csv")
+    deliver(lake, b"transaction_id,amount\n\x00\xff,1\n\xfe,2\n", "bad.csv")
+    with pytest.raises(DataRejected):
+        run(lake, "run1")
+    out = subprocess.run([sys.executable, "-m", "jobs", "ledger", "--format", "json"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PIPELINE_LAKE_URI": lake.uri})
+    lines = [json.loads(x) for x in out.stdout.splitlines() if not x.startswith("::")]
+    assert out.returncode == 0 and len(lines) == 2
+    by_key = {e["key"].rsplit("/", 1)[-1]: e for e in lines}
+    assert set(by_key["a.csv"]) >= {"key", "sha256", "status", "rows_delivered", "rows_silver", "rows_quarantined",
+                                    "broken_rules", "detail", "run_id"}
+    assert (by_key["a.csv"]["status"], by_key["a.csv"]["rows_silver"], by_key["a.csv"]["run_id"]) == ("ingested", 25,
+                                                                                                      "run1")
+    assert by_key["bad.csv"]["status"] == "rejected_file" and by_key["bad.csv"]["broken_rules"] == {"not_utf8": 2}
+
+
+def test_good_objects_land_when_another_object_of_the_batch_is_rejected(lake):
+    deliver(lake, generate_day(DATE, 60), "good.csv")
+    deliver(lake, inject_bad_rows(generate_day(DATE, 40, delivery="x"), 20), "bad.csv")
+    ingest(lake, DATE, "run1")
+    result = validate_batch(lake, "run1", get_settings().expectations_dir, 0.05, fail_on_rejection=False)
+    assert result["silver_dates"] == [DATE] and result["rows_silver"] == 60
+    assert [r["key"].rsplit("/", 1)[-1] for r in result["rejected"]] == ["bad.csv"]
+    assert "bad.csv: rejected_rows, 40 rows delivered, 40 quarantined" in result["rejection_message"]
+    assert "1 date(s) of good rows landed in silver and flow on: 2026-05-10" in result["rejection_message"]
