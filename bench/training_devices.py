@@ -25,10 +25,11 @@ from jobs.train import export_onnx, fit, time_split, torch_scores  # noqa: E402
 
 
 def load_gold(folder: Path) -> pd.DataFrame:
-    frames = [
-        pd.read_parquet(p).assign(date=p.parent.name.split("=", 1)[1]) for p in sorted(folder.glob("date=*/*.parquet"))
-    ]
-    return pd.concat(frames, ignore_index=True).sort_values(["timestamp", "transaction_id"], ignore_index=True)
+    """The latest version of the gold Delta table at ``folder``."""
+    from deltalake import DeltaTable
+
+    frame = DeltaTable(str(folder)).to_pandas()
+    return frame.sort_values(["timestamp", "transaction_id"], ignore_index=True)
 
 
 def main() -> None:

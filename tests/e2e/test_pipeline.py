@@ -66,9 +66,14 @@ def asset_events(env, asset_name: str) -> list[dict]:
     return [json.loads(r[0]) for r in rows]
 
 
-def parquet_rows(folder: Path) -> pd.DataFrame:
-    files = sorted(folder.rglob("*.parquet"))
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+def table_rows(env, name: str, date: str | None = None) -> pd.DataFrame:
+    """The latest version of a lake table, as any reader would see it (deltalake, no project code)."""
+    from deltalake import DeltaTable
+
+    path = lake(env) / name
+    if not (path / "_delta_log").is_dir():
+        return pd.DataFrame()
+    return DeltaTable(str(path)).to_pandas(filters=[("date", "=", date)] if date else None)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +94,8 @@ def chain(env):
 
 def test_every_raw_row_is_in_silver_or_quarantine(env, chain):
     raw_rows = sum(len(pd.read_csv(f)) for f in (lake(env) / "raw").rglob("*.csv"))
-    silver = parquet_rows(lake(env) / "silver")
-    quarantine = parquet_rows(lake(env) / "quarantine" / "rows")
+    silver = table_rows(env, "silver/transactions")
+    quarantine = table_rows(env, "quarantine/rows")
     assert raw_rows == DAYS * ROWS_PER_DAY + 300
     assert len(silver) + len(quarantine) == raw_rows
     assert len(quarantine) == 6 and quarantine["_reason"].str.len().gt(0).all()
@@ -124,7 +129,7 @@ def test_onnx_scores_equal_pytorch_scores(env, chain):
     net, _ = build_model(pre)
     net.load_state_dict(torch.load(bundle / "model_state.pt"))
     net.eval()
-    features = parquet_rows(lake(env) / "gold" / "features" / f"date={END}")
+    features = table_rows(env, "gold/features", END)
     numeric, categorical = pre.encode(features)
     with torch.no_grad():
         expected = torch.sigmoid(net(torch.from_numpy(numeric), torch.from_numpy(categorical))).numpy()
@@ -134,8 +139,8 @@ def test_onnx_scores_equal_pytorch_scores(env, chain):
 
 
 def test_predictions_landed_with_the_model_version(env, chain):
-    predictions = parquet_rows(lake(env) / "predictions" / f"date={END}")
-    features = parquet_rows(lake(env) / "gold" / "features" / f"date={END}")
+    predictions = table_rows(env, "predictions", END)
+    features = table_rows(env, "gold/features", END)
     assert len(predictions) == len(features) > 0
     assert set(predictions["model_version"]) == {"1"}
     assert predictions["fraud_probability"].between(0, 1).all()
@@ -175,22 +180,26 @@ def test_retraining_on_drifted_data_promotes_only_through_the_gate(env, chain):
     assert gate["champion_version"] == "1" and gate["comparison"]["resamples"] > 0
 
 
-def test_malformed_delivery_stops_before_features_with_a_clear_message(env, chain):
+def test_a_malformed_delivery_stops_the_run_but_the_good_delivery_beside_it_flows_on(env, chain):
+    sh(env, f"python -m jobs generate --date {AFTER} --rows-per-day 200")
     raw = lake(env) / "raw" / "transactions" / f"date={AFTER}" / "broken.csv"
-    raw.parent.mkdir(parents=True)
     raw.write_bytes(b"transaction_id;card;amount\n\x00\xff\xfe")
     out = dag_test(env, "ingest_transactions", AFTER, check=False)
     assert out.returncode != 0
     log = out.stdout + out.stderr
     assert f"file://{raw}: rejected_file" in log
     assert "not_utf8" in log
-    # The job itself ends with its message, not a crash (Airflow logs its own task failure).
+    # The job itself ends with its message, not a crash; the run is stopped by stop_on_rejections.
     job_lines = [line for line in log.splitlines() if "loc=runners.py" in line]
-    assert any("ERROR: 1 of 1 delivered object(s) rejected" in line for line in job_lines)
+    assert any("1 of 2 delivered object(s) rejected; 1 date(s) of good rows landed in silver" in line
+               for line in job_lines)
     assert not any("Traceback" in line for line in job_lines)
+    assert "AirflowFailException" in log and "stop_on_rejections" in log
     assert raw.read_bytes() == b"transaction_id;card;amount\n\x00\xff\xfe"
     assert (lake(env) / "quarantine" / "files").exists()
-    assert not (lake(env) / "silver" / "transactions" / f"date={AFTER}").exists()
+    # The good delivery of the same run landed, and its date was announced to build_features.
+    assert len(table_rows(env, "silver/transactions", AFTER)) == 200
+    assert any(e.get("silver_dates") == [AFTER] for e in asset_events(env, "silver_transactions"))
 
 
 def test_drift_event_starts_retraining_under_the_scheduler(env, chain, tmp_path):

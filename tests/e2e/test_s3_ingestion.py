@@ -17,7 +17,9 @@ from urllib.parse import quote
 import boto3
 import pytest
 
+from jobs import layout, tables
 from jobs.generate import generate_day, inject_bad_rows
+from jobs.ingest import read_ledger
 from jobs.lake import S3Lake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,10 +58,9 @@ def test_upload_under_raw_is_sensed_and_lands_in_silver(s3_endpoint, tmp_path, m
     for name, value in aws.items():
         monkeypatch.setenv(name, value)
     lake = S3Lake(f"s3://{bucket}/lake")
-    silver = lake.read_parquet(f"silver/transactions/date={DATE}")
-    quarantine = [lake.read_parquet(k) for k in lake.list("quarantine/rows")]
-    assert len(silver) == 495 and sum(len(q) for q in quarantine) == 5
+    silver = tables.read(lake, layout.SILVER_TRANSACTIONS, dates=[DATE])
+    quarantine = tables.read(lake, layout.QUARANTINE_ROWS)
+    assert len(silver) == 495 and len(quarantine) == 5
     assert silver["transaction_id"].is_unique
-    ledger = lake.list("_ledger")
-    assert "_ledger/ingested.jsonl" in ledger
-    assert len([k for k in ledger if k.startswith("_ledger/claims/")]) == 1  # the object was claimed once
+    assert [e["rows_silver"] for e in read_ledger(lake)] == [495]
+    assert len(lake.list(layout.CLAIMS)) == 1  # the object was claimed once
