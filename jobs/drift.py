@@ -115,7 +115,7 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
         if drop is not None and drop > settings.max_pr_auc_drop:
             reasons.append(f"PR-AUC on recent labelled data fell by {drop:.3f} (> {settings.max_pr_auc_drop})")
         drifted = bool(reasons)
-        earlier = [k.rsplit("date=", 1)[-1].removesuffix(".json") for k in lake.list(layout.RETRAIN_REQUESTS)]
+        earlier = [layout.retrain_request_date(k) for k in lake.list(layout.RETRAIN_REQUESTS)]
         retrain, decision = retraining_decision(
             drifted, reasons, date, earlier, settings.retrain_cooldown_days, settings.max_retrains_per_window,
             settings.retrain_window_days)

@@ -113,3 +113,8 @@ RETRAIN_REQUESTS = f"{REPORTS}/drift/_retrain_requests"
 
 def retrain_request(date: Date | str) -> str:
     return f"{RETRAIN_REQUESTS}/date={date}.json"
+
+
+def retrain_request_date(key: str) -> str:
+    """The date of a retraining request, from its key (see :func:`retrain_request`)."""
+    return key.rsplit("/date=", 1)[-1].removesuffix(".json")

@@ -13,13 +13,15 @@ from jobs.result import JobError
 
 def quarantine_report(lake: lk.Lake, run_id: str | None = None) -> dict:
     """Rejected files with their reasons and quarantined rows counted by reason, per run."""
-    files = []
-    for key in lake.list(layout.QUARANTINE_FILES):
-        if key.endswith(".reason.json") and (run_id is None or f"/files/{run_id}/" in key):
-            reason = lake.read_json(key)
-            files.append({"run_id": key.split("/")[2], "quarantined": lake.uri_of(key.removesuffix(".reason.json")),
-                          "source": reason["source"], "rule": reason["rule"], "detail": reason["detail"]})
     from jobs import tables
+
+    files = []
+    for key in lake.list(layout.quarantined_file(run_id, "") if run_id else layout.QUARANTINE_FILES):
+        if key.endswith(".reason.json"):
+            reason = lake.read_json(key)
+            run = key.removeprefix(layout.QUARANTINE_FILES + "/").split("/", 1)[0]
+            files.append({"run_id": run, "quarantined": lake.uri_of(key.removesuffix(".reason.json")),
+                          "source": reason["source"], "rule": reason["rule"], "detail": reason["detail"]})
 
     rows: dict[str, Counter] = {}
     quarantined = tables.read(lake, layout.QUARANTINE_ROWS, columns=["run_id", "_reason"],

@@ -88,6 +88,7 @@ def render(s: dict) -> str:
         f"  ingestion   {i['rows_delivered']:>8} rows delivered in {i['objects_in_ledger']} objects: "
         f"{i['rows_silver']} landed in silver, {i['rows_quarantined']} quarantined"
         + (f"; rejected objects: {len(i['objects_rejected'])}" if i["objects_rejected"] else ""),
+        *[f"              rejected: {key}" for key in i["objects_rejected"][:10]],
         f"  features    {s['feature_rows']:>8} rows over {s['feature_dates']} dates (gold/features)",
         f"  model       {m['name']} champion v{m['champion_version']} "
         f"(MLflow run {m['champion_mlflow_run_id']}); latest version v{m['latest_version']}",

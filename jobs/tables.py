@@ -90,11 +90,23 @@ def read(lake: Lake, name: str, dates: Iterable[str] | None = None, columns: lis
     table = open_table(lake, name, version)
     if table is None:
         return pd.DataFrame(columns=columns)
-    conditions = list(_partition_filter(name, dates) or []) + list(filters or [])
+    # Partitions are pruned from the log; other conditions are applied to the rows read, because
+    # files written by different delta-rs operations may type strings as string or string_view,
+    # which pyarrow's dataset filters cannot compare.
+    filters = list(filters or [])
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *(f[0] for f in filters)]))
     try:
-        return table.to_pandas(columns=columns, filters=conditions or None)
+        frame = table.to_pandas(columns=wanted, partitions=_partition_filter(name, dates))
     except (DeltaError, OSError) as exc:
         raise _storage_error(lake, name, "reading", exc) from exc
+    for column, op, value in filters:
+        if op == "=":
+            frame = frame[frame[column] == value]
+        elif op == "in":
+            frame = frame[frame[column].isin(list(value))]
+        else:
+            raise ValueError(f"unsupported filter operator {op!r}")
+    return frame[columns].reset_index(drop=True) if columns is not None else frame.reset_index(drop=True)
 
 
 def count(lake: Lake, name: str, dates: Iterable[str] | None = None) -> int:
