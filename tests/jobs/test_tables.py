@@ -59,3 +59,27 @@ def test_merge_keeps_existing_rows_and_an_app_id_makes_a_retry_a_no_op(lake):
     assert (silver.loc[[f"2026-01-01-{i}" for i in range(4)]] == "v1").all()  # existing rows win
     commit = tables.history(lake, layout.SILVER_TRANSACTIONS, 1)[0]
     assert commit["operation"] == "MERGE"
+
+
+def test_the_maintain_command_compacts_and_vacuums_every_table(state_dir):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from jobs.lake import get_lake
+
+    lake = get_lake()
+    for day in ("2026-01-01", "2026-01-02"):
+        tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, gold_rows([day]), keys=["transaction_id", "date"])
+    out = subprocess.run([sys.executable, "-m", "jobs", "maintain", "--dry-run"], capture_output=True, text=True,
+                         env={**os.environ, "PIPELINE_STATE_DIR": str(state_dir)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1].removeprefix("::pipeline-result::"))
+    by_table = {t["table"].rsplit("/lake/", 1)[-1]: t for t in result["tables"]}
+    assert result["retention_hours"] == 168 and set(by_table) == set(layout.TABLES)
+    assert by_table["silver/transactions"]["exists"] and not by_table["predictions"]["exists"]
+    out = subprocess.run([sys.executable, "-m", "jobs", "maintain"], capture_output=True, text=True,
+                         env={**os.environ, "PIPELINE_STATE_DIR": str(state_dir)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(tables.read(lake, layout.SILVER_TRANSACTIONS)) == 10  # compaction changes files, not rows
