@@ -243,7 +243,7 @@ def ledger(
     entries = [e for e in read_ledger(_lake()) if status is None or e.get("status") == status]
     if format == "json":
         fields = ("key", "sha256", "status", "rows_delivered", "rows_silver", "rows_quarantined", "broken_rules",
-                  "detail", "run_id", "ingested_at", "silver_version")
+                  "detail", "run_id", "ingested_at", "silver_version", "size", "tag")
         lines = [json.dumps({k: e.get(k) for k in fields}, sort_keys=True) for e in entries]
     else:
         header = f"{'ingested_at':<26} {'status':<14} {'delivered':>9} {'silver':>7} {'quarant.':>8}  run / object"

@@ -166,7 +166,7 @@ def parse_raw(key: str, data: bytes) -> pd.DataFrame:
 
 
 LEDGER_COLUMNS = ["key", "sha256", "status", "rows_delivered", "rows_silver", "rows_quarantined",
-                  "broken_rules", "detail", "run_id", "ingested_at", "silver_version"]
+                  "broken_rules", "detail", "run_id", "ingested_at", "silver_version", "size", "tag"]
 
 
 def read_ledger(lake: lk.Lake) -> list[dict]:
@@ -184,7 +184,7 @@ def read_ledger(lake: lk.Lake) -> list[dict]:
     entries = []
     for row in frame.to_dict("records"):
         row["broken_rules"] = json.loads(row.get("broken_rules") or "{}")
-        for k in ("rows_delivered", "rows_silver", "rows_quarantined", "silver_version"):
+        for k in ("rows_delivered", "rows_silver", "rows_quarantined", "silver_version", "size"):
             if row.get(k) is not None and row[k] == row[k]:
                 row[k] = int(row[k])
         entries.append(row)
@@ -202,7 +202,8 @@ def record_in_ledger(lake: lk.Lake, entries: list[dict]) -> None:
     schema = pa.schema([("key", pa.string()), ("sha256", pa.string()), ("status", pa.string()),
                         ("rows_delivered", pa.int64()), ("rows_silver", pa.int64()),
                         ("rows_quarantined", pa.int64()), ("broken_rules", pa.string()), ("detail", pa.string()),
-                        ("run_id", pa.string()), ("ingested_at", pa.string()), ("silver_version", pa.int64())])
+                        ("run_id", pa.string()), ("ingested_at", pa.string()), ("silver_version", pa.int64()),
+                        ("size", pa.int64()), ("tag", pa.string())])
     rows = [{**{c: e.get(c) for c in LEDGER_COLUMNS},
              "broken_rules": json.dumps(e.get("broken_rules") or {}, sort_keys=True)} for e in entries]
     tables.merge_new_rows(lake, layout.LEDGER, pa.Table.from_pylist(rows, schema=schema), keys=["key", "sha256"],
@@ -251,16 +252,21 @@ def claim(lake: lk.Lake, key: str, digest: str, run_id: str, ttl_hours: float) -
     return None if held["run_id"] == run_id else held["run_id"]
 
 
-def pending_objects(lake: lk.Lake, date: str) -> list[str]:
-    """Raw keys delivered for ``date`` or earlier that the ledger has not seen (by key + hash)."""
-    seen = {(e["key"], e["sha256"]) for e in read_ledger(lake)}
+def pending_objects(lake: lk.Lake, date: str) -> list[lk.ObjectInfo]:
+    """Raw objects delivered for ``date`` or earlier that the ledger has not seen.
+
+    Decided from the listing alone: an object whose key, size and version tag (S3 ETag, file
+    mtime) match a ledger entry was ingested and is never downloaded again, so a run that finds
+    nothing new costs one listing and one ledger read, however many objects were ever delivered.
+    """
+    known = {(e["key"], e.get("size"), e.get("tag")) for e in read_ledger(lake)}
     pending = []
-    for key in lake.list(layout.RAW_TRANSACTIONS):
-        d = key_date(key)
+    for info in lake.list_objects(layout.RAW_TRANSACTIONS):
+        d = key_date(info.key)
         if d is not None and d > date:
             continue
-        if (key, sha256(lake.read_bytes(key))) not in seen:
-            pending.append(key)
+        if (info.key, info.size, info.tag) not in known:
+            pending.append(info)
     return pending
 
 
@@ -272,11 +278,13 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0)
     skipped too.
     """
     batch_key = layout.bronze_batch(run_id)
-    keys = pending_objects(lake, date)
+    pending = pending_objects(lake, date)
+    log.info("%d new object(s) in %s up to %s", len(pending), lake.uri_of(layout.RAW_TRANSACTIONS), date)
     manifest = {"run_id": run_id, "date": date, "objects": []}
     held_elsewhere = []
     with lake.publish(batch_key) as folder:
-        for n, key in enumerate(keys):
+        for n, info in enumerate(pending):
+            key = info.key
             data = lake.read_bytes(key)
             digest = sha256(data)
             holder = claim(lake, key, digest, run_id, claim_ttl_hours)
@@ -285,9 +293,11 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0)
                 held_elsewhere.append({"key": key, "run_id": holder})
                 continue
             if in_ledger(lake, key, digest):
-                log.info("skipping %s: another run ingested it while this one was listing", lake.uri_of(key))
+                log.info("skipping %s: its content is already in the ledger (another run ingested it meanwhile, "
+                         "or it was rewritten unchanged)", lake.uri_of(key))
                 continue
-            entry = {"key": key, "sha256": digest, "bytes": len(data), "delivery_date": key_date(key) or date}
+            entry = {"key": key, "sha256": digest, "bytes": len(data), "size": info.size, "tag": info.tag,
+                     "delivery_date": key_date(key) or date}
             try:
                 frame = parse_raw(key, data)
             except FileRejected as exc:

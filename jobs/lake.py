@@ -27,6 +27,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -61,6 +62,15 @@ def _hidden(key: str) -> bool:
     return any(p == "_staging" or p.startswith("_v-") or p.startswith(".") for p in parts)
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as a listing describes it."""
+
+    key: str
+    size: int
+    tag: str
+
+
 class Lake:
     """Storage for one lake root URI (see the module docstring)."""
 
@@ -76,6 +86,15 @@ class Lake:
 
     def list_partitions(self, zone: str) -> list[str]:
         """Dates of the ``date=YYYY-MM-DD`` partitions of a zone, sorted."""
+        raise NotImplementedError
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Objects under a prefix with what the listing says of them (size, version tag), sorted by key.
+
+        The version tag is the S3 ETag, or the modification time in nanoseconds on a folder: it
+        changes when the object is rewritten, so key + size + tag tell a new object from a known
+        one without downloading it.
+        """
         raise NotImplementedError
 
     def read_bytes(self, key: str) -> bytes:
@@ -219,6 +238,16 @@ class LocalLake(Lake):
         if not base.exists():
             return []
         return sorted(p.name.split("=", 1)[1] for p in base.glob("date=*") if p.is_dir())
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        out = []
+        for key in self.list(prefix):
+            try:
+                st = self.path(key).stat()
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            out.append(ObjectInfo(key, st.st_size, f"mtime-{st.st_mtime_ns}"))
+        return out
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -427,6 +456,17 @@ class S3Lake(Lake):
             elif not _hidden(k):
                 keys.add(k)
         return sorted(keys)
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        full = self._key(prefix).rstrip("/") + "/"
+        out = []
+        with self._call("LIST", prefix):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for o in page.get("Contents", []):
+                    key = self._rel(o["Key"])
+                    if not _hidden(key):
+                        out.append(ObjectInfo(key, int(o["Size"]), str(o["ETag"]).strip('"')))
+        return sorted(out, key=lambda o: o.key)
 
     def list_partitions(self, zone: str) -> list[str]:
         dates = set()

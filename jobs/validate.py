@@ -157,6 +157,8 @@ class ObjectOutcome:
     broken_rules: dict[str, int] = field(default_factory=dict)
     detail: str = ""
     silver_version: int | None = None
+    size: int | None = None  # what the listing said of the object: with the key, how the next run knows it
+    tag: str | None = None
 
 
 def split_contract(typed: pd.DataFrame, reasons: dict[int, list[str]],
@@ -243,7 +245,7 @@ def validate_object(lake: lk.Lake, obj: dict, raw: pd.DataFrame, contract: Contr
 
     key, digest = obj["key"], obj["sha256"]
     ident = layout.object_id(key, digest)
-    out = ObjectOutcome(key, digest, len(raw))
+    out = ObjectOutcome(key, digest, len(raw), size=obj.get("size"), tag=obj.get("tag"))
     typed = to_typed(raw, obj.get("delivery_date"))
     reasons, _ = contract.failures(typed, run_name=key.rsplit("/", 1)[-1], parameters=parameters)
     reason, rejected = split_contract(typed, reasons, max_bad_share)
@@ -309,7 +311,8 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
     touched: set[str] = set()
     for obj in manifest["objects"]:
         if obj["status"] == "rejected_file":
-            out = ObjectOutcome(obj["key"], obj["sha256"], obj.get("rows_delivered") or 0, status="rejected_file")
+            out = ObjectOutcome(obj["key"], obj["sha256"], obj.get("rows_delivered") or 0, status="rejected_file",
+                                size=obj.get("size"), tag=obj.get("tag"))
             out.rows_quarantined = out.rows_delivered
             out.broken_rules = {obj["rule"]: out.rows_delivered}
             out.detail = f"{obj['detail']} (file kept at {obj['quarantine']})"

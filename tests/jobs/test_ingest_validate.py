@@ -305,3 +305,27 @@ def test_good_objects_land_when_another_object_of_the_batch_is_rejected(lake):
     assert [r["key"].rsplit("/", 1)[-1] for r in result["rejected"]] == ["bad.csv"]
     assert "bad.csv: rejected_rows, 40 rows delivered, 40 quarantined" in result["rejection_message"]
     assert "1 date(s) of good rows landed in silver and flow on: 2026-05-10" in result["rejection_message"]
+
+
+def test_an_ingested_object_is_never_downloaded_again(lake, monkeypatch):
+    """The listing (key + size + ETag / mtime) decides what is new: a run that finds nothing new
+    reads no raw object, and a rewritten object (new content under the same key) is read again."""
+    for d in ("2026-05-08", "2026-05-09", DATE):
+        deliver(lake, generate_day(d, 30), f"{d}.csv", date=d)
+    run(lake, "run1")
+    reads = []
+    real = lake.read_bytes
+
+    def counting(key):
+        reads.append(key)
+        return real(key)
+
+    monkeypatch.setattr(lake, "read_bytes", counting)
+    staged, _ = run(lake, "run2")
+    assert staged["objects"] == 0
+    assert not [k for k in reads if k.startswith(layout.RAW_TRANSACTIONS)], reads
+    deliver(lake, generate_day(DATE, 31, delivery="fix"), f"{DATE}.csv")  # same key, new content
+    reads.clear()
+    staged, result = run(lake, "run3")
+    assert staged["objects"] == 1 and result["rows_silver"] == 31
+    assert [k for k in reads if k.startswith(layout.RAW_TRANSACTIONS)] == [layout.raw_object(DATE, f"{DATE}.csv")]
