@@ -118,7 +118,8 @@ def ingest(date: DateOpt, run_id: RunIdOpt):
     """Stage raw objects delivered up to --date and not yet ingested as a bronze batch."""
     from jobs.ingest import ingest as run
 
-    return run(_lake(), date, run_id, _settings().claim_ttl_hours)
+    s = _settings()
+    return run(_lake(), date, run_id, s.claim_ttl_hours, s.max_object_mb << 20, s.max_decompressed_mb << 20)
 
 
 @app.command()

@@ -6,7 +6,6 @@ object already in the ledger is skipped, so re-running ingestion ingests nothing
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -113,7 +112,38 @@ def _jsonl_keys(text: str, lines: int = 1000) -> None:
                     raise FileRejected("unreadable_header", "the first JSON line is not an object") from None
 
 
-def parse_raw(key: str, data: bytes) -> pd.DataFrame:
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress gzip data (every member), refusing more than ``limit`` bytes of output.
+
+    A small compressed object can expand a thousandfold (a gzip bomb): the output is produced in
+    bounded steps and the object rejected as soon as it passes the limit, before memory runs out.
+    """
+    out, size = [], 0
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        chunk = inflater.decompress(data, limit + 1 - size)
+        while True:
+            out.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise FileRejected("too_large", f"decompresses to more than {limit:,} bytes (the limit, "
+                                                "PIPELINE_MAX_DECOMPRESSED_MB); a gzip bomb or an export to split")
+            if not inflater.unconsumed_tail:
+                break
+            chunk = inflater.decompress(inflater.unconsumed_tail, limit + 1 - size)
+        tail = inflater.flush()
+        out.append(tail)
+        size += len(tail)
+        if not inflater.eof:
+            raise FileRejected("corrupt_gzip", "the gzip stream ends before its end marker (truncated upload?)")
+        data = inflater.unused_data.lstrip(b"\x00")
+    return b"".join(out)
+
+
+DEFAULT_MAX_DECOMPRESSED = 1024 << 20
+
+
+def parse_raw(key: str, data: bytes, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> pd.DataFrame:
     """Parse one delivered object into a frame of strings, exactly as delivered.
 
     CSV, JSON lines or Parquet, optionally gzip-compressed, with or without a UTF-8 byte-order
@@ -125,7 +155,7 @@ def parse_raw(key: str, data: bytes) -> pd.DataFrame:
     name = key.rsplit("/", 1)[-1].lower()
     if data[:2] == GZIP_MAGIC:
         try:
-            data = gzip.decompress(data)
+            data = gunzip(data, max_decompressed)
         except (OSError, EOFError, zlib.error) as exc:
             raise FileRejected("corrupt_gzip", str(exc)) from exc
     elif name.endswith(".gz"):
@@ -270,12 +300,14 @@ def pending_objects(lake: lk.Lake, date: str) -> list[lk.ObjectInfo]:
     return pending
 
 
-def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0) -> dict:
+def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
+           max_object_bytes: int = 256 << 20, max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED) -> dict:
     """Stage every pending raw object as a bronze batch; quarantine unusable files whole.
 
     Each object is claimed first: one claimed by another, still running ingestion is skipped;
     after claiming, the ledger is read again, so an object another run finished meanwhile is
-    skipped too.
+    skipped too. An object larger than ``max_object_bytes`` (from the listing) is rejected whole
+    without being loaded: it is hashed as a stream and stays in raw, with its reason in quarantine.
     """
     batch_key = layout.bronze_batch(run_id)
     pending = pending_objects(lake, date)
@@ -285,8 +317,9 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0)
     with lake.publish(batch_key) as folder:
         for n, info in enumerate(pending):
             key = info.key
-            data = lake.read_bytes(key)
-            digest = sha256(data)
+            oversized = info.size > max_object_bytes
+            data = b"" if oversized else lake.read_bytes(key)
+            digest = lake.stream_sha256(key)[0] if oversized else sha256(data)
             holder = claim(lake, key, digest, run_id, claim_ttl_hours)
             if holder is not None:
                 log.info("skipping %s: run %s is ingesting it", lake.uri_of(key), holder)
@@ -296,17 +329,26 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0)
                 log.info("skipping %s: its content is already in the ledger (another run ingested it meanwhile, "
                          "or it was rewritten unchanged)", lake.uri_of(key))
                 continue
-            entry = {"key": key, "sha256": digest, "bytes": len(data), "size": info.size, "tag": info.tag,
+            entry = {"key": key, "sha256": digest, "bytes": info.size, "size": info.size, "tag": info.tag,
                      "delivery_date": key_date(key) or date}
             try:
-                frame = parse_raw(key, data)
+                if oversized:
+                    raise FileRejected("too_large", f"{info.size:,} bytes > {max_object_bytes:,} (the limit, "
+                                                    "PIPELINE_MAX_OBJECT_MB); split the export, or raise the limit")
+                frame = parse_raw(key, data, max_decompressed_bytes)
             except FileRejected as exc:
                 qkey = layout.quarantined_file(run_id, key.rsplit("/", 1)[-1])
-                lake.write_bytes(qkey, data)
+                if oversized:  # not copied: it stays in raw, never modified
+                    quarantine = lake.uri_of(key)
+                else:
+                    lake.write_bytes(qkey, data)
+                    quarantine = lake.uri_of(qkey)
                 lake.write_json(qkey + ".reason.json", {"source": lake.uri_of(key), "sha256": digest,
-                                                         "rule": exc.rule, "detail": exc.detail})
+                                                         "rule": exc.rule, "detail": exc.detail,
+                                                         "kept_at": quarantine})
                 entry.update(status="rejected_file", rule=exc.rule, detail=exc.detail,
-                             rows_delivered=_count_lines(data), quarantine=lake.uri_of(qkey))
+                             rows_delivered=None if oversized else _count_lines(data, max_decompressed_bytes),
+                             quarantine=quarantine)
                 log.warning("rejected %s: %s", lake.uri_of(key), exc)
             else:
                 extra = frame.attrs.get("extra_columns", [])
@@ -330,11 +372,11 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0)
     }
 
 
-def _count_lines(data: bytes) -> int | None:
+def _count_lines(data: bytes, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> int | None:
     """Best-effort row count of an unusable file (data lines after a header), for the ledger."""
     try:
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
+        if data[:2] == GZIP_MAGIC:
+            data = gunzip(data, max_decompressed)
     except Exception:
         return None
     lines = [ln for ln in data.splitlines() if ln.strip()]

@@ -146,6 +146,24 @@ class Lake:
                 return k
         raise LakeError(f"{self.uri_of(key)}/{name} does not exist")
 
+    def open_stream(self, key: str):
+        """A binary file-like object streaming the object's bytes (close it when done)."""
+        raise NotImplementedError
+
+    def stream_sha256(self, key: str, chunk: int = 8 << 20) -> tuple[str, int]:
+        """SHA-256 and size of an object, streamed in chunks (memory stays flat for any size)."""
+        import hashlib
+
+        h, size = hashlib.sha256(), 0
+        stream = self.open_stream(key)
+        try:
+            for block in iter(lambda: stream.read(chunk), b""):
+                h.update(block)
+                size += len(block)
+        finally:
+            stream.close()
+        return h.hexdigest(), size
+
     def read_json(self, key: str):
         return json.loads(self.read_bytes(key))
 
@@ -252,6 +270,12 @@ class LocalLake(Lake):
     def read_bytes(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ObjectMissing(f"{self.uri_of(key)} does not exist") from exc
+
+    def open_stream(self, key: str):
+        try:
+            return open(self.path(key), "rb")
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise ObjectMissing(f"{self.uri_of(key)} does not exist") from exc
 
@@ -479,6 +503,10 @@ class S3Lake(Lake):
     def read_bytes(self, key: str) -> bytes:
         with self._call("GET", key):
             return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def open_stream(self, key: str):
+        with self._call("GET", key):
+            return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
 
     def write_bytes(self, key: str, data: bytes) -> str:
         with self._call("PUT", key):

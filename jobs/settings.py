@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # ...and at most this far past the end of its partition's day (clocks of card terminals drift).
     clock_skew_minutes: int = 15
 
+    # Objects above these sizes are rejected whole (reason too_large) instead of exhausting memory:
+    # the delivered size (from the listing, before any download) and the size after gunzip.
+    max_object_mb: int = 256
+    max_decompressed_mb: int = 1024
+
     # --- storage ----------------------------------------------------------------------
     # Retries of one S3 request inside delta-rs (object_store) before the job fails (and Airflow retries).
     storage_max_retries: int = 3

@@ -329,3 +329,25 @@ def test_an_ingested_object_is_never_downloaded_again(lake, monkeypatch):
     staged, result = run(lake, "run3")
     assert staged["objects"] == 1 and result["rows_silver"] == 31
     assert [k for k in reads if k.startswith(layout.RAW_TRANSACTIONS)] == [layout.raw_object(DATE, f"{DATE}.csv")]
+
+
+def test_oversized_objects_and_gzip_bombs_are_rejected_whole_without_exhausting_memory(lake):
+    day = generate_day(DATE, 3000)
+    big = day.to_csv(index=False).encode()  # ~300 KB, above the limit set below; the bomb is ~65 KB
+    deliver(lake, big, "big.csv")
+    deliver(lake, gzip.compress(b"0" * (64 << 20)), "bomb.csv.gz")  # 64 MB of output from ~64 KB
+    deliver(lake, gzip.compress(day.iloc[:10].to_csv(index=False).encode()), "small.csv.gz")
+    staged = ingest(lake, DATE, "run1", max_object_bytes=len(big) - 1, max_decompressed_bytes=8 << 20)
+    assert staged["files_rejected"] == [layout.raw_object(DATE, "big.csv"), layout.raw_object(DATE, "bomb.csv.gz")]
+    with pytest.raises(DataRejected) as err:
+        validate_batch(lake, "run1", get_settings().expectations_dir, 0.05)
+    message = str(err.value)
+    assert f"{len(big):,} bytes > {len(big) - 1:,} (the limit, PIPELINE_MAX_OBJECT_MB)" in message
+    assert "decompresses to more than 8,388,608 bytes" in message
+    reason = lake.read_json(layout.quarantined_file("run1", "big.csv") + ".reason.json")
+    assert reason["rule"] == "too_large" and reason["kept_at"] == lake.uri_of(layout.raw_object(DATE, "big.csv"))
+    assert not lake.exists(layout.quarantined_file("run1", "big.csv"))  # not copied: raw keeps it
+    by_key = {e["key"].rsplit("/", 1)[-1]: e for e in read_ledger(lake)}
+    assert by_key["big.csv"]["sha256"] == __import__("hashlib").sha256(big).hexdigest()  # hashed as a stream
+    assert by_key["small.csv.gz"]["rows_silver"] == 10
+    assert ingest(lake, DATE, "run2")["objects"] == 0  # rejected objects are not looked at again
