@@ -240,9 +240,12 @@ def validate_object(lake: lk.Lake, obj: dict, raw: pd.DataFrame, contract: Contr
     another object put in silver are quarantined as repeated deliveries: a row is in silver or in
     quarantine, never both, never neither.
     """
+    import time
+
     from jobs import tables
     from jobs.ingest import record_in_ledger
 
+    started = time.perf_counter()
     key, digest = obj["key"], obj["sha256"]
     ident = layout.object_id(key, digest)
     out = ObjectOutcome(key, digest, len(raw), size=obj.get("size"), tag=obj.get("tag"))
@@ -279,8 +282,10 @@ def validate_object(lake: lk.Lake, obj: dict, raw: pd.DataFrame, contract: Contr
     if extra:
         out.detail = "; ".join(filter(None, [out.detail, f"extra columns ignored: {', '.join(extra)}"]))
     record_in_ledger(lake, [_ledger_entry(out, run_id)])
-    log.info("%s: %d rows -> %d silver, %d quarantined%s", lake.uri_of(key), out.rows_delivered, out.rows_silver,
-             out.rows_quarantined, " (delivery rejected)" if rejected else "")
+    seconds = time.perf_counter() - started
+    log.info("%s: %d rows -> %d silver, %d quarantined%s (%.1f s, %.0f rows/s)", lake.uri_of(key), out.rows_delivered,
+             out.rows_silver, out.rows_quarantined, " (delivery rejected)" if rejected else "", seconds,
+             out.rows_delivered / max(seconds, 1e-9))
     return out, {d for d in dates if landed}
 
 
@@ -309,7 +314,8 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
     contract = Contract(load_suite_json(expectations_dir), docs_dir=docs_dir)
     outcomes: list[ObjectOutcome] = []
     touched: set[str] = set()
-    for obj in manifest["objects"]:
+    for n, obj in enumerate(manifest["objects"], start=1):
+        log.info("object %d of %d: %s", n, len(manifest["objects"]), lake.uri_of(obj["key"]))
         if obj["status"] == "rejected_file":
             out = ObjectOutcome(obj["key"], obj["sha256"], obj.get("rows_delivered") or 0, status="rejected_file",
                                 size=obj.get("size"), tag=obj.get("tag"))
