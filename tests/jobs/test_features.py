@@ -100,3 +100,20 @@ def test_gold_contract_passes_real_features_and_names_broken_rules(spark, tmp_pa
     out.loc[5, "card_txn_count_1h"] = out.loc[5, "card_txn_count_24h"] + 1
     with pytest.raises(JobError, match=r"hour of day is 0-23 \(3 rows\); a 24 h window holds at least the 1 h window"):
         check_contract(out, ["2026-04-01", "2026-04-02"], get_settings().expectations_dir)
+
+
+def test_spark_equals_the_independent_duckdb_implementation(spark):
+    """Two engines, two implementations (Spark DataFrame windows, DuckDB SQL windows), one answer."""
+    from jobs.features_duckdb import build_features_duckdb
+
+    frame = silver_frame(days=("2026-04-01", "2026-04-02", "2026-04-03"), rows=500)
+    got = spark_features(spark, frame)
+    ref = build_features_duckdb(frame).sort_values("transaction_id").reset_index(drop=True)
+    assert len(got) == len(ref) == len(frame)
+    assert list(got["transaction_id"]) == list(ref["transaction_id"]) and list(got["date"]) == list(ref["date"])
+    for column in FEATURE_COLUMNS:
+        if got[column].dtype == object:
+            assert list(got[column]) == list(ref[column]), column
+        else:
+            assert got[column].to_numpy() == pytest.approx(ref[column].to_numpy(), rel=1e-9, abs=1e-12), column
+    assert (got[LABEL].to_numpy() == ref[LABEL].to_numpy()).all()
