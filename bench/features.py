@@ -4,7 +4,7 @@ implementation of the same features), side by side, and how both grow with data 
 For each size it writes N silver rows spread over ``--days`` days as Parquet, then runs each
 engine in its own process over the same files (read, compute every point-in-time feature, write
 Parquet) and reports wall time, the time inside the engine (Spark: without its JVM start-up),
-peak RSS, and the Spark/DuckDB ratio. The two outputs are checked equal on a sample.
+peak RSS, and the Spark/DuckDB ratio (their outputs are equal: tests/jobs/test_features.py).
 
     .venv/bin/python bench/features.py --rows 1000000,8000000 --days 10
 """
