@@ -29,6 +29,15 @@ def validate(lake, run_id):
     return validate_batch(lake, run_id, get_settings().expectations_dir, 0.05)
 
 
+def second_delivery_staged(lake, rows):
+    """A first delivery of the day fully ingested, a second one staged by run r2 (not validated yet)."""
+    deliver(lake, rows, "first.csv")
+    ingest(lake, DATE, "r1")
+    validate(lake, "r1")
+    deliver(lake, rows, "second.csv")
+    ingest(lake, DATE, "r2")
+
+
 def assert_two_clean_deliveries(lake, rows):
     silver = tables.read(lake, layout.SILVER_TRANSACTIONS)
     assert len(silver) == 2 * rows and silver["transaction_id"].is_unique
@@ -44,11 +53,7 @@ def test_a_failed_read_of_silver_fails_validate_and_the_retry_loses_nothing(faul
     """The review's case: two deliveries for one day; while silver's GETs fail, the second validate
     must not see an empty silver and succeed. It fails, naming the table; the retry completes."""
     lake, proxy = faulty_s3
-    deliver(lake, 300, "first.csv")
-    ingest(lake, DATE, "r1")
-    validate(lake, "r1")
-    deliver(lake, 300, "second.csv")
-    ingest(lake, DATE, "r2")
+    second_delivery_staged(lake, 300)
     rule = proxy.fail("GET", SILVER_OBJECTS, fault)
     with pytest.raises(StorageUnavailable, match="silver/transactions") as err:
         validate(lake, "r2")
@@ -61,11 +66,7 @@ def test_a_failed_read_of_silver_fails_validate_and_the_retry_loses_nothing(faul
 
 def test_an_upload_cut_mid_body_fails_the_merge_and_the_retry_lands_every_row_once(faulty_s3):
     lake, proxy = faulty_s3
-    deliver(lake, 200, "first.csv")
-    ingest(lake, DATE, "r1")
-    validate(lake, "r1")
-    deliver(lake, 200, "second.csv")
-    ingest(lake, DATE, "r2")
+    second_delivery_staged(lake, 200)
     rule = proxy.fail("PUT", SILVER_OBJECTS + r".*\.parquet", "reset")
     with pytest.raises(StorageUnavailable, match="silver/transactions"):
         validate(lake, "r2")
