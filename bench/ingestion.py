@@ -48,14 +48,25 @@ pq.write_table(csv.read_csv(sys.argv[1]), sys.argv[2])
 """
 
 
-def one_size(rows: int, workdir: Path) -> dict:
-    from jobs.generate import generate_day
+GENERATE = """
+import sys
+from jobs.generate import generate_day
+rows = int(sys.argv[2])
+generate_day(sys.argv[1], rows, n_cards=max(1000, rows // 50)).to_csv(sys.argv[3], index=False)
+"""
 
+
+def in_child(code: str, *args: str) -> None:
+    """Run setup work in a child, so this process stays small (a forked child starts with its RSS)."""
+    subprocess.run([sys.executable, "-c", code, *args], check=True, cwd=ROOT)
+
+
+def one_size(rows: int, workdir: Path) -> dict:
     state = workdir / f"state-{rows}"
     raw = state / "lake" / "raw" / "transactions" / f"date={DATE}"
     raw.mkdir(parents=True)
     csv_path = raw / "transactions.csv"
-    generate_day(DATE, rows, n_cards=max(1000, rows // 50)).to_csv(csv_path, index=False)
+    in_child(GENERATE, DATE, str(rows), str(csv_path))
     env = {**os.environ, "PIPELINE_STATE_DIR": str(state), "PIPELINE_LAKE_URI": "", "PIPELINE_MAX_OBJECT_MB": "4096",
            "PIPELINE_MAX_DECOMPRESSED_MB": "8192"}
     floor_wall, floor_rss = measure([sys.executable, "-c", FLOOR, str(csv_path), str(workdir / "floor.parquet")], env)
@@ -67,24 +78,27 @@ def one_size(rows: int, workdir: Path) -> dict:
             "validate_gib": validate_rss}
 
 
+SEED = """
+import sys
+from jobs.generate import generate_day
+from jobs.ingest import record_in_ledger, sha256
+from jobs.lake import open_lake
+from jobs.layout import raw_object
+lake, objects, date = open_lake(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+day = generate_day(date, 10).to_csv(index=False).encode()
+for i in range(objects):
+    lake.write_bytes(raw_object(date, f"part-{i:05d}.csv"), day)
+record_in_ledger(lake, [
+    {"key": o.key, "sha256": sha256(lake.read_bytes(o.key)), "status": "ingested", "rows_delivered": 10,
+     "rows_silver": 10, "rows_quarantined": 0, "run_id": "seed", "ingested_at": "2026-09-10T00:00:00+00:00",
+     "size": o.size, "tag": o.tag} for o in lake.list_objects("raw/transactions")])
+"""
+
+
 def nothing_new(objects: int, workdir: Path) -> dict:
     """A lake whose ``objects`` deliveries are all in the ledger; time an ingestion run."""
-    from jobs.generate import generate_day
-    from jobs.ingest import record_in_ledger, sha256
-    from jobs.lake import open_lake
-
     state = workdir / f"idle-{objects}"
-    lake = open_lake((state / "lake").as_uri())
-    day = generate_day(DATE, 10).to_csv(index=False).encode()
-    entries = []
-    for i in range(objects):
-        key = f"raw/transactions/date={DATE}/part-{i:05d}.csv"
-        lake.write_bytes(key, day)
-    for info in lake.list_objects("raw/transactions"):
-        entries.append({"key": info.key, "sha256": sha256(lake.read_bytes(info.key)), "status": "ingested",
-                        "rows_delivered": 10, "rows_silver": 10, "rows_quarantined": 0, "run_id": "seed",
-                        "ingested_at": "2026-09-10T00:00:00+00:00", "size": info.size, "tag": info.tag})
-    record_in_ledger(lake, entries)
+    in_child(SEED, (state / "lake").as_uri(), str(objects), DATE)
     env = {**os.environ, "PIPELINE_STATE_DIR": str(state), "PIPELINE_LAKE_URI": ""}
     wall, rss = measure([sys.executable, "-m", "jobs", "ingest", "--date", DATE, "--run-id", "idle"], env)
     return {"objects": objects, "wall_s": wall, "gib": rss}
