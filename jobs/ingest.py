@@ -319,7 +319,7 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
             key = info.key
             oversized = info.size > max_object_bytes
             data = b"" if oversized else lake.read_bytes(key)
-            digest = lake.stream_sha256(key)[0] if oversized else sha256(data)
+            digest = lake.stream_sha256(key) if oversized else sha256(data)
             holder = claim(lake, key, digest, run_id, claim_ttl_hours)
             if holder is not None:
                 log.info("skipping %s: run %s is ingesting it", lake.uri_of(key), holder)

@@ -150,19 +150,18 @@ class Lake:
         """A binary file-like object streaming the object's bytes (close it when done)."""
         raise NotImplementedError
 
-    def stream_sha256(self, key: str, chunk: int = 8 << 20) -> tuple[str, int]:
-        """SHA-256 and size of an object, streamed in chunks (memory stays flat for any size)."""
+    def stream_sha256(self, key: str, chunk: int = 8 << 20) -> str:
+        """SHA-256 of an object, streamed in chunks (memory stays flat for any size)."""
         import hashlib
 
-        h, size = hashlib.sha256(), 0
+        h = hashlib.sha256()
         stream = self.open_stream(key)
         try:
             for block in iter(lambda: stream.read(chunk), b""):
                 h.update(block)
-                size += len(block)
         finally:
             stream.close()
-        return h.hexdigest(), size
+        return h.hexdigest()
 
     def read_json(self, key: str):
         return json.loads(self.read_bytes(key))
@@ -437,7 +436,7 @@ class S3Lake(Lake):
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
     @contextmanager
-    def _call(self, action: str, key: str, missing_ok: bool = False):
+    def _call(self, action: str, key: str):
         """Turn a boto3 failure into ObjectMissing (404 only) or StorageUnavailable (everything else)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -456,13 +455,17 @@ class S3Lake(Lake):
             raise StorageUnavailable(
                 f"S3 {action} of {self.uri_of(key)} failed: {type(exc).__name__}: {exc}; retry the task") from exc
 
-    def _objects(self, prefix: str) -> list[str]:
+    def _listing(self, prefix: str) -> list[dict]:
+        """Every object under a prefix as S3 lists it (key relative to the lake, size, ETag)."""
         full = self._key(prefix).rstrip("/") + "/"
-        keys = []
+        entries = []
         with self._call("LIST", prefix):
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-                keys.extend(self._rel(o["Key"]) for o in page.get("Contents", []))
-        return keys
+                entries.extend({**o, "Key": self._rel(o["Key"])} for o in page.get("Contents", []))
+        return entries
+
+    def _objects(self, prefix: str) -> list[str]:
+        return [o["Key"] for o in self._listing(prefix)]
 
     def exists(self, key: str) -> bool:
         try:
@@ -482,15 +485,8 @@ class S3Lake(Lake):
         return sorted(keys)
 
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
-        full = self._key(prefix).rstrip("/") + "/"
-        out = []
-        with self._call("LIST", prefix):
-            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-                for o in page.get("Contents", []):
-                    key = self._rel(o["Key"])
-                    if not _hidden(key):
-                        out.append(ObjectInfo(key, int(o["Size"]), str(o["ETag"]).strip('"')))
-        return sorted(out, key=lambda o: o.key)
+        return sorted((ObjectInfo(o["Key"], int(o["Size"]), str(o["ETag"]).strip('"'))
+                       for o in self._listing(prefix) if not _hidden(o["Key"])), key=lambda o: o.key)
 
     def list_partitions(self, zone: str) -> list[str]:
         dates = set()

@@ -138,11 +138,7 @@ def read_gold(lake, dates: list[str], version: int | None = None):
 
     ``version``: a version of the gold table (time travel); default the latest.
     """
-    import pandas as pd
-
     from jobs import layout, tables
 
     frame = tables.read(lake, layout.GOLD_FEATURES, dates=dates, version=version)
-    if frame.empty:
-        return pd.DataFrame()
-    return frame.sort_values(["timestamp", "transaction_id"], ignore_index=True)
+    return frame if frame.empty else frame.sort_values(["timestamp", "transaction_id"], ignore_index=True)

@@ -186,12 +186,6 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 6)))
 
 
-def committed(lake: Lake, name: str, app_id: str) -> bool:
-    """Whether a write with this application transaction id was already committed to the table."""
-    table = open_table(lake, name)
-    return table is not None and table.transaction_version(app_id) is not None
-
-
 def merge_new_rows(lake: Lake, name: str, data, keys: list[str], app_id: str | None = None,
                    metadata: dict | None = None) -> dict:
     """Insert the rows of ``data`` (a pyarrow Table) whose ``keys`` are not in the table yet.

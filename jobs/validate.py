@@ -286,7 +286,7 @@ def validate_object(lake: lk.Lake, obj: dict, raw: pd.DataFrame, contract: Contr
     log.info("%s: %d rows -> %d silver, %d quarantined%s (%.1f s, %.0f rows/s)", lake.uri_of(key), out.rows_delivered,
              out.rows_silver, out.rows_quarantined, " (delivery rejected)" if rejected else "", seconds,
              out.rows_delivered / max(seconds, 1e-9))
-    return out, {d for d in dates if landed}
+    return out, dates if landed else set()  # the dates that received rows
 
 
 def _ledger_entry(out: ObjectOutcome, run_id: str) -> dict:
