@@ -119,7 +119,8 @@ def ingest(date: DateOpt, run_id: RunIdOpt):
     from jobs.ingest import ingest as run
 
     s = _settings()
-    return run(_lake(), date, run_id, s.claim_ttl_hours, s.max_object_mb << 20, s.max_decompressed_mb << 20)
+    return run(_lake(), date, run_id, s.claim_ttl_hours, s.max_object_mb << 20, s.max_decompressed_mb << 20,
+               s.batch_rows)
 
 
 @app.command()
@@ -137,7 +138,7 @@ def validate(
     s = _settings()
     return {"date": date, **validate_batch(_lake(), run_id, s.expectations_dir, s.max_bad_row_share,
                                            contract_parameters(s.max_delivery_lag_days, s.clock_skew_minutes),
-                                           fail_on_rejection=fail_on_rejection)}
+                                           fail_on_rejection=fail_on_rejection, batch_rows=s.batch_rows)}
 
 
 @app.command()

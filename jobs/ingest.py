@@ -10,8 +10,11 @@ import hashlib
 import io
 import json
 import logging
+import tempfile
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 
@@ -47,25 +50,31 @@ def key_date(key: str) -> str | None:
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
+RAW_LINE = "_raw_line"  # the as-delivered text of a CSV line that did not have the header's fields
+MALFORMED = "_malformed"  # why such a line cannot be read as a row (null for every good line)
+BRONZE_EXTRA = [RAW_LINE, MALFORMED]
+MAX_MALFORMED_LINES = 10_000  # more than this many malformed lines: the file, not the rows, is broken
+DEFAULT_BATCH_ROWS = 500_000
 
 
-def detect_format(name: str, data: bytes) -> str:
+def detect_format(name: str, head: bytes, tail: bytes = b"") -> str:
     """``parquet``, ``jsonl`` or ``csv`` from the (decompressed) content, the name as a tie-breaker.
 
-    Content wins over the name: Parquet by its magic bytes, JSON lines by a leading ``{`` (after
-    an optional UTF-8 byte-order mark); a file named ``.parquet`` that lacks the magic bytes is a
-    truncated or foreign file.
+    ``head`` is the first bytes of the content, ``tail`` its last four. Content wins over the
+    name: Parquet by its magic bytes, JSON lines by a leading ``{`` (after an optional UTF-8
+    byte-order mark); a file named ``.parquet`` that lacks the magic bytes is a truncated or
+    foreign file.
     """
-    if data[:4] == PARQUET_MAGIC:
-        if data[-4:] != PARQUET_MAGIC:
+    if head[:4] == PARQUET_MAGIC:
+        if tail[-4:] != PARQUET_MAGIC:
             raise FileRejected("truncated", "Parquet data without its footer (the upload was cut short?)")
         return "parquet"
     if name.endswith(".parquet"):
         raise FileRejected("unparseable", "named .parquet but the content is not Parquet")
-    head = data.removeprefix(UTF8_BOM).lstrip()[:1]
-    if head == b"{":
+    first = head.removeprefix(UTF8_BOM).lstrip()[:1]
+    if first == b"{":
         return "jsonl"
-    if name.endswith(".csv") or b"," in data[:4096].split(b"\n", 1)[0]:
+    if name.endswith(".csv") or b"," in head[:4096].split(b"\n", 1)[0]:
         return "csv"
     raise FileRejected("unknown_format", f"cannot tell the format of {name!r} from its name or content")
 
@@ -87,23 +96,31 @@ def check_header(columns: list[str]) -> None:
                                                 "the value cannot be decided")
 
 
-def _csv_header(text: str) -> list[str]:
+def _check_columns(columns: list[str]) -> list[str]:
+    """Reject a file without every contract column; the extra columns (ignored) it has."""
+    missing = [c for c in RAW_COLUMNS if c not in columns]
+    if missing:
+        raise FileRejected("missing_columns", f"columns {missing} are missing (has {list(columns)})")
+    return [str(c) for c in columns if c not in RAW_COLUMNS]
+
+
+def _csv_fields(line: str) -> list[str]:
     import csv
 
     try:
-        return next(csv.reader(io.StringIO(text.split("\n", 1)[0])))
-    except (csv.Error, StopIteration) as exc:
-        raise FileRejected("unreadable_header", f"the first line is not a CSV header ({exc})") from exc
+        return next(csv.reader(io.StringIO(line)), [])
+    except csv.Error:
+        return [line]
 
 
-def _jsonl_keys(text: str, lines: int = 1000) -> None:
+def _jsonl_keys(lines: list[str]) -> None:
     """Reject JSON objects that name a key twice (JSON parsers silently keep the last copy)."""
     def no_duplicates(pairs):
         keys = [k for k, _ in pairs]
         check_header(keys)
         return dict(pairs)
 
-    for n, line in enumerate(text.splitlines()[:lines]):
+    for n, line in enumerate(lines):
         if line.strip():
             try:
                 json.loads(line, object_pairs_hook=no_duplicates)
@@ -112,87 +129,278 @@ def _jsonl_keys(text: str, lines: int = 1000) -> None:
                     raise FileRejected("unreadable_header", "the first JSON line is not an object") from None
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress gzip data (every member), refusing more than ``limit`` bytes of output.
+def gunzip_file(source: Path, dest: Path, limit: int, chunk: int = 1 << 20) -> None:
+    """Decompress a gzip file (every member) into ``dest`` as a stream, refusing more than ``limit`` bytes.
 
     A small compressed object can expand a thousandfold (a gzip bomb): the output is produced in
-    bounded steps and the object rejected as soon as it passes the limit, before memory runs out.
+    bounded steps and the object rejected as soon as it passes the limit, before memory or disk
+    runs out. Memory stays at a few chunks, whatever the sizes.
     """
-    out, size = [], 0
-    while data:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        chunk = inflater.decompress(data, limit + 1 - size)
-        while True:
-            out.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise FileRejected("too_large", f"decompresses to more than {limit:,} bytes (the limit, "
-                                                "PIPELINE_MAX_DECOMPRESSED_MB); a gzip bomb or an export to split")
-            if not inflater.unconsumed_tail:
-                break
-            chunk = inflater.decompress(inflater.unconsumed_tail, limit + 1 - size)
-        tail = inflater.flush()
-        out.append(tail)
-        size += len(tail)
-        if not inflater.eof:
-            raise FileRejected("corrupt_gzip", "the gzip stream ends before its end marker (truncated upload?)")
-        data = inflater.unused_data.lstrip(b"\x00")
-    return b"".join(out)
+    size = 0
+
+    def emit(piece: bytes) -> None:
+        nonlocal size
+        size += len(piece)
+        if size > limit:
+            raise FileRejected("too_large", f"decompresses to more than {limit:,} bytes (the limit, "
+                                            "PIPELINE_MAX_DECOMPRESSED_MB); a gzip bomb or an export to split")
+        out.write(piece)
+
+    try:
+        with open(source, "rb") as src, open(dest, "wb") as out:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            buf = b""
+            while True:
+                if not buf:
+                    buf = src.read(chunk)
+                    if not buf:
+                        break
+                if inflater.eof:  # the next member: concatenated gzip files are one stream
+                    buf = buf.lstrip(b"\x00")  # padding between members
+                    if not buf:
+                        continue
+                    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                emit(inflater.decompress(buf, chunk))
+                while inflater.unconsumed_tail and not inflater.eof:  # output-bounded steps
+                    emit(inflater.decompress(inflater.unconsumed_tail, chunk))
+                buf = inflater.unused_data if inflater.eof else b""
+            if not inflater.eof:
+                raise FileRejected("corrupt_gzip", "the gzip stream ends before its end marker (truncated upload?)")
+    except zlib.error as exc:
+        raise FileRejected("corrupt_gzip", str(exc)) from exc
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """In-memory :func:`gunzip_file` (small objects, tests)."""
+    with tempfile.TemporaryDirectory(prefix="gunzip-") as tmp:
+        src, dest = Path(tmp) / "in.gz", Path(tmp) / "out"
+        src.write_bytes(data)
+        gunzip_file(src, dest, limit)
+        return dest.read_bytes()
 
 
 DEFAULT_MAX_DECOMPRESSED = 1024 << 20
 
 
-def parse_raw(key: str, data: bytes, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> pd.DataFrame:
-    """Parse one delivered object into a frame of strings, exactly as delivered.
+class RawFile:
+    """One delivered object, read as a stream of Arrow record batches of strings, exactly as delivered.
 
     CSV, JSON lines or Parquet, optionally gzip-compressed, with or without a UTF-8 byte-order
-    mark, detected from the content (see :func:`detect_format`). Raises :class:`FileRejected` for
-    anything that makes the whole file unusable: unreadable or repeated column names, missing
-    contract columns, no rows. Extra columns are allowed and dropped (their names are kept in
-    ``frame.attrs["extra_columns"]`` and recorded in the ledger).
-    """
-    name = key.rsplit("/", 1)[-1].lower()
-    if data[:2] == GZIP_MAGIC:
-        try:
-            data = gunzip(data, max_decompressed)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise FileRejected("corrupt_gzip", str(exc)) from exc
-    elif name.endswith(".gz"):
-        raise FileRejected("corrupt_gzip", "named .gz but the content is not gzip data")
-    name = name.removesuffix(".gz")
-    if not data.removeprefix(UTF8_BOM).strip():
-        raise FileRejected("empty_file", "the object holds no rows")
-    fmt = detect_format(name, data)
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
+    mark, detected from the content (see :func:`detect_format`). Memory is bounded by
+    ``batch_rows``, whatever the file's size: CSV is parsed by Arrow's streaming reader, JSON lines
+    and Parquet chunk by chunk. Each batch holds the contract columns as strings, plus
+    ``_raw_line`` and ``_malformed`` for a CSV line whose field count is not the header's (a short
+    line becomes a row with nulls, as pandas reads it; a long one is kept as a malformed row).
+    Rows are numbered in the order they are yielded; malformed lines come last.
 
-            check_header(pq.ParquetFile(io.BytesIO(data)).schema_arrow.names)
-            frame = _as_strings(pd.read_parquet(io.BytesIO(data)))
-        else:
-            try:
-                text = data.decode("utf-8-sig")
-            except UnicodeDecodeError as exc:
-                raise FileRejected("not_utf8", f"byte {exc.start} is not valid UTF-8") from exc
-            if fmt == "jsonl":
-                _jsonl_keys(text)
-                frame = _as_strings(pd.read_json(io.StringIO(text), lines=True, dtype=False))
-            else:
-                check_header(_csv_header(text))
-                frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
-    except FileRejected:
-        raise
-    except Exception as exc:  # any parser error makes the file unusable
-        raise FileRejected("unparseable", f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
-    if frame.empty:
-        raise FileRejected("empty_file", "the object holds a header but no rows")
-    missing = [c for c in RAW_COLUMNS if c not in frame.columns]
-    if missing:
-        raise FileRejected("missing_columns", f"columns {missing} are missing (has {list(frame.columns)})")
-    out = frame[RAW_COLUMNS].astype(object).where(frame[RAW_COLUMNS].notna(), None)
-    out.attrs["extra_columns"] = [str(c) for c in frame.columns if c not in RAW_COLUMNS]
-    return out
+    Raises :class:`FileRejected` (while opening or while streaming) for anything that makes the
+    whole file unusable: unreadable or repeated column names, missing contract columns, no rows,
+    invalid UTF-8, an unparseable body. Extra columns are dropped and named in ``extra_columns``.
+    """
+
+    def __init__(self, name: str, path: Path, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED,
+                 batch_rows: int = DEFAULT_BATCH_ROWS):
+        self.name = name.rsplit("/", 1)[-1].lower()
+        self.batch_rows = batch_rows
+        self.extra_columns: list[str] = []
+        self.rows = 0
+        self._tmp = None
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic == GZIP_MAGIC:
+            self._tmp = tempfile.TemporaryDirectory(prefix="raw-gunzip-")
+            plain = Path(self._tmp.name) / "content"
+            gunzip_file(path, plain, max_decompressed)
+            path = plain
+        elif self.name.endswith(".gz"):
+            raise FileRejected("corrupt_gzip", "named .gz but the content is not gzip data")
+        self.name = self.name.removesuffix(".gz")
+        self.path = path
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            f.seek(max(size - 4, 0))
+            tail = f.read(4)
+        if not head.removeprefix(UTF8_BOM).strip() and size <= len(head):
+            raise FileRejected("empty_file", "the object holds no rows")
+        self.format = detect_format(self.name, head, tail)
+        self._head = head
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> RawFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def batches(self) -> Iterator:
+        """The file's rows as ``pyarrow.Table`` batches (contract columns + ``_raw_line``, ``_malformed``)."""
+        reader = {"parquet": self._parquet, "jsonl": self._jsonl, "csv": self._csv}[self.format]
+        try:
+            for batch in reader():
+                self.rows += batch.num_rows
+                yield batch
+        except FileRejected:
+            raise
+        except UnicodeDecodeError as exc:
+            raise FileRejected("not_utf8", f"byte {exc.start} of a line is not valid UTF-8") from exc
+        except Exception as exc:  # any parser error makes the file unusable
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if "invalid UTF8" in message or "UTF-8" in message:
+                raise FileRejected("not_utf8", message) from exc
+            raise FileRejected("unparseable", message) from exc
+        if self.rows == 0:
+            raise FileRejected("empty_file", "the object holds a header but no rows")
+
+    @staticmethod
+    def _table(frame: pd.DataFrame, raw_line=None, malformed=None):
+        import pyarrow as pa
+
+        n = len(frame)
+        columns = {c: pa.array(frame[c].tolist() if c in frame.columns else [None] * n, pa.string())
+                   for c in RAW_COLUMNS}
+        columns[RAW_LINE] = pa.array(raw_line if raw_line is not None else [None] * n, pa.string())
+        columns[MALFORMED] = pa.array(malformed if malformed is not None else [None] * n, pa.string())
+        return pa.table(columns)
+
+    def _parquet(self):
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(self.path)
+        except Exception as exc:
+            raise FileRejected("unparseable", f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        check_header(pf.schema_arrow.names)
+        if pf.metadata.num_rows == 0:
+            raise FileRejected("empty_file", "the object holds a header but no rows")
+        self.extra_columns = _check_columns(pf.schema_arrow.names)
+        for batch in pf.iter_batches(batch_size=self.batch_rows, columns=RAW_COLUMNS):
+            yield self._table(_as_strings(batch.to_pandas()))
+
+    def _jsonl(self):
+        columns: set[str] = set()
+        with open(self.path, encoding="utf-8-sig") as f:
+            lines: list[str] = []
+            checked = False
+            for line in f:
+                lines.append(line)
+                if len(lines) >= self.batch_rows:
+                    if not checked:
+                        _jsonl_keys(lines[:1000])
+                        checked = True
+                    yield self._json_chunk(lines, columns)
+                    lines = []
+            if lines and not checked:
+                _jsonl_keys(lines[:1000])
+            if any(ln.strip() for ln in lines):
+                yield self._json_chunk(lines, columns)
+        if self.rows or columns:
+            self.extra_columns = _check_columns(sorted(columns, key=lambda c: (c not in RAW_COLUMNS, c)))
+
+    def _json_chunk(self, lines: list[str], columns: set[str]):
+        frame = pd.read_json(io.StringIO("".join(lines)), lines=True, dtype=False)
+        columns.update(str(c) for c in frame.columns)
+        if not set(RAW_COLUMNS) & set(frame.columns):
+            _check_columns(list(frame.columns))
+        return self._table(_as_strings(frame))
+
+    def _csv(self):
+        import codecs
+        import csv
+
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+
+        try:  # the head as a whole first (the rest is checked by the parser as it streams)
+            codecs.getincrementaldecoder("utf-8")().decode(self._head, final=False)
+        except UnicodeDecodeError as exc:
+            raise FileRejected("not_utf8", f"byte {exc.start} is not valid UTF-8") from exc
+        first = self._head.removeprefix(UTF8_BOM).split(b"\n", 1)[0].rstrip(b"\r")
+        try:
+            header = next(csv.reader([first.decode("utf-8")]))
+        except UnicodeDecodeError as exc:
+            raise FileRejected("not_utf8", f"byte {exc.start} of the header is not valid UTF-8") from exc
+        except Exception as exc:
+            raise FileRejected("unreadable_header", f"the first line is not a CSV header ({exc})") from exc
+        check_header(header)
+        if not self._has_data_line():
+            raise FileRejected("empty_file", "the object holds a header but no rows")
+        self.extra_columns = _check_columns(header)
+        invalid: list = []
+
+        def keep_invalid(row) -> str:
+            invalid.append(row)
+            if len(invalid) > MAX_MALFORMED_LINES:
+                return "error"
+            return "skip"
+
+        # Rows hold one parsed block: about batch_rows rows of this file's average line length.
+        line_bytes = max(16, len(first) + 1)
+        block = min(64 << 20, max(1 << 20, line_bytes * 2 * self.batch_rows))
+        reader = pcsv.open_csv(
+            self.path,
+            read_options=pcsv.ReadOptions(block_size=block, use_threads=True),
+            parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep_invalid),
+            convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                                include_columns=RAW_COLUMNS, strings_can_be_null=True,
+                                                null_values=[""], quoted_strings_can_be_null=True),
+        )
+        try:
+            for batch in reader:
+                if batch.num_rows:
+                    yield self._with_extras(pa.Table.from_batches([batch]))
+        except pa.ArrowInvalid:
+            if len(invalid) > MAX_MALFORMED_LINES:
+                raise FileRejected("unparseable", f"more than {MAX_MALFORMED_LINES:,} lines do not have the "
+                                                  f"header's {len(header)} fields (first: {invalid[0].text[:200]!r})"
+                                   ) from None
+            raise
+        if invalid:
+            yield self._invalid_rows(header, invalid)
+
+    def _has_data_line(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.readline()
+            return any(line.strip() for line in f)
+
+    def _with_extras(self, table):
+        import pyarrow as pa
+
+        n = table.num_rows
+        return table.select(RAW_COLUMNS).append_column(RAW_LINE, pa.nulls(n, pa.string())) \
+            .append_column(MALFORMED, pa.nulls(n, pa.string()))
+
+    def _invalid_rows(self, header: list[str], invalid: list):
+        """CSV lines without the header's field count: short ones padded with nulls, long ones malformed."""
+        records, text, why = [], [], []
+        for row in invalid:
+            fields = _csv_fields(row.text)
+            values = dict(zip(header, fields, strict=False))
+            records.append({c: (values.get(c) or None) for c in RAW_COLUMNS})
+            text.append(row.text)
+            why.append(None if row.actual_columns < row.expected_columns else
+                       f"malformed_row: the line has {row.actual_columns} fields, the header "
+                       f"{row.expected_columns}")
+        return self._table(pd.DataFrame.from_records(records, columns=RAW_COLUMNS), text, why)
+
+
+def parse_raw(key: str, data: bytes, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> pd.DataFrame:
+    """Parse one delivered object held in memory into a frame of strings (see :class:`RawFile`)."""
+    import pyarrow as pa
+
+    with tempfile.TemporaryDirectory(prefix="raw-") as tmp:
+        path = Path(tmp) / "object"
+        path.write_bytes(data)
+        with RawFile(key, path, max_decompressed) as raw:
+            batches = list(raw.batches())
+            frame = pa.concat_tables(batches).to_pandas()
+            frame = frame[RAW_COLUMNS].astype(object).where(frame[RAW_COLUMNS].notna(), None)
+            frame.attrs["extra_columns"] = raw.extra_columns
+            return frame
 
 
 LEDGER_COLUMNS = ["key", "sha256", "status", "rows_delivered", "rows_silver", "rows_quarantined",
@@ -301,65 +509,72 @@ def pending_objects(lake: lk.Lake, date: str) -> list[lk.ObjectInfo]:
 
 
 def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
-           max_object_bytes: int = 256 << 20, max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED) -> dict:
+           max_object_bytes: int = 256 << 20, max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED,
+           batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
     """Stage every pending raw object as a bronze batch; quarantine unusable files whole.
 
-    Each object is claimed first: one claimed by another, still running ingestion is skipped;
-    after claiming, the ledger is read again, so an object another run finished meanwhile is
-    skipped too. An object larger than ``max_object_bytes`` (from the listing) is rejected whole
-    without being loaded: it is hashed as a stream and stays in raw, with its reason in quarantine.
+    Each new object is downloaded once as a stream (hashed on the way) into a local file and
+    parsed from it in record batches of ``batch_rows``, so memory stays bounded whatever the
+    object's size. Each object is claimed first: one claimed by another, still running ingestion
+    is skipped; after claiming, the ledger is read again, so an object another run finished
+    meanwhile is skipped too. An object larger than ``max_object_bytes`` (from the listing) is
+    rejected whole without being copied: it is hashed as a stream and stays in raw, with its
+    reason in quarantine.
     """
+    import time
+
     batch_key = layout.bronze_batch(run_id)
     pending = pending_objects(lake, date)
     log.info("%d new object(s) in %s up to %s", len(pending), lake.uri_of(layout.RAW_TRANSACTIONS), date)
     manifest = {"run_id": run_id, "date": date, "objects": []}
     held_elsewhere = []
-    with lake.publish(batch_key) as folder:
+    with lake.publish(batch_key) as folder, tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
         for n, info in enumerate(pending):
             key = info.key
+            started = time.perf_counter()
             oversized = info.size > max_object_bytes
-            data = b"" if oversized else lake.read_bytes(key)
-            digest = lake.stream_sha256(key) if oversized else sha256(data)
+            local = Path(tmp) / f"object-{n:05d}"
+            digest = lake.stream_sha256(key) if oversized else lake.download(key, local)
             holder = claim(lake, key, digest, run_id, claim_ttl_hours)
             if holder is not None:
                 log.info("skipping %s: run %s is ingesting it", lake.uri_of(key), holder)
                 held_elsewhere.append({"key": key, "run_id": holder})
+                local.unlink(missing_ok=True)
                 continue
             if in_ledger(lake, key, digest):
                 log.info("skipping %s: its content is already in the ledger (another run ingested it meanwhile, "
                          "or it was rewritten unchanged)", lake.uri_of(key))
+                local.unlink(missing_ok=True)
                 continue
             entry = {"key": key, "sha256": digest, "bytes": info.size, "size": info.size, "tag": info.tag,
                      "delivery_date": key_date(key) or date}
+            part = f"part-{n:05d}.parquet"
             try:
                 if oversized:
                     raise FileRejected("too_large", f"{info.size:,} bytes > {max_object_bytes:,} (the limit, "
                                                     "PIPELINE_MAX_OBJECT_MB); split the export, or raise the limit")
-                frame = parse_raw(key, data, max_decompressed_bytes)
+                rows, extra = _stage(key, digest, local, folder / part, max_decompressed_bytes, batch_rows)
             except FileRejected as exc:
+                (folder / part).unlink(missing_ok=True)
                 qkey = layout.quarantined_file(run_id, key.rsplit("/", 1)[-1])
                 if oversized:  # not copied: it stays in raw, never modified
                     quarantine = lake.uri_of(key)
                 else:
-                    lake.write_bytes(qkey, data)
+                    lake.upload_file(qkey, local)
                     quarantine = lake.uri_of(qkey)
                 lake.write_json(qkey + ".reason.json", {"source": lake.uri_of(key), "sha256": digest,
                                                          "rule": exc.rule, "detail": exc.detail,
                                                          "kept_at": quarantine})
                 entry.update(status="rejected_file", rule=exc.rule, detail=exc.detail,
-                             rows_delivered=None if oversized else _count_lines(data, max_decompressed_bytes),
+                             rows_delivered=None if oversized else _count_lines(local, max_decompressed_bytes),
                              quarantine=quarantine)
                 log.warning("rejected %s: %s", lake.uri_of(key), exc)
             else:
-                extra = frame.attrs.get("extra_columns", [])
-                frame["_source_key"] = key
-                frame["_source_sha256"] = digest
-                frame["_source_row"] = range(len(frame))
-                part = f"part-{n:05d}.parquet"
-                frame.to_parquet(folder / part, index=False)
-                entry.update(status="staged", rows_delivered=len(frame), bronze_part=part, extra_columns=extra)
-                log.info("staged %s: %d rows%s", lake.uri_of(key), len(frame),
-                         f" (extra columns ignored: {extra})" if extra else "")
+                entry.update(status="staged", rows_delivered=rows, bronze_part=part, extra_columns=extra)
+                seconds = time.perf_counter() - started
+                log.info("staged %s: %d rows in %.1f s (%.0f rows/s)%s", lake.uri_of(key), rows, seconds,
+                         rows / max(seconds, 1e-9), f" (extra columns ignored: {extra})" if extra else "")
+            local.unlink(missing_ok=True)
             manifest["objects"].append(entry)
         (folder / BATCH_MANIFEST).write_text(json.dumps(manifest, indent=2))
     return {
@@ -372,12 +587,47 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
     }
 
 
-def _count_lines(data: bytes, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> int | None:
-    """Best-effort row count of an unusable file (data lines after a header), for the ledger."""
+def bronze_schema():
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.string()) for c in RAW_COLUMNS + BRONZE_EXTRA]
+                     + [("_source_key", pa.string()), ("_source_sha256", pa.string()), ("_source_row", pa.int64())])
+
+
+def _stage(key: str, digest: str, local: Path, out: Path, max_decompressed: int, batch_rows: int
+           ) -> tuple[int, list[str]]:
+    """Stream one object into a bronze Parquet file, batch by batch; returns (rows, extra columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = bronze_schema()
+    rows, next_log = 0, 1_000_000
+    with RawFile(key, local, max_decompressed, batch_rows) as raw, pq.ParquetWriter(out, schema) as writer:
+        for batch in raw.batches():
+            n = batch.num_rows
+            batch = batch.append_column("_source_key", pa.array([key] * n, pa.string())) \
+                .append_column("_source_sha256", pa.array([digest] * n, pa.string())) \
+                .append_column("_source_row", pa.array(range(rows, rows + n), pa.int64()))
+            writer.write_table(batch.cast(schema))
+            rows += n
+            if rows >= next_log:
+                log.info("%s: %d rows parsed", key, rows)
+                next_log += 1_000_000
+        return rows, raw.extra_columns
+
+
+def _count_lines(path: Path, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> int | None:
+    """Best-effort row count of an unusable file (non-blank lines after a header), for the ledger."""
     try:
-        if data[:2] == GZIP_MAGIC:
-            data = gunzip(data, max_decompressed)
+        with open(path, "rb") as f:
+            gz = f.read(2) == GZIP_MAGIC
+        with tempfile.TemporaryDirectory(prefix="count-") as tmp:
+            if gz:
+                plain = Path(tmp) / "plain"
+                gunzip_file(path, plain, max_decompressed)
+                path = plain
+            with open(path, "rb") as f:
+                lines = sum(1 for line in f if line.strip())
     except Exception:
         return None
-    lines = [ln for ln in data.splitlines() if ln.strip()]
-    return max(len(lines) - 1, 0)
+    return max(lines - 1, 0)

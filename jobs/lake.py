@@ -155,13 +155,37 @@ class Lake:
         import hashlib
 
         h = hashlib.sha256()
-        stream = self.open_stream(key)
-        try:
+        with self._reading(key) as stream:
             for block in iter(lambda: stream.read(chunk), b""):
                 h.update(block)
+        return h.hexdigest()
+
+    def download(self, key: str, dest: Path, chunk: int = 8 << 20) -> str:
+        """Copy an object to a local file as a stream (memory stays flat); returns its SHA-256.
+
+        What is hashed is exactly what was written to ``dest``: parse that file, not the object
+        again (it could have been replaced in between).
+        """
+        import hashlib
+
+        h = hashlib.sha256()
+        with self._reading(key) as stream, open(dest, "wb") as out:
+            for block in iter(lambda: stream.read(chunk), b""):
+                h.update(block)
+                out.write(block)
+        return h.hexdigest()
+
+    @contextmanager
+    def _reading(self, key: str):
+        stream = self.open_stream(key)
+        try:
+            yield stream
         finally:
             stream.close()
-        return h.hexdigest()
+
+    def upload_file(self, key: str, path: Path) -> str:
+        """Write a local file to ``key`` whole (readers see the old object or the new one)."""
+        raise NotImplementedError
 
     def read_json(self, key: str):
         return json.loads(self.read_bytes(key))
@@ -212,7 +236,7 @@ class Lake:
             paths = []
             for i, uri in enumerate(uris):
                 target = tmp / f"part-{i:05d}.parquet"
-                target.write_bytes(self.read_bytes(self.key_of(uri)))
+                self.download(self.key_of(uri), target)
                 paths.append(str(target))
             yield paths
         finally:
@@ -283,6 +307,15 @@ class LocalLake(Lake):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
+        os.replace(tmp, target)
+        faults.wrote(f"put {key}")
+        return self.uri_of(key)
+
+    def upload_file(self, key: str, path: Path) -> str:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        shutil.copyfile(path, tmp)
         os.replace(tmp, target)
         faults.wrote(f"put {key}")
         return self.uri_of(key)
@@ -507,6 +540,21 @@ class S3Lake(Lake):
     def write_bytes(self, key: str, data: bytes) -> str:
         with self._call("PUT", key):
             self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)  # a PUT is atomic
+        faults.wrote(f"put {key}")
+        return self.uri_of(key)
+
+    @contextmanager
+    def _reading(self, key: str):
+        with self._call("GET", key):  # a reset mid-body is a storage failure too, not a short object
+            body = self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            try:
+                yield body
+            finally:
+                body.close()
+
+    def upload_file(self, key: str, path: Path) -> str:
+        with self._call("PUT", key):  # multipart above the threshold: the object appears when complete
+            self.s3.upload_file(str(path), self.bucket, self._key(key))
         faults.wrote(f"put {key}")
         return self.uri_of(key)
 

@@ -109,6 +109,42 @@ def read(lake: Lake, name: str, dates: Iterable[str] | None = None, columns: lis
     return frame[columns].reset_index(drop=True) if columns is not None else frame.reset_index(drop=True)
 
 
+def select(lake: Lake, name: str, columns: list[str], dates: Iterable[str] | None = None,
+           equals: dict[str, str] | None = None):
+    """``columns`` of the rows whose columns equal ``equals`` (in the ``dates`` partitions), as a pyarrow Table.
+
+    Scanned batch by batch (partitions pruned from the log, only the needed columns read, the
+    conditions applied to each batch in Arrow), so memory holds one batch plus the result.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake.exceptions import DeltaError
+
+    dates = list(dates) if dates is not None else None
+    table = open_table(lake, name)
+    if table is None or dates == []:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    equals = equals or {}
+    wanted = list(dict.fromkeys([*columns, *equals]))
+    kept = []
+    try:
+        dataset = table.to_pyarrow_dataset(partitions=_partition_filter(name, dates))
+        for batch in dataset.to_batches(columns=wanted, batch_size=256_000):
+            mask = None
+            for column, value in equals.items():
+                # string or string_view, depending on the delta-rs operation that wrote the file
+                hit = pc.equal(batch.column(column).cast(pa.string()), pa.scalar(value, pa.string()))
+                mask = hit if mask is None else pc.and_(mask, hit)
+            picked = batch.filter(mask) if mask is not None else batch
+            if picked.num_rows:
+                kept.append(pa.Table.from_batches([picked]).select(columns))
+    except (DeltaError, OSError) as exc:
+        raise _storage_error(lake, name, "reading", exc) from exc
+    if not kept:
+        return pa.table({c: pa.array([], dataset.schema.field(c).type) for c in columns})
+    return pa.concat_tables(kept, promote_options="permissive")
+
+
 def count(lake: Lake, name: str, dates: Iterable[str] | None = None) -> int:
     """Rows in the table (or in the ``dates`` partitions), from the log's file statistics when present."""
     table = open_table(lake, name)
@@ -186,29 +222,43 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 6)))
 
 
-def merge_new_rows(lake: Lake, name: str, data, keys: list[str], app_id: str | None = None,
-                   metadata: dict | None = None) -> dict:
-    """Insert the rows of ``data`` (a pyarrow Table) whose ``keys`` are not in the table yet.
+MERGE_MEMORY_BYTES = 256 << 20  # a MERGE spills to local disk beyond this, so a large delivery stays in memory
 
-    Rows already in the table win (never overwritten). With ``app_id``, a write already committed
-    under that id is skipped (a retried task is a no-op). Returns the merge metrics, plus
+
+def merge_new_rows(lake: Lake, name: str, data, keys: list[str], app_id: str | None = None,
+                   metadata: dict | None = None, partitions: Iterable[str] | None = None,
+                   evolve_schema: bool = False) -> dict:
+    """Insert the rows of ``data`` whose ``keys`` are not in the table yet.
+
+    ``data`` is a pyarrow Table, or a callable that opens a fresh ``RecordBatchReader`` (a source
+    streamed from a file, replayed when a commit race forces a retry; memory stays bounded).
+    ``partitions``: the partition values the rows fall in (read from a Table when not given), to
+    prune the target. Rows already in the table win (never overwritten). With ``app_id``, a write
+    already committed under that id is skipped (a retried task is a no-op). ``evolve_schema``
+    adds the source's new nullable columns to the table. Returns the merge metrics, plus
     ``skipped`` and the table ``version`` that holds the rows.
     """
     from deltalake.exceptions import CommitFailedError, DeltaError
 
     column = _partition_column(name)
+    opener = data if callable(data) else (lambda: data)
     for attempt in range(COMMIT_ATTEMPTS):
-        table = _ensure(lake, name, data.schema)
+        source = opener()
+        table = _ensure(lake, name, source.schema)
         if app_id and table.transaction_version(app_id) is not None:
             return {"skipped": True, "version": table.version(), "num_target_rows_inserted": 0}
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        if column and column in data.column_names and data.num_rows:
-            values = sorted(set(data.column(column).to_pylist()))  # prune the target to these partitions
+        values = partitions
+        if values is None and column and hasattr(source, "num_rows") and column in source.column_names \
+                and source.num_rows:
+            values = source.column(column).to_pylist()
+        if column and values:
+            values = sorted(set(values))  # prune the target to these partitions
             predicate += f" AND t.{column} IN ({', '.join(_sql_literal(v) for v in values)})"
         try:
             metrics = (
-                table.merge(data, predicate, source_alias="s", target_alias="t",
-                            commit_properties=_commit_properties(app_id, metadata))
+                table.merge(source, predicate, source_alias="s", target_alias="t", merge_schema=evolve_schema,
+                            max_spill_size=MERGE_MEMORY_BYTES, commit_properties=_commit_properties(app_id, metadata))
                 .when_not_matched_insert_all()
                 .execute()
             )

@@ -45,10 +45,11 @@ def to_typed(raw: pd.DataFrame, delivery_date: str | None = None) -> pd.DataFram
     contract bounds (late deliveries of a few days are normal, decades are not, the future is not).
     """
     typed = raw.copy()
-    typed["amount"] = pd.to_numeric(raw["amount"], errors="coerce")
+    typed["amount"] = pd.to_numeric(raw["amount"], errors="coerce").astype("float64")
     ts = pd.to_datetime(raw["timestamp"], utc=True, errors="coerce", format="ISO8601")
     typed["timestamp"] = ts.dt.tz_localize(None)
     typed["is_fraud"] = pd.to_numeric(raw["is_fraud"], errors="coerce").astype("float64")
+    typed["timestamp"] = typed["timestamp"].astype("datetime64[ns]")
     if delivery_date is not None:
         start = pd.Timestamp(delivery_date)
         typed[PARTITION_OFFSET] = (typed["timestamp"] - start) / pd.Timedelta(hours=1)
@@ -70,6 +71,8 @@ class Contract:
     def __init__(self, suite_json: dict, docs_dir: Path | None = None):
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
         import great_expectations as gx
+
+        self.suite_json = suite_json
         from great_expectations.checkpoint import UpdateDataDocsAction
 
         self.context = gx.get_context(mode="ephemeral")
@@ -97,6 +100,13 @@ class Contract:
             name=f"{suite_json['name']}_checkpoint", validation_definitions=[validation], actions=actions,
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
         ))
+
+    def rule_of(self, expectation: str, column: str) -> str | None:
+        """The reason text (``meta.rule``) of the suite's ``expectation`` on ``column``, if the suite has it."""
+        for e in self.suite_json["expectations"]:
+            if e["type"] == expectation and e["kwargs"].get("column") == column:
+                return (e.get("meta") or {}).get("rule") or expectation
+        return None
 
     def failures(self, frame: pd.DataFrame, run_name: str = "batch",
                  parameters: dict | None = None) -> tuple[dict[int, list[str]], list[dict]]:
@@ -161,20 +171,6 @@ class ObjectOutcome:
     tag: str | None = None
 
 
-def split_contract(typed: pd.DataFrame, reasons: dict[int, list[str]],
-                   max_bad_share: float) -> tuple[pd.Series, bool]:
-    """Each row's reason to be quarantined ("" for a good row), and whether the delivery is rejected whole.
-
-    When the share of contract-breaking rows exceeds ``max_bad_share`` every row is quarantined.
-    """
-    reason = pd.Series([" | ".join(reasons.get(i, [])) for i in range(len(typed))], index=typed.index)
-    bad = reason != ""
-    bad_share = float(bad.mean()) if len(typed) else 0.0
-    if bad_share > max_bad_share:
-        return reason.where(bad, f"delivery rejected: {bad_share:.1%} bad rows > {max_bad_share:.1%} allowed"), True
-    return reason, False
-
-
 SILVER_SCHEMA_FIELDS = [("transaction_id", "string"), ("card_id", "string"), ("customer_id", "string"),
                         ("merchant_id", "string"), ("merchant_category", "string"), ("amount", "float64"),
                         ("currency", "string"), ("timestamp", "timestamp_us"), ("channel", "string"),
@@ -190,33 +186,73 @@ def _arrow_schema(fields):
 
 
 def silver_rows(good: pd.DataFrame):
-    """Good rows as the silver table's Arrow rows (partition ``date`` from the timestamp)."""
+    """Good rows as the silver table's Arrow rows (partition ``date`` from the timestamp), by time then id."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     schema = _arrow_schema(SILVER_SCHEMA_FIELDS)
-    frame = good.assign(date=good["timestamp"].dt.strftime("%Y-%m-%d"), is_fraud=good["is_fraud"].astype("int64"),
-                        timestamp=good["timestamp"].astype("datetime64[us]"),  # Spark reads micros, not nanos
-                        _source_row=good["_source_row"].astype("int64"))
-    frame = frame.sort_values(["timestamp", "transaction_id"])
-    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    names = [n for n in schema.names if n != "date"]
+    table = pa.Table.from_pandas(good[names], preserve_index=False)
+    columns = []
+    for f in schema:
+        if f.name == "date":
+            continue
+        col = table.column(f.name)
+        if f.name == "is_fraud":
+            col = pc.cast(col, pa.int64())
+        col = col.cast(f.type, safe=False)  # nanoseconds to microseconds: Spark reads micros
+        columns.append(col)
+    table = pa.Table.from_arrays(columns, names=names)
+    table = table.append_column("date", pc.strftime(table.column("timestamp"), format="%Y-%m-%d"))
+    return table.cast(schema).sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
 
 
-def quarantine_rows(raw: pd.DataFrame, reasons: pd.Series, run_id: str, delivery_date: str):
-    """Rejected rows exactly as delivered (strings), with their reasons, as the quarantine table's rows."""
-    import pyarrow as pa
-
+def quarantine_schema():
     from jobs.generate import RAW_COLUMNS
+    from jobs.ingest import RAW_LINE
 
     fields = [(c, "string") for c in RAW_COLUMNS] + [("_reason", "string"), ("_source_key", "string"),
                                                       ("_source_sha256", "string"), ("_source_row", "int64"),
-                                                      ("run_id", "string"), ("delivery_date", "string")]
-    schema = _arrow_schema(fields)
-    frame = raw.loc[reasons.index, RAW_COLUMNS].astype(object).where(raw.loc[reasons.index, RAW_COLUMNS].notna(), None)
-    frame = frame.assign(_reason=reasons.to_numpy(), _source_key=raw.loc[reasons.index, "_source_key"],
-                         _source_sha256=raw.loc[reasons.index, "_source_sha256"],
-                         _source_row=raw.loc[reasons.index, "_source_row"].astype("int64"),
-                         run_id=run_id, delivery_date=delivery_date)
-    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+                                                      ("run_id", "string"), ("delivery_date", "string"),
+                                                      (RAW_LINE, "string")]
+    return _arrow_schema(fields)
+
+
+def quarantine_rows(raw: pd.DataFrame, reasons: pd.Series, run_id: str, delivery_date: str):
+    """Rejected rows exactly as delivered (strings, and the line's text when it was malformed), with reasons.
+
+    ``reasons`` is indexed like ``raw`` (its index says which rows); the quarantine table's rows.
+    """
+    import pyarrow as pa
+
+    from jobs.generate import RAW_COLUMNS
+    from jobs.ingest import RAW_LINE
+
+    schema = quarantine_schema()
+    rows = raw.loc[reasons.index]
+    n = len(rows)
+    arrays = [pa.array(rows[c].astype(object).where(rows[c].notna(), None).tolist(), pa.string())
+              for c in RAW_COLUMNS]
+    arrays += [pa.array(reasons.tolist(), pa.string()), pa.array(rows["_source_key"].tolist(), pa.string()),
+               pa.array(rows["_source_sha256"].tolist(), pa.string()),
+               pa.array(rows["_source_row"].astype("int64").to_numpy(), pa.int64()),
+               pa.array([run_id] * n, pa.string()), pa.array([delivery_date] * n, pa.string()),
+               pa.array(rows[RAW_LINE].astype(object).where(rows[RAW_LINE].notna(), None).tolist()
+                        if RAW_LINE in rows.columns else [None] * n, pa.string())]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def landed_rows(lake: lk.Lake, key: str, digest: str, dates: set[str]):
+    """``_source_row`` of every row of silver that this object (key + content) put there, in any run."""
+    import numpy as np
+
+    from jobs import tables
+
+    if not dates:
+        return np.zeros(0, dtype="int64")
+    found = tables.select(lake, layout.SILVER_TRANSACTIONS, ["_source_row"], dates=dates,
+                          equals={"_source_sha256": digest, "_source_key": key})
+    return np.sort(found.column("_source_row").to_numpy().astype("int64"))
 
 
 def landed_by(lake: lk.Lake, key: str, digest: str, dates: set[str]) -> set[str]:
@@ -230,63 +266,233 @@ def landed_by(lake: lk.Lake, key: str, digest: str, dates: set[str]) -> set[str]
     return set(found["transaction_id"])
 
 
-def validate_object(lake: lk.Lake, obj: dict, raw: pd.DataFrame, contract: Contract, parameters: dict,
-                    max_bad_share: float, run_id: str) -> tuple[ObjectOutcome, set[str]]:
-    """Validate one staged object and commit its rows: silver (MERGE), then quarantine, then its ledger entry.
+def later_copies(bronze: Path, workdir: Path):
+    """``_source_row`` of every row whose transaction id an earlier row of the same file already has.
 
-    Crash-safe at every write: the silver MERGE carries the object's application transaction id
-    (a retry skips it), and which rows count as silver is read back from silver (rows this object
-    put there), so a retry after any crash reaches exactly the state of a clean run. Rows whose id
-    another object put in silver are quarantined as repeated deliveries: a row is in silver or in
-    quarantine, never both, never neither.
+    The first copy is kept (as the suite's uniqueness rule does within one batch); found across
+    the whole file with DuckDB (spilling to ``workdir``), so duplicates in different batches are
+    caught too. Null ids are not duplicates (the not-null rule reports them).
+    """
+    import duckdb
+    import numpy as np
+
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET threads = 2; SET memory_limit = '512MB'; SET temp_directory = '{workdir}'; "
+                    "SET preserve_insertion_order = false")
+        found = con.execute(
+            "SELECT _source_row FROM read_parquet(?) WHERE transaction_id IS NOT NULL "
+            "QUALIFY row_number() OVER (PARTITION BY transaction_id ORDER BY _source_row) > 1",
+            [str(bronze)]).fetchnumpy()["_source_row"]
+    finally:
+        con.close()
+    return np.sort(np.asarray(found, dtype="int64"))
+
+
+def _strings(raw: pd.DataFrame) -> pd.DataFrame:
+    from jobs.ingest import BRONZE_EXTRA
+
+    for c in BRONZE_EXTRA:  # bronze staged before these columns existed
+        if c not in raw.columns:
+            raw[c] = pd.Series([None] * len(raw), dtype="string[pyarrow]")
+    return raw
+
+
+class _Staged:
+    """A local Parquet file written batch by batch, read back as a stream (a merge source)."""
+
+    def __init__(self, path: Path, schema):
+        self.path, self.schema, self.rows, self._writer = path, schema, 0, None
+
+    def write(self, table) -> None:
+        import pyarrow.parquet as pq
+
+        if not table.num_rows:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, self.schema)
+        self._writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def reader(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(self.path)
+        return pa.RecordBatchReader.from_batches(self.schema, pf.iter_batches(batch_size=100_000))
+
+
+def validate_object(lake: lk.Lake, obj: dict, bronze: Path, contract: Contract, parameters: dict,
+                    max_bad_share: float, run_id: str, workdir: Path,
+                    batch_rows: int = 500_000) -> tuple[ObjectOutcome, set[str]]:
+    """Validate one staged object batch by batch and commit its rows: silver, then quarantine, then the ledger.
+
+    The bronze file is read in batches of ``batch_rows``; each batch runs the contract, and its
+    good rows and quarantined rows are appended to local staging files, so memory stays bounded
+    by the batch whatever the object's size. Repeated ids across batches are found over the
+    whole file (:func:`later_copies`). Then three commits, each idempotent:
+
+    1. silver: one MERGE streamed from the staging file, with the object's application
+       transaction id (a retry skips it);
+    2. quarantine: every row of the object that silver does not hold from this object, read back
+       from silver (so a retry after any crash reaches exactly the state of a clean run); rows
+       whose id another object put in silver are quarantined as repeated deliveries;
+    3. the object's ledger entry.
+
+    A row is in silver or in quarantine, never both, never neither.
     """
     import time
 
+    import numpy as np
+    import pyarrow.parquet as pq
+
     from jobs import tables
-    from jobs.ingest import record_in_ledger
+    from jobs.ingest import MALFORMED, record_in_ledger
 
     started = time.perf_counter()
     key, digest = obj["key"], obj["sha256"]
     ident = layout.object_id(key, digest)
-    out = ObjectOutcome(key, digest, len(raw), size=obj.get("size"), tag=obj.get("tag"))
-    typed = to_typed(raw, obj.get("delivery_date"))
-    reasons, _ = contract.failures(typed, run_name=key.rsplit("/", 1)[-1], parameters=parameters)
-    reason, rejected = split_contract(typed, reasons, max_bad_share)
-    good = typed[reason == ""]
+    delivery_date = obj.get("delivery_date") or ""
+    pf = pq.ParquetFile(bronze)
+    total = pf.metadata.num_rows
+    out = ObjectOutcome(key, digest, total, size=obj.get("size"), tag=obj.get("tag"))
+    unique_rule = contract.rule_of("expect_column_values_to_be_unique", "transaction_id")
+    order = {(e.get("meta") or {}).get("rule") or e["type"]: i
+             for i, e in enumerate(contract.suite_json["expectations"])}
+    repeated_in_file = later_copies(bronze, workdir) if unique_rule else np.zeros(0, dtype="int64")
+    bad = np.zeros(total, dtype=bool)
+    staged_silver = _Staged(workdir / "silver.parquet", _arrow_schema(SILVER_SCHEMA_FIELDS))
+    staged_quarantine = _Staged(workdir / "quarantine.parquet", quarantine_schema())
+    rules: dict[str, int] = {}
     dates: set[str] = set()
-    if not rejected and not good.empty:
-        rows = silver_rows(good)
-        dates = set(rows.column("date").to_pylist())
-        merged = tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, rows, keys=["transaction_id", "date"],
-                                       app_id=f"silver-{ident}", metadata={"run_id": run_id, "object": key,
-                                                                           "sha256": digest})
+    done = 0
+    name = key.rsplit("/", 1)[-1]
+    for n, batch in enumerate(pf.iter_batches(batch_size=batch_rows), start=1):
+        raw = _strings(batch.to_pandas(types_mapper=_string_types))
+        typed = to_typed(raw, obj.get("delivery_date"))
+        reasons, _ = contract.failures(typed, run_name=name if n == 1 else f"{name} batch {n}",
+                                      parameters=parameters)
+        source_rows = raw["_source_row"].to_numpy(dtype="int64")
+        for i in np.flatnonzero(np.isin(source_rows, repeated_in_file)):
+            if unique_rule not in reasons.get(int(i), []):
+                reasons.setdefault(int(i), []).append(unique_rule)
+        for i in np.flatnonzero(raw[MALFORMED].notna().to_numpy()):
+            reasons[int(i)] = [str(raw[MALFORMED].iloc[i])]  # its values are guesses: this is the reason
+        text = np.full(len(raw), "", dtype=object)
+        for i, broken in reasons.items():  # in the suite's order, however a rule was found
+            text[i] = " | ".join(sorted(broken, key=lambda r: order.get(r, len(order))))
+        reason = pd.Series(text, index=raw.index)
+        is_bad = text != ""
+        bad[source_rows[is_bad]] = True
+        good = typed[~is_bad]
+        if not good.empty:
+            rows = silver_rows(good)
+            dates.update(rows.column("date").unique().to_pylist())
+            staged_silver.write(rows)
+        if is_bad.any():
+            staged_quarantine.write(quarantine_rows(raw, reason[is_bad], run_id, delivery_date))
+            _add_rules(rules, reason[is_bad])
+        done += len(raw)
+        del raw, typed, good, reason, text
+        _release_memory()
+        if total > batch_rows:
+            seconds = time.perf_counter() - started
+            log.info("%s: %d of %d rows checked (%.0f rows/s, peak memory %.2f GiB)", lake.uri_of(key), done, total,
+                     done / seconds, _peak_gib())
+    staged_silver.close()
+    _release_memory()
+    bad_share = float(bad.mean()) if total else 0.0
+    rejected = bad_share > max_bad_share
+    if rejected:  # every row to quarantine: the good ones with the delivery's reason
+        why = f"delivery rejected: {bad_share:.1%} bad rows > {max_bad_share:.1%} allowed"
+        _quarantine_rows_of(pf, ~bad, why, staged_quarantine, rules, run_id, delivery_date, batch_rows)
+        dates = set()
+    elif staged_silver.rows:
+        merged = tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, staged_silver.reader,
+                                       keys=["transaction_id", "date"], app_id=f"silver-{ident}",
+                                       partitions=dates, metadata={"run_id": run_id, "object": key,
+                                                                   "sha256": digest})
         out.silver_version = merged["version"]
         if merged["skipped"]:
             log.info("%s: its rows were already merged into silver (a retry): not merged again", lake.uri_of(key))
-    landed = landed_by(lake, key, digest, dates)
-    repeated = (reason == "") & ~typed["transaction_id"].isin(landed)
-    if not rejected:
-        reason = reason.where(~repeated, DUPLICATE_IN_SILVER)
-    quarantined = reason[reason != ""]
-    if not quarantined.empty:
-        tables.merge_new_rows(lake, layout.QUARANTINE_ROWS,
-                              quarantine_rows(raw, quarantined, run_id, obj.get("delivery_date") or ""),
+    landed = landed_rows(lake, key, digest, dates)
+    if not rejected and len(landed) < staged_silver.rows:  # good rows whose id another object put in silver
+        repeated = ~bad
+        repeated[landed] = False
+        _quarantine_rows_of(pf, repeated, DUPLICATE_IN_SILVER, staged_quarantine, rules, run_id, delivery_date,
+                            batch_rows)
+    staged_quarantine.close()
+    if staged_quarantine.rows:
+        tables.merge_new_rows(lake, layout.QUARANTINE_ROWS, staged_quarantine.reader,
                               keys=["_source_sha256", "_source_key", "_source_row"], app_id=f"quarantine-{ident}",
+                              partitions=[delivery_date], evolve_schema=True,
                               metadata={"run_id": run_id, "object": key, "sha256": digest})
-    out.rows_silver, out.rows_quarantined = len(landed), len(quarantined)
-    out.broken_rules = _count_rules(quarantined) if not quarantined.empty else {}
+    out.rows_silver, out.rows_quarantined = len(landed), staged_quarantine.rows
+    out.broken_rules = rules
     extra = obj.get("extra_columns") or []
     if rejected:
         out.status = "rejected_rows"
-        out.detail = f"{len(reasons)} of {len(typed)} rows break the contract"
+        out.detail = f"{int(bad.sum())} of {total} rows break the contract"
     if extra:
         out.detail = "; ".join(filter(None, [out.detail, f"extra columns ignored: {', '.join(extra)}"]))
     record_in_ledger(lake, [_ledger_entry(out, run_id)])
     seconds = time.perf_counter() - started
-    log.info("%s: %d rows -> %d silver, %d quarantined%s (%.1f s, %.0f rows/s)", lake.uri_of(key), out.rows_delivered,
-             out.rows_silver, out.rows_quarantined, " (delivery rejected)" if rejected else "", seconds,
-             out.rows_delivered / max(seconds, 1e-9))
-    return out, dates if landed else set()  # the dates that received rows
+    log.info("%s: %d rows -> %d silver, %d quarantined%s (%.1f s, %.0f rows/s, peak memory %.2f GiB)",
+             lake.uri_of(key), out.rows_delivered, out.rows_silver, out.rows_quarantined,
+             " (delivery rejected)" if rejected else "", seconds, out.rows_delivered / max(seconds, 1e-9), _peak_gib())
+    return out, dates if len(landed) else set()  # the dates that received rows
+
+
+def _release_memory() -> None:
+    """Hand freed heap pages back to the OS between batches (glibc keeps them otherwise, so RSS creeps up)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
+def _peak_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _string_types(arrow_type):
+    import pyarrow as pa
+
+    return pd.StringDtype("pyarrow") if arrow_type in (pa.string(), pa.large_string()) else None
+
+
+def _quarantine_rows_of(pf, wanted, reason: str, staged: _Staged, rules: dict[str, int], run_id: str,
+                        delivery_date: str, batch_rows: int) -> None:
+    """Stream the bronze rows whose ``_source_row`` is set in the mask ``wanted`` into quarantine, with ``reason``."""
+    import numpy as np
+
+    if not wanted.any():
+        return
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        raw = _strings(batch.to_pandas(types_mapper=_string_types))
+        pick = wanted[raw["_source_row"].to_numpy(dtype="int64")]
+        if np.any(pick):
+            reasons = pd.Series(reason, index=raw.index[pick])
+            staged.write(quarantine_rows(raw, reasons, run_id, delivery_date))
+            _add_rules(rules, reasons)
+
+
+def _add_rules(counts: dict[str, int], reasons: pd.Series) -> None:
+    for r, n in reasons.value_counts().items():
+        for rule in str(r).split(" | "):
+            counts[rule] = counts.get(rule, 0) + int(n)
 
 
 def _ledger_entry(out: ObjectOutcome, run_id: str) -> dict:
@@ -294,7 +500,8 @@ def _ledger_entry(out: ObjectOutcome, run_id: str) -> dict:
 
 
 def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_share: float,
-                   parameters: dict | None = None, fail_on_rejection: bool = True) -> dict:
+                   parameters: dict | None = None, fail_on_rejection: bool = True,
+                   batch_rows: int = 500_000) -> dict:
     """Validate the bronze batch of ``run_id``: silver, quarantine, ledger, report, Data Docs.
 
     With ``fail_on_rejection`` a rejected object raises :class:`DataRejected` (exit code 3) after
@@ -325,8 +532,11 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
             record_in_ledger(lake, [_ledger_entry(out, run_id)])
             outcomes.append(out)
             continue
-        raw = lake.read_parquet(lake.partition_file(batch_key, obj["bronze_part"]))
-        out, dates = validate_object(lake, obj, raw, contract, parameters, max_bad_share, run_id)
+        part = lake.partition_file(batch_key, obj["bronze_part"])
+        with lake.local_files([lake.uri_of(part)]) as (path,), \
+                tempfile.TemporaryDirectory(prefix="validate-") as workdir:
+            out, dates = validate_object(lake, obj, Path(path), contract, parameters, max_bad_share, run_id,
+                                         Path(workdir), batch_rows)
         outcomes.append(out)
         touched.update(dates)
 
@@ -367,11 +577,3 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
             "rejection_message": message,
             "report": lake.uri_of(layout.validation_report(run_id)),
             "silver": lake.uri_of(layout.SILVER_TRANSACTIONS)}
-
-
-def _count_rules(reasons: pd.Series) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in reasons:
-        for rule in r.split(" | "):
-            counts[rule] = counts.get(rule, 0) + 1
-    return counts

@@ -97,7 +97,8 @@ def lakes(request, state_dir, tmp_path, monkeypatch):
 
 
 def crash_after(lake, n: int, *args: str) -> int:
-    env = {**os.environ, "PIPELINE_LAKE_URI": lake.uri, CRASH_ENV: str(n)}
+    # Small batches: a crash can fall between the batches of one object (the retry uses the default size).
+    env = {**os.environ, "PIPELINE_LAKE_URI": lake.uri, CRASH_ENV: str(n), "PIPELINE_BATCH_ROWS": "16"}
     out = subprocess.run([sys.executable, "-m", "jobs", *args], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode in (0, CRASH_EXIT_CODE), out.stderr[-3000:]
     if out.returncode == CRASH_EXIT_CODE:

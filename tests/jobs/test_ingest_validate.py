@@ -314,13 +314,18 @@ def test_an_ingested_object_is_never_downloaded_again(lake, monkeypatch):
         deliver(lake, generate_day(d, 30), f"{d}.csv", date=d)
     run(lake, "run1")
     reads = []
-    real = lake.read_bytes
+    real, real_stream = lake.read_bytes, lake._reading
 
     def counting(key):
         reads.append(key)
         return real(key)
 
+    def counting_stream(key):  # downloads and streamed hashes
+        reads.append(key)
+        return real_stream(key)
+
     monkeypatch.setattr(lake, "read_bytes", counting)
+    monkeypatch.setattr(lake, "_reading", counting_stream)
     staged, _ = run(lake, "run2")
     assert staged["objects"] == 0
     assert not [k for k in reads if k.startswith(layout.RAW_TRANSACTIONS)], reads
@@ -351,3 +356,69 @@ def test_oversized_objects_and_gzip_bombs_are_rejected_whole_without_exhausting_
     assert by_key["big.csv"]["sha256"] == __import__("hashlib").sha256(big).hexdigest()  # hashed as a stream
     assert by_key["small.csv.gz"]["rows_silver"] == 10
     assert ingest(lake, DATE, "run2")["objects"] == 0  # rejected objects are not looked at again
+
+
+def _messy_delivery() -> tuple[bytes, str]:
+    """300 rows with bad values, ids repeated far apart (other batches), a long and a short line."""
+    day = inject_bad_rows(generate_day(DATE, 300, delivery="messy"), 6).astype(object)
+    day.loc[250, "transaction_id"] = day.loc[5, "transaction_id"]  # a copy 245 rows later
+    day.loc[290, "transaction_id"] = day.loc[5, "transaction_id"]
+    day.loc[120, "transaction_id"] = day.loc[119, "transaction_id"]  # a copy in the next row
+    lines = day.to_csv(index=False).splitlines()
+    lines.insert(40, lines[40] + ",an,extra,field")  # 14 fields: malformed
+    lines.insert(80, ",".join(lines[80].split(",")[:5]))  # 5 fields: read as a row with nulls
+    return ("\n".join(lines) + "\n").encode(), day.loc[5, "transaction_id"]
+
+
+def _outcome(lake):
+    s, q = silver(lake), quarantined(lake)
+    return (sorted(zip(s["transaction_id"], s["_source_row"], strict=True)),
+            sorted(zip(q["_source_row"], q["transaction_id"].fillna(""), q["_reason"], strict=True)))
+
+
+@pytest.mark.parametrize("lake", ["file"], indirect=True)
+def test_the_batch_size_never_changes_the_outcome_and_repeats_are_found_across_batches(lake, tmp_path):
+    """Parsing and validation stream in batches; the result is the same for any batch size."""
+    from jobs.lake import open_lake
+
+    data, repeated = _messy_delivery()
+    outcomes = []
+    for batch_rows in (1_000_000, 64, 7):
+        lk = open_lake((tmp_path / f"lake-{batch_rows}").as_uri())
+        deliver(lk, data, "messy.csv")
+        ingest(lk, DATE, "run1", batch_rows=batch_rows)
+        result = validate_batch(lk, "run1", get_settings().expectations_dir, 0.5, batch_rows=batch_rows)
+        outcomes.append(_outcome(lk))
+        assert result["rows_delivered"] == 302 == result["rows_silver"] + result["rows_quarantined"]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    landed, quarantine = outcomes[0]
+    reasons = {row: reason for row, _, reason in quarantine}
+    unique_rule = "a transaction id appears once"
+    copies = sorted(row for row, tid, reason in quarantine if tid == repeated)
+    assert len(copies) == 2 and all(unique_rule in reasons[r] for r in copies)
+    assert [tid for tid, _ in landed].count(repeated) == 1  # the first copy landed
+    malformed = quarantined(lk)
+    long_line = malformed[malformed["_reason"].str.startswith("malformed_row")]
+    assert len(long_line) == 1 and long_line["_raw_line"].iloc[0].endswith(",an,extra,field")
+    assert "the line has 14 fields, the header 11" in long_line["_reason"].iloc[0]
+    short = malformed[malformed["_raw_line"].notna() & ~malformed["_reason"].str.startswith("malformed_row")]
+    assert len(short) == 1 and "must be present" in short["_reason"].iloc[0]
+
+
+@pytest.mark.parametrize("lake", ["file"], indirect=True)
+def test_each_format_streams_in_batches_with_the_same_rows(lake, tmp_path):
+    """CSV, JSON lines, Parquet and gzip are parsed batch by batch; rows and numbering match the whole read."""
+    from jobs.ingest import RawFile
+
+    day = generate_day(DATE, 20_000)  # 2.6 MB of CSV: Arrow parses CSV in blocks of at least 1 MB
+    csv = day.to_csv(index=False).encode()
+    jsonl = day.to_json(orient="records", lines=True).encode()
+    for name, data in [("a.csv", csv), ("a.jsonl", jsonl), ("a.parquet", day.to_parquet(index=False)),
+                       ("a.csv.gz", gzip.compress(csv[:50_000]) + gzip.compress(csv[50_000:]))]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        with RawFile(name, path, batch_rows=3000) as raw:
+            batches = list(raw.batches())
+        assert len(batches) > 1, name
+        ids = [t for b in batches for t in b.column("transaction_id").to_pylist()]
+        assert ids == day["transaction_id"].tolist(), name
