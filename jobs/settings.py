@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     early_stopping_patience: int = 4
     batch_size: int = 512
     learning_rate: float = 2e-3
+    # Negative downsampling: keep every fraud and this share of the other fitting rows (1.0 = all).
+    # Validation and holdout rows are never sampled; bench/training.py measures the PR-AUC cost.
+    negative_sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
 
     # --- gate ---------------------------------------------------------------------------
     # Floors a first model must clear: below these a fraud model is worse than useless noise.

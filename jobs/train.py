@@ -43,6 +43,21 @@ def time_split(frame: pd.DataFrame, holdout_days: int) -> tuple[pd.DataFrame, pd
     return rest.iloc[:cut], rest.iloc[cut:], holdout
 
 
+def downsample_negatives(fit_rows: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
+    """Every fraud row and a random ``rate`` share of the others, in the original (time) order.
+
+    The loss weights positives by the negative/positive ratio of the rows it is given (see
+    :func:`fit`), so after sampling the two classes still carry equal total weight: each kept
+    negative stands for ``1 / rate`` of them, which is the reweighting that keeps the objective
+    unbiased. Only fitting rows are sampled; validation and the holdout stay whole.
+    """
+    if rate >= 1.0:
+        return fit_rows
+    rng = np.random.default_rng(seed)
+    keep = (fit_rows[LABEL].to_numpy() == 1) | (rng.random(len(fit_rows)) < rate)
+    return fit_rows[keep]
+
+
 def drift_reference(fit_rows: pd.DataFrame, min_rows: int = 500) -> pd.DataFrame:
     """Fitting rows whose card history was fully observable (after the first LOOKBACK_DAYS).
 
@@ -225,6 +240,12 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
         rng = np.random.default_rng(settings.seed)
         fit_rows = fit_rows.assign(**{LABEL: rng.permutation(fit_rows[LABEL].to_numpy())})
         val_rows = val_rows.assign(**{LABEL: rng.permutation(val_rows[LABEL].to_numpy())})
+    unsampled = fit_rows  # the drift reference describes the data as it arrives, not the sample
+    if settings.negative_sample_rate < 1.0:
+        before = len(fit_rows)
+        fit_rows = downsample_negatives(fit_rows, settings.negative_sample_rate, settings.seed)
+        log.info("negative downsampling at %.3f: %d of %d fitting rows kept (every fraud row)",
+                 settings.negative_sample_rate, len(fit_rows), before)
     device = pick_device(settings.device)
     rank, world, local_rank = distributed()
     if device == "cuda" and world > 1:
@@ -246,7 +267,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
             "fit_rows": len(fit_rows), "val_rows": len(val_rows), "seed": settings.seed,
             "max_epochs": settings.max_epochs, "batch_size": settings.batch_size, "lr": settings.learning_rate,
             "features": ",".join(FEATURE_COLUMNS), "device": device, "torch": torch.__version__,
-            "world_size": world,
+            "world_size": world, "negative_sample_rate": settings.negative_sample_rate,
         })
         net, pre, history = fit(
             fit_rows, val_rows, settings, device,
@@ -263,7 +284,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
             log.info("ONNX parity on %d holdout rows: max |onnx - torch| = %.2e", len(holdout), parity)
             (tmp / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=2))
             torch.save(net.state_dict(), tmp / "model_state.pt")
-            reference = drift_reference(fit_rows)
+            reference = drift_reference(unsampled)
             sample = reference.sample(min(REFERENCE_ROWS, len(reference)), random_state=settings.seed)
             mlflow.log_param("reference_window", f"{reference['date'].min()}..{reference['date'].max()}")
             sample.to_parquet(tmp / "reference.parquet", index=False)
