@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     max_decompressed_mb: int = 1024
     # Rows parsed and validated at a time: memory is bounded by this, whatever an object's size.
     # Larger batches cost fewer Great Expectations runs (each has a fixed cost of about 0.3 s).
-    batch_rows: int = Field(default=500_000, ge=10)
+    batch_rows: int = Field(default=250_000, ge=10)
 
     # --- storage ----------------------------------------------------------------------
     # Retries of one S3 request inside delta-rs (object_store) before the job fails (and Airflow retries).

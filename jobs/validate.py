@@ -329,7 +329,7 @@ class _Staged:
 
 def validate_object(lake: lk.Lake, obj: dict, bronze: Path, contract: Contract, parameters: dict,
                     max_bad_share: float, run_id: str, workdir: Path,
-                    batch_rows: int = 500_000) -> tuple[ObjectOutcome, set[str]]:
+                    batch_rows: int = 250_000) -> tuple[ObjectOutcome, set[str]]:
     """Validate one staged object batch by batch and commit its rows: silver, then quarantine, then the ledger.
 
     The bronze file is read in batches of ``batch_rows``; each batch runs the contract, and its
@@ -501,7 +501,7 @@ def _ledger_entry(out: ObjectOutcome, run_id: str) -> dict:
 
 def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_share: float,
                    parameters: dict | None = None, fail_on_rejection: bool = True,
-                   batch_rows: int = 500_000) -> dict:
+                   batch_rows: int = 250_000) -> dict:
     """Validate the bronze batch of ``run_id``: silver, quarantine, ledger, report, Data Docs.
 
     With ``fail_on_rejection`` a rejected object raises :class:`DataRejected` (exit code 3) after
