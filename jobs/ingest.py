@@ -170,15 +170,6 @@ def gunzip_file(source: Path, dest: Path, limit: int, chunk: int = 1 << 20) -> N
         raise FileRejected("corrupt_gzip", str(exc)) from exc
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
-    """In-memory :func:`gunzip_file` (small objects, tests)."""
-    with tempfile.TemporaryDirectory(prefix="gunzip-") as tmp:
-        src, dest = Path(tmp) / "in.gz", Path(tmp) / "out"
-        src.write_bytes(data)
-        gunzip_file(src, dest, limit)
-        return dest.read_bytes()
-
-
 DEFAULT_MAX_DECOMPRESSED = 1024 << 20
 
 

@@ -255,17 +255,6 @@ def landed_rows(lake: lk.Lake, key: str, digest: str, dates: set[str]):
     return np.sort(found.column("_source_row").to_numpy().astype("int64"))
 
 
-def landed_by(lake: lk.Lake, key: str, digest: str, dates: set[str]) -> set[str]:
-    """Transaction ids in silver that this object (key + content) put there, in any run."""
-    from jobs import tables
-
-    if not dates:
-        return set()
-    found = tables.read(lake, layout.SILVER_TRANSACTIONS, dates=dates, columns=["transaction_id"],
-                        filters=[("_source_sha256", "=", digest), ("_source_key", "=", key)])
-    return set(found["transaction_id"])
-
-
 def later_copies(bronze: Path, workdir: Path):
     """``_source_row`` of every row whose transaction id an earlier row of the same file already has.
 
