@@ -31,7 +31,7 @@ with DAG(
     tags=[*TAGS, "operations", "lake"],
     params={
         "retention_hours": Param(None, type=["null", "integer"], minimum=0, title="Retention (hours)",
-                                 description="Keep files table versions of the last N hours read. Empty: "
+                                 description="Keep the files that table versions of the last N hours read. Empty: "
                                              "PIPELINE_VACUUM_RETENTION_HOURS."),
         "dry_run": Param(False, type="boolean", title="Dry run", description="Only list what would be deleted."),
     },

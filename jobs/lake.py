@@ -152,13 +152,7 @@ class Lake:
 
     def stream_sha256(self, key: str, chunk: int = 8 << 20) -> str:
         """SHA-256 of an object, streamed in chunks (memory stays flat for any size)."""
-        import hashlib
-
-        h = hashlib.sha256()
-        with self._reading(key) as stream:
-            for block in iter(lambda: stream.read(chunk), b""):
-                h.update(block)
-        return h.hexdigest()
+        return self._hash_stream(key, None, chunk)
 
     def download(self, key: str, dest: Path, chunk: int = 8 << 20) -> str:
         """Copy an object to a local file as a stream (memory stays flat); returns its SHA-256.
@@ -166,13 +160,18 @@ class Lake:
         What is hashed is exactly what was written to ``dest``: parse that file, not the object
         again (it could have been replaced in between).
         """
+        with open(dest, "wb") as out:
+            return self._hash_stream(key, out, chunk)
+
+    def _hash_stream(self, key: str, out, chunk: int) -> str:
         import hashlib
 
         h = hashlib.sha256()
-        with self._reading(key) as stream, open(dest, "wb") as out:
+        with self._reading(key) as stream:
             for block in iter(lambda: stream.read(chunk), b""):
                 h.update(block)
-                out.write(block)
+                if out is not None:
+                    out.write(block)
         return h.hexdigest()
 
     @contextmanager
@@ -303,19 +302,17 @@ class LocalLake(Lake):
             raise ObjectMissing(f"{self.uri_of(key)} does not exist") from exc
 
     def write_bytes(self, key: str, data: bytes) -> str:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-        faults.wrote(f"put {key}")
-        return self.uri_of(key)
+        return self._replace(key, lambda tmp: tmp.write_bytes(data))
 
     def upload_file(self, key: str, path: Path) -> str:
+        return self._replace(key, lambda tmp: shutil.copyfile(path, tmp))
+
+    def _replace(self, key: str, fill) -> str:
+        """Fill a temporary file beside the target, then rename it over the target (atomic)."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        shutil.copyfile(path, tmp)
+        fill(tmp)
         os.replace(tmp, target)
         faults.wrote(f"put {key}")
         return self.uri_of(key)

@@ -47,9 +47,8 @@ def to_typed(raw: pd.DataFrame, delivery_date: str | None = None) -> pd.DataFram
     typed = raw.copy()
     typed["amount"] = pd.to_numeric(raw["amount"], errors="coerce").astype("float64")
     ts = pd.to_datetime(raw["timestamp"], utc=True, errors="coerce", format="ISO8601")
-    typed["timestamp"] = ts.dt.tz_localize(None)
+    typed["timestamp"] = ts.dt.tz_localize(None).astype("datetime64[ns]")
     typed["is_fraud"] = pd.to_numeric(raw["is_fraud"], errors="coerce").astype("float64")
-    typed["timestamp"] = typed["timestamp"].astype("datetime64[ns]")
     if delivery_date is not None:
         start = pd.Timestamp(delivery_date)
         typed[PARTITION_OFFSET] = (typed["timestamp"] - start) / pd.Timedelta(hours=1)
@@ -71,9 +70,12 @@ class Contract:
     def __init__(self, suite_json: dict, docs_dir: Path | None = None):
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
         import great_expectations as gx
+        from great_expectations.checkpoint import UpdateDataDocsAction
 
         self.suite_json = suite_json
-        from great_expectations.checkpoint import UpdateDataDocsAction
+        # Each expectation's reason text (meta.rule), in the suite's order: how reasons are listed.
+        self.rule_order = {(e.get("meta") or {}).get("rule") or e["type"]: i
+                           for i, e in enumerate(suite_json["expectations"])}
 
         self.context = gx.get_context(mode="ephemeral")
         source = self.context.data_sources.add_pandas("lake")
@@ -190,21 +192,11 @@ def silver_rows(good: pd.DataFrame):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    schema = _arrow_schema(SILVER_SCHEMA_FIELDS)
-    names = [n for n in schema.names if n != "date"]
-    table = pa.Table.from_pandas(good[names], preserve_index=False)
-    columns = []
-    for f in schema:
-        if f.name == "date":
-            continue
-        col = table.column(f.name)
-        if f.name == "is_fraud":
-            col = pc.cast(col, pa.int64())
-        col = col.cast(f.type, safe=False)  # nanoseconds to microseconds: Spark reads micros
-        columns.append(col)
-    table = pa.Table.from_arrays(columns, names=names)
+    schema = _arrow_schema(SILVER_SCHEMA_FIELDS)  # its last column is the partition, date
+    table = pa.Table.from_pandas(good[schema.names[:-1]], preserve_index=False)
     table = table.append_column("date", pc.strftime(table.column("timestamp"), format="%Y-%m-%d"))
-    return table.cast(schema).sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
+    # Unsafe cast: labels 0.0/1.0 to integers, nanoseconds to microseconds (Spark reads micros).
+    return table.cast(schema, safe=False).sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
 
 
 def quarantine_schema():
@@ -228,18 +220,13 @@ def quarantine_rows(raw: pd.DataFrame, reasons: pd.Series, run_id: str, delivery
     from jobs.generate import RAW_COLUMNS
     from jobs.ingest import RAW_LINE
 
-    schema = quarantine_schema()
     rows = raw.loc[reasons.index]
     n = len(rows)
-    arrays = [pa.array(rows[c].astype(object).where(rows[c].notna(), None).tolist(), pa.string())
-              for c in RAW_COLUMNS]
-    arrays += [pa.array(reasons.tolist(), pa.string()), pa.array(rows["_source_key"].tolist(), pa.string()),
-               pa.array(rows["_source_sha256"].tolist(), pa.string()),
-               pa.array(rows["_source_row"].astype("int64").to_numpy(), pa.int64()),
-               pa.array([run_id] * n, pa.string()), pa.array([delivery_date] * n, pa.string()),
-               pa.array(rows[RAW_LINE].astype(object).where(rows[RAW_LINE].notna(), None).tolist()
-                        if RAW_LINE in rows.columns else [None] * n, pa.string())]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    columns = {c: rows[c] for c in [*RAW_COLUMNS, "_source_key", "_source_sha256", "_source_row"]}
+    columns.update(_reason=reasons, run_id=[run_id] * n, delivery_date=[delivery_date] * n,
+                   **{RAW_LINE: rows[RAW_LINE] if RAW_LINE in rows.columns else [None] * n})
+    schema = quarantine_schema()
+    return pa.Table.from_arrays([pa.array(columns[f.name], f.type, from_pandas=True) for f in schema], schema=schema)
 
 
 def landed_rows(lake: lk.Lake, key: str, digest: str, dates: set[str]):
@@ -278,13 +265,16 @@ def later_copies(bronze: Path, workdir: Path):
     return np.sort(np.asarray(found, dtype="int64"))
 
 
-def _strings(raw: pd.DataFrame) -> pd.DataFrame:
+def _bronze_frames(pf, batch_rows: int):
+    """A staged (bronze) object's rows, ``batch_rows`` at a time, as pandas frames of Arrow-backed strings."""
     from jobs.ingest import BRONZE_EXTRA
 
-    for c in BRONZE_EXTRA:  # bronze staged before these columns existed
-        if c not in raw.columns:
-            raw[c] = pd.Series([None] * len(raw), dtype="string[pyarrow]")
-    return raw
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        raw = batch.to_pandas(types_mapper=_string_types)
+        for c in BRONZE_EXTRA:  # bronze staged before these columns existed
+            if c not in raw.columns:
+                raw[c] = pd.Series([None] * len(raw), dtype="string[pyarrow]")
+        yield raw
 
 
 class _Staged:
@@ -351,8 +341,7 @@ def validate_object(lake: lk.Lake, obj: dict, bronze: Path, contract: Contract, 
     total = pf.metadata.num_rows
     out = ObjectOutcome(key, digest, total, size=obj.get("size"), tag=obj.get("tag"))
     unique_rule = contract.rule_of("expect_column_values_to_be_unique", "transaction_id")
-    order = {(e.get("meta") or {}).get("rule") or e["type"]: i
-             for i, e in enumerate(contract.suite_json["expectations"])}
+    order = contract.rule_order
     repeated_in_file = later_copies(bronze, workdir) if unique_rule else np.zeros(0, dtype="int64")
     bad = np.zeros(total, dtype=bool)
     staged_silver = _Staged(workdir / "silver.parquet", _arrow_schema(SILVER_SCHEMA_FIELDS))
@@ -361,8 +350,7 @@ def validate_object(lake: lk.Lake, obj: dict, bronze: Path, contract: Contract, 
     dates: set[str] = set()
     done = 0
     name = key.rsplit("/", 1)[-1]
-    for n, batch in enumerate(pf.iter_batches(batch_size=batch_rows), start=1):
-        raw = _strings(batch.to_pandas(types_mapper=_string_types))
+    for n, raw in enumerate(_bronze_frames(pf, batch_rows), start=1):
         typed = to_typed(raw, obj.get("delivery_date"))
         reasons, _ = contract.failures(typed, run_name=name if n == 1 else f"{name} batch {n}",
                                       parameters=parameters)
@@ -469,8 +457,7 @@ def _quarantine_rows_of(pf, wanted, reason: str, staged: _Staged, rules: dict[st
 
     if not wanted.any():
         return
-    for batch in pf.iter_batches(batch_size=batch_rows):
-        raw = _strings(batch.to_pandas(types_mapper=_string_types))
+    for raw in _bronze_frames(pf, batch_rows):
         pick = wanted[raw["_source_row"].to_numpy(dtype="int64")]
         if np.any(pick):
             reasons = pd.Series(reason, index=raw.index[pick])
