@@ -78,6 +78,7 @@ def generate(
     days: Annotated[int, typer.Option(help="How many days ending at --date.")] = 1,
     rows_per_day: Annotated[int, typer.Option(help="Transactions per day.")] = 3400,
     seed: Annotated[int, typer.Option(help="Seed of the card population and the days.")] = 7,
+    cards: Annotated[int, typer.Option(help="Size of the card population (transactions spread over it).")] = 3000,
     fraud_rate: Annotated[float, typer.Option(help="Share of fraudulent transactions.")] = 0.02,
     drift: Annotated[float, typer.Option(help="0 = the usual world, 1 = strongly drifted.")] = 0.0,
     bad_rows: Annotated[int, typer.Option(help="Rows per day to break (contract violations).")] = 0,
@@ -94,7 +95,8 @@ def generate(
     written, unchanged = [], []
     for i in range(days - 1, -1, -1):
         d = (end - timedelta(days=i)).isoformat()
-        frame = generate_day(d, rows_per_day, seed=seed, fraud_rate=fraud_rate, drift=drift, delivery=name)
+        frame = generate_day(d, rows_per_day, seed=seed, n_cards=cards, fraud_rate=fraud_rate, drift=drift,
+                             delivery=name)
         if bad_rows:
             frame = inject_bad_rows(frame, bad_rows, seed=seed)
         key = layout.raw_object(d, f"transactions-{d}{('-' + name) if name else ''}.csv")
