@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from datetime import date as Date
 from datetime import timedelta
 from pathlib import Path
@@ -101,7 +102,10 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
         bundle = load_bundle(client, settings, version)  # hash-checked, like scoring
         reference[PREDICTION] = bundle.predict(reference)
         current[PREDICTION] = bundle.predict(current)
+        started = time.perf_counter()
         snapshot, columns, share = drift_report(reference, current, settings.drift_share_threshold)
+        log.info("Evidently compared %d recent rows with %d reference rows in %.1f s", len(current), len(reference),
+                 time.perf_counter() - started)
         performance = recent_performance(current, client.get_run(mv.run_id).data.metrics.get("holdout_pr_auc"))
         html = Path(tmp) / "drift.html"
         snapshot.save_html(str(html))

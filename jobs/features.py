@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from datetime import date as Date
 from datetime import timedelta
 from pathlib import Path
@@ -164,6 +165,7 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
         with lake.local_files(uris, staging_dir) as paths:
             log.info("reading silver v%s: %d files of %d dates (%s .. %s) with Spark %s", silver_version, len(paths),
                      len(available), available[0], end, master)
+            started = time.perf_counter()
             silver = spark.read.parquet(*paths)
             feats = build_features(silver).where(F.col("date").isin(targets))
             feats.repartition("date").write.mode("overwrite").partitionBy("date").parquet(str(staging / "out"))
@@ -171,7 +173,12 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
         partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
         built = ds.dataset(str(staging / "out"), format="parquet", partitioning=partitioning).to_table()
         counts = {r["date"]: r["date_count"] for r in built.group_by("date").aggregate([("date", "count")]).to_pylist()}
+        seconds = time.perf_counter() - started
+        log.info("computed %d feature rows for %d dates in %.1f s (%.0f rows/s); checking the gold contract",
+                 built.num_rows, len(targets), seconds, built.num_rows / max(seconds, 1e-9))
+        started = time.perf_counter()
         check_contract(built.to_pandas(), targets, expectations_dir)
+        log.info("gold contract passed on %d rows in %.1f s", built.num_rows, time.perf_counter() - started)
         gold_version = tables.replace_partitions(lake, layout.GOLD_FEATURES, built, targets, metadata={
             "run_id": run_id, "silver_version": silver_version, "dates": f"{targets[0]}..{targets[-1]}"})
         log.info("published gold features v%s for %d dates (%s .. %s): %d rows", gold_version, len(targets),

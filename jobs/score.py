@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from jobs import lake as lk
 from jobs import layout
@@ -36,14 +37,16 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "")
         raise MissingInput(f"no gold features for {dates[0]}..{dates[-1]} in {lake.uri_of(layout.GOLD_FEATURES)}")
     frames, flagged = [], 0
     for date in present:
+        started = time.perf_counter()
         features = read_gold(lake, [date], version=gold_version)
         out = features[["transaction_id", "card_id", "timestamp", "date"]].copy()
         out["fraud_probability"] = bundle.predict(features).astype("float64")
         out["model_name"] = settings.model_name
         out["model_version"] = str(version)
         n_flagged = int((out["fraud_probability"] > ALERT_THRESHOLD).sum())
-        log.info("scored %d transactions for %s with v%s on %s; %d flagged", len(out), date, version,
-                 bundle.providers[0], n_flagged)
+        seconds = time.perf_counter() - started
+        log.info("scored %d transactions for %s with v%s on %s; %d flagged (%.1f s, %.0f rows/s)", len(out), date,
+                 version, bundle.providers[0], n_flagged, seconds, len(out) / max(seconds, 1e-9))
         frames.append(out)
         flagged += n_flagged
     scored = pd.concat(frames, ignore_index=True)

@@ -37,16 +37,14 @@ def test_inject_bad_rows_breaks_exactly_n_rows():
     assert (bad["amount"] < 0).sum() == 2 and (bad["currency"] == "XXX").sum() == 2
 
 
-def test_the_cli_spreads_a_day_over_the_card_population_it_is_given(tmp_path, monkeypatch):
+def test_the_cli_spreads_a_day_over_the_card_population_it_is_given(state_dir):
     import pandas as pd
     from typer.testing import CliRunner
 
     from jobs.cli import app
 
-    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("PIPELINE_LAKE_URI", "")
     result = CliRunner().invoke(app, ["generate", "--date", "2026-03-01", "--rows-per-day", "2000", "--cards", "40"])
     assert result.exit_code == 0, result.output
-    (written,) = list((tmp_path / "lake" / "raw" / "transactions").rglob("*.csv"))
+    (written,) = list((state_dir / "lake" / "raw" / "transactions").rglob("*.csv"))
     cards = pd.read_csv(written)["card_id"]
     assert len(cards) == 2000 and 30 <= cards.nunique() <= 40
