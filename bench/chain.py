@@ -15,6 +15,10 @@ the peak RSS of the whole process tree, the rows per second of the chain and its
 
     .venv/bin/python bench/chain.py --rows-per-day 1000000 --history-days 8
 
+With ``--scheduler`` the chain runs under ``airflow standalone`` instead: the scheduler's nightly
+run of ingest_transactions for yesterday (the default new day) starts it, each DAG is started by
+the asset event of the one before, and the times come from Airflow's dag runs, hand-overs included.
+
 ``--state DIR`` keeps the prepared lake, and a pristine copy beside it (``DIR.pristine``):
 ``--reuse`` restores it and re-runs only the nightly chain.
 """
