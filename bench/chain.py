@@ -38,6 +38,8 @@ from datetime import UTC, datetime, timedelta
 from datetime import date as Date
 from pathlib import Path
 
+from procs import wait_for_peak_rss  # bench/procs.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 180.0
 NIGHTLY = ("ingest_transactions", "build_features", "score_transactions", "monitor_drift")
@@ -45,20 +47,11 @@ NIGHTLY = ("ingest_transactions", "build_features", "score_transactions", "monit
 
 def run(cmd: str, env: dict, log: Path) -> tuple[float, float]:
     """Run a shell command (with scripts/env.sh sourced); wall seconds and peak RSS of its process tree."""
-    import psutil
-
     t0 = time.perf_counter()
     with open(log, "a") as out:
         proc = subprocess.Popen(["bash", "-c", f"source scripts/env.sh && {cmd}"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
-        root, peak = psutil.Process(proc.pid), 0
-        while proc.poll() is None:
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
+        peak = wait_for_peak_rss(proc, every=0.2)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-4000:]

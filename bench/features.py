@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procs import wait_for_peak_rss  # bench/procs.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -50,19 +52,10 @@ print(json.dumps({"engine_s": t2 - t1, "startup_s": t1 - t0}))
 
 def run(engine: str, src: Path, dst: Path, driver_memory: str) -> dict:
     """One engine in its own process; peak RSS summed over its whole process tree (Spark's JVM too)."""
-    import psutil
-
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", RUN, engine, str(src), str(dst), driver_memory],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
+    peak = wait_for_peak_rss(proc, every=0.05)
     wall = time.perf_counter() - t0
     out = proc.stdout.read().decode()
     if proc.returncode != 0:
