@@ -54,7 +54,7 @@ RAW_LINE = "_raw_line"  # the as-delivered text of a CSV line that did not have 
 MALFORMED = "_malformed"  # why such a line cannot be read as a row (null for every good line)
 BRONZE_EXTRA = [RAW_LINE, MALFORMED]
 MAX_MALFORMED_LINES = 10_000  # more than this many malformed lines: the file, not the rows, is broken
-DEFAULT_BATCH_ROWS = 250_000
+DEFAULT_BATCH_ROWS = 125_000
 
 
 def detect_format(name: str, head: bytes, tail: bytes = b"") -> str:

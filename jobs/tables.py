@@ -114,7 +114,7 @@ def select(lake: Lake, name: str, columns: list[str], dates: Iterable[str] | Non
     """``columns`` of the rows whose columns equal ``equals`` (in the ``dates`` partitions), as a pyarrow Table.
 
     Scanned batch by batch (partitions pruned from the log, only the needed columns read, the
-    conditions applied to each batch in Arrow), so memory holds one batch plus the result.
+    conditions pushed down to the scan), so memory holds a few batches plus the result.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -124,20 +124,19 @@ def select(lake: Lake, name: str, columns: list[str], dates: Iterable[str] | Non
     table = open_table(lake, name)
     if table is None or dates == []:
         return pa.table({c: pa.array([], pa.string()) for c in columns})
-    equals = equals or {}
-    wanted = list(dict.fromkeys([*columns, *equals]))
+    condition = None
+    for column, value in (equals or {}).items():
+        hit = pc.field(column) == pa.scalar(value, pa.string())
+        condition = hit if condition is None else condition & hit
     kept = []
     try:
         dataset = table.to_pyarrow_dataset(partitions=_partition_filter(name, dates))
-        for batch in dataset.to_batches(columns=wanted, batch_size=256_000):
-            mask = None
-            for column, value in equals.items():
-                # string or string_view, depending on the delta-rs operation that wrote the file
-                hit = pc.equal(batch.column(column).cast(pa.string()), pa.scalar(value, pa.string()))
-                mask = hit if mask is None else pc.and_(mask, hit)
-            picked = batch.filter(mask) if mask is not None else batch
-            if picked.num_rows:
-                kept.append(pa.Table.from_batches([picked]).select(columns))
+        # The conditions are pushed down to the Parquet scan; a small read-ahead keeps memory to
+        # a few batches (the default reads up to 16 ahead, gigabytes on a 10M-row partition).
+        for batch in dataset.to_batches(columns=columns, filter=condition, batch_size=128_000, batch_readahead=1,
+                                        fragment_readahead=1):
+            if batch.num_rows:
+                kept.append(pa.Table.from_batches([batch]))
     except (DeltaError, OSError) as exc:
         raise _storage_error(lake, name, "reading", exc) from exc
     if not kept:

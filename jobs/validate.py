@@ -7,9 +7,11 @@ whole, and the job fails so the pipeline stops before features and training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import shutil
+import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +21,7 @@ import pandas as pd
 
 from jobs import lake as lk
 from jobs import layout
-from jobs.ingest import BATCH_MANIFEST
+from jobs.ingest import BATCH_MANIFEST, DEFAULT_BATCH_ROWS
 from jobs.result import DataRejected, JobError
 
 log = logging.getLogger(__name__)
@@ -64,13 +66,12 @@ def contract_parameters(max_lag_days: int, clock_skew_minutes: int) -> dict:
 class Contract:
     """A reviewed suite from ``expectations/``, run by a Great Expectations checkpoint.
 
-    With ``docs_dir``, every run also renders Data Docs (HTML) into that folder.
+    With ``docs_dir``, :meth:`render_docs` renders the Data Docs (HTML) of its runs into that folder.
     """
 
     def __init__(self, suite_json: dict, docs_dir: Path | None = None):
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
         import great_expectations as gx
-        from great_expectations.checkpoint import UpdateDataDocsAction
 
         self.suite_json = suite_json
         # Each expectation's reason text (meta.rule), in the suite's order: how reasons are listed.
@@ -90,18 +91,22 @@ class Contract:
         validation = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=suite_json["name"], data=definition, suite=suite)
         )
-        actions = []
+        self.docs = docs_dir is not None
         if docs_dir is not None:
             self.context.add_data_docs_site(site_name="lake", site_config={
                 "class_name": "SiteBuilder",
                 "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             })
-            actions.append(UpdateDataDocsAction(name="data_docs", site_names=["lake"]))
         self.checkpoint = self.context.checkpoints.add(gx.Checkpoint(
-            name=f"{suite_json['name']}_checkpoint", validation_definitions=[validation], actions=actions,
+            name=f"{suite_json['name']}_checkpoint", validation_definitions=[validation], actions=[],
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
         ))
+
+    def render_docs(self) -> None:
+        """Render the Data Docs of every run so far (once, not per batch: each rendering costs about 0.15 s)."""
+        if self.docs:
+            self.context.build_data_docs(site_names=["lake"])
 
     def rule_of(self, expectation: str, column: str) -> str | None:
         """The reason text (``meta.rule``) of the suite's ``expectation`` on ``column``, if the suite has it."""
@@ -280,8 +285,8 @@ def _bronze_frames(pf, batch_rows: int):
 class _Staged:
     """A local Parquet file written batch by batch, read back as a stream (a merge source)."""
 
-    def __init__(self, path: Path, schema):
-        self.path, self.schema, self.rows, self._writer = path, schema, 0, None
+    def __init__(self, path: Path, schema, rows: int = 0):
+        self.path, self.schema, self.rows, self._writer = path, schema, rows, None  # rows: already in the file
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
@@ -306,47 +311,53 @@ class _Staged:
         return pa.RecordBatchReader.from_batches(self.schema, pf.iter_batches(batch_size=100_000))
 
 
-def validate_object(lake: lk.Lake, obj: dict, bronze: Path, contract: Contract, parameters: dict,
-                    max_bad_share: float, run_id: str, workdir: Path,
-                    batch_rows: int = 250_000) -> tuple[ObjectOutcome, set[str]]:
-    """Validate one staged object batch by batch and commit its rows: silver, then quarantine, then the ledger.
+@dataclass
+class Checked:
+    """What the contract run over one staged object leaves for its commits, in its work folder."""
+
+    total: int
+    workdir: str  # holds silver.parquet and quarantine.parquet (staged rows) and bad.npy (row mask)
+    silver_rows: int = 0
+    quarantine_rows: int = 0
+    dates: list[str] = field(default_factory=list)
+    rules: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bad(self):
+        import numpy as np
+
+        return np.load(Path(self.workdir) / "bad.npy")
+
+
+def check_object(obj: dict, bronze: Path, contract: Contract, parameters: dict, run_id: str, workdir: Path,
+                 batch_rows: int = DEFAULT_BATCH_ROWS) -> Checked:
+    """Run the contract over one staged object, batch by batch, into local staging files; commits nothing.
 
     The bronze file is read in batches of ``batch_rows``; each batch runs the contract, and its
-    good rows and quarantined rows are appended to local staging files, so memory stays bounded
-    by the batch whatever the object's size. Repeated ids across batches are found over the
-    whole file (:func:`later_copies`). Then three commits, each idempotent:
-
-    1. silver: one MERGE streamed from the staging file, with the object's application
-       transaction id (a retry skips it);
-    2. quarantine: every row of the object that silver does not hold from this object, read back
-       from silver (so a retry after any crash reaches exactly the state of a clean run); rows
-       whose id another object put in silver are quarantined as repeated deliveries;
-    3. the object's ledger entry.
-
-    A row is in silver or in quarantine, never both, never neither.
+    good rows (silver's schema) and rejected rows (as delivered, with their reasons) are appended
+    to ``silver.parquet`` and ``quarantine.parquet`` in ``workdir``, so memory stays bounded by
+    the batch whatever the object's size. Repeated ids across batches are found over the whole
+    file (:func:`later_copies`). ``bad.npy`` marks every row that broke a rule.
     """
     import time
 
     import numpy as np
     import pyarrow.parquet as pq
 
-    from jobs import tables
-    from jobs.ingest import MALFORMED, record_in_ledger
+    from jobs.ingest import MALFORMED
 
     started = time.perf_counter()
-    key, digest = obj["key"], obj["sha256"]
-    ident = layout.object_id(key, digest)
+    key = obj["key"]
     delivery_date = obj.get("delivery_date") or ""
     pf = pq.ParquetFile(bronze)
     total = pf.metadata.num_rows
-    out = ObjectOutcome(key, digest, total, size=obj.get("size"), tag=obj.get("tag"))
     unique_rule = contract.rule_of("expect_column_values_to_be_unique", "transaction_id")
     order = contract.rule_order
     repeated_in_file = later_copies(bronze, workdir) if unique_rule else np.zeros(0, dtype="int64")
     bad = np.zeros(total, dtype=bool)
     staged_silver = _Staged(workdir / "silver.parquet", _arrow_schema(SILVER_SCHEMA_FIELDS))
     staged_quarantine = _Staged(workdir / "quarantine.parquet", quarantine_schema())
-    rules: dict[str, int] = {}
+    out = Checked(total, str(workdir))
     dates: set[str] = set()
     done = 0
     name = key.rsplit("/", 1)[-1]
@@ -373,21 +384,112 @@ def validate_object(lake: lk.Lake, obj: dict, bronze: Path, contract: Contract, 
             staged_silver.write(rows)
         if is_bad.any():
             staged_quarantine.write(quarantine_rows(raw, reason[is_bad], run_id, delivery_date))
-            _add_rules(rules, reason[is_bad])
+            _add_rules(out.rules, reason[is_bad])
         done += len(raw)
         del raw, typed, good, reason, text
         _release_memory()
         if total > batch_rows:
             seconds = time.perf_counter() - started
-            log.info("%s: %d of %d rows checked (%.0f rows/s, peak memory %.2f GiB)", lake.uri_of(key), done, total,
+            log.info("%s: %d of %d rows checked (%.0f rows/s, peak memory %.2f GiB)", obj.get("uri", key), done, total,
                      done / seconds, _peak_gib())
     staged_silver.close()
-    _release_memory()
+    staged_quarantine.close()
+    np.save(workdir / "bad.npy", bad)
+    out.silver_rows, out.quarantine_rows, out.dates = staged_silver.rows, staged_quarantine.rows, sorted(dates)
+    return out
+
+
+def check_objects(objects: list[tuple[dict, str, str]], expectations_dir: Path, docs_dir: Path | None,
+                  parameters: dict, run_id: str, batch_rows: int) -> list[Checked]:
+    """:func:`check_object` for each ``(object, bronze path, work folder)`` with one contract (and its Data Docs).
+
+    Runs in a child process (:func:`_in_child`): Arrow allocates from the system allocator
+    there, so the pages of each batch go back to the OS between batches.
+    """
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    contract = Contract(load_suite_json(expectations_dir), docs_dir=docs_dir)
+    checked = [check_object(obj, Path(bronze), contract, parameters, run_id, Path(workdir), batch_rows)
+               for obj, bronze, workdir in objects]
+    contract.render_docs()
+    return checked
+
+
+def _in_child(fn, *args):
+    """``fn(*args)`` in a child process that exits when it is done.
+
+    The contract run holds what the commits do not need (Great Expectations' modules and
+    context, and the heap the pandas batches leave behind): run apart, all of it is handed back
+    before the Delta commits, which need memory of their own. Forked where the platform forks
+    safely (Linux: the child starts with the modules already imported), spawned elsewhere.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    method = "fork" if sys.platform == "linux" else "spawn"
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(method),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool as exc:  # killed (out of memory?): nothing was committed, a retry redoes it
+            raise JobError(f"the contract check process died before it finished ({exc}; killed for memory?); "
+                           "nothing was committed, a retry redoes the validation") from exc
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child: be killed when the job process dies (a killed task leaves no orphan working on)."""
+    import ctypes
+    import signal
+
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
+def commit_object(lake: lk.Lake, obj: dict, bronze: Path, checked: Checked, max_bad_share: float, run_id: str,
+                  batch_rows: int = DEFAULT_BATCH_ROWS) -> tuple[ObjectOutcome, set[str]]:
+    """Commit one checked object's rows: silver, then quarantine, then the ledger; each commit idempotent.
+
+    1. silver: one MERGE streamed from the staging file, with the object's application
+       transaction id (a retry skips it);
+    2. quarantine: every row of the object that silver does not hold from this object, read back
+       from silver (so a retry after any crash reaches exactly the state of a clean run); rows
+       whose id another object put in silver are quarantined as repeated deliveries;
+    3. the object's ledger entry.
+
+    A row is in silver or in quarantine, never both, never neither. A delivery whose bad share
+    exceeds ``max_bad_share`` goes to quarantine whole.
+    """
+    import time
+
+    import pyarrow.parquet as pq
+
+    from jobs import tables
+    from jobs.ingest import record_in_ledger
+
+    started = time.perf_counter()
+    key, digest = obj["key"], obj["sha256"]
+    ident = layout.object_id(key, digest)
+    delivery_date = obj.get("delivery_date") or ""
+    workdir = Path(checked.workdir)
+    pf = pq.ParquetFile(bronze)
+    total = checked.total
+    out = ObjectOutcome(key, digest, total, size=obj.get("size"), tag=obj.get("tag"))
+    bad = checked.bad
+    rules = dict(checked.rules)
+    dates = set(checked.dates)
+    staged_silver = _Staged(workdir / "silver.parquet", _arrow_schema(SILVER_SCHEMA_FIELDS), rows=checked.silver_rows)
+    staged_quarantine = _Staged(workdir / "quarantine.parquet", quarantine_schema(), rows=checked.quarantine_rows)
+    more_quarantine = _Staged(workdir / "quarantine-more.parquet", quarantine_schema())
     bad_share = float(bad.mean()) if total else 0.0
     rejected = bad_share > max_bad_share
     if rejected:  # every row to quarantine: the good ones with the delivery's reason
         why = f"delivery rejected: {bad_share:.1%} bad rows > {max_bad_share:.1%} allowed"
-        _quarantine_rows_of(pf, ~bad, why, staged_quarantine, rules, run_id, delivery_date, batch_rows)
+        _quarantine_rows_of(pf, ~bad, why, more_quarantine, rules, run_id, delivery_date, batch_rows)
         dates = set()
     elif staged_silver.rows:
         merged = tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, staged_silver.reader,
@@ -401,15 +503,16 @@ def validate_object(lake: lk.Lake, obj: dict, bronze: Path, contract: Contract, 
     if not rejected and len(landed) < staged_silver.rows:  # good rows whose id another object put in silver
         repeated = ~bad
         repeated[landed] = False
-        _quarantine_rows_of(pf, repeated, DUPLICATE_IN_SILVER, staged_quarantine, rules, run_id, delivery_date,
+        _quarantine_rows_of(pf, repeated, DUPLICATE_IN_SILVER, more_quarantine, rules, run_id, delivery_date,
                             batch_rows)
-    staged_quarantine.close()
-    if staged_quarantine.rows:
-        tables.merge_new_rows(lake, layout.QUARANTINE_ROWS, staged_quarantine.reader,
+    more_quarantine.close()
+    quarantined = staged_quarantine.rows + more_quarantine.rows
+    if quarantined:
+        tables.merge_new_rows(lake, layout.QUARANTINE_ROWS, lambda: _chained(staged_quarantine, more_quarantine),
                               keys=["_source_sha256", "_source_key", "_source_row"], app_id=f"quarantine-{ident}",
                               partitions=[delivery_date], evolve_schema=True,
                               metadata={"run_id": run_id, "object": key, "sha256": digest})
-    out.rows_silver, out.rows_quarantined = len(landed), staged_quarantine.rows
+    out.rows_silver, out.rows_quarantined = len(landed), quarantined
     out.broken_rules = rules
     extra = obj.get("extra_columns") or []
     if rejected:
@@ -419,10 +522,20 @@ def validate_object(lake: lk.Lake, obj: dict, bronze: Path, contract: Contract, 
         out.detail = "; ".join(filter(None, [out.detail, f"extra columns ignored: {', '.join(extra)}"]))
     record_in_ledger(lake, [_ledger_entry(out, run_id)])
     seconds = time.perf_counter() - started
-    log.info("%s: %d rows -> %d silver, %d quarantined%s (%.1f s, %.0f rows/s, peak memory %.2f GiB)",
+    log.info("%s: %d rows -> %d silver, %d quarantined%s (commits %.1f s, peak memory %.2f GiB)",
              lake.uri_of(key), out.rows_delivered, out.rows_silver, out.rows_quarantined,
-             " (delivery rejected)" if rejected else "", seconds, out.rows_delivered / max(seconds, 1e-9), _peak_gib())
+             " (delivery rejected)" if rejected else "", seconds, _peak_gib())
     return out, dates if len(landed) else set()  # the dates that received rows
+
+
+def _chained(*staged: _Staged):
+    """One stream over the rows of several staging files (those that got rows)."""
+    import itertools
+
+    import pyarrow as pa
+
+    parts = [s for s in staged if s.rows]
+    return pa.RecordBatchReader.from_batches(parts[0].schema, itertools.chain.from_iterable(s.reader() for s in parts))
 
 
 def _release_memory() -> None:
@@ -477,7 +590,7 @@ def _ledger_entry(out: ObjectOutcome, run_id: str) -> dict:
 
 def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_share: float,
                    parameters: dict | None = None, fail_on_rejection: bool = True,
-                   batch_rows: int = 250_000) -> dict:
+                   batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
     """Validate the bronze batch of ``run_id``: silver, quarantine, ledger, report, Data Docs.
 
     With ``fail_on_rejection`` a rejected object raises :class:`DataRejected` (exit code 3) after
@@ -493,42 +606,51 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
         parameters = contract_parameters(s.max_delivery_lag_days, s.clock_skew_minutes)
     batch_key = layout.bronze_batch(run_id)
     manifest = lake.read_json(lake.partition_file(batch_key, BATCH_MANIFEST))
-    docs_dir = Path(tempfile.mkdtemp(prefix="data-docs-"))
-    contract = Contract(load_suite_json(expectations_dir), docs_dir=docs_dir)
     outcomes: list[ObjectOutcome] = []
     touched: set[str] = set()
-    for n, obj in enumerate(manifest["objects"], start=1):
-        log.info("object %d of %d: %s", n, len(manifest["objects"]), lake.uri_of(obj["key"]))
-        if obj["status"] == "rejected_file":
-            out = ObjectOutcome(obj["key"], obj["sha256"], obj.get("rows_delivered") or 0, status="rejected_file",
-                                size=obj.get("size"), tag=obj.get("tag"))
-            out.rows_quarantined = out.rows_delivered
-            out.broken_rules = {obj["rule"]: out.rows_delivered}
-            out.detail = f"{obj['detail']} (file kept at {obj['quarantine']})"
-            record_in_ledger(lake, [_ledger_entry(out, run_id)])
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="validate-")))
+        docs_dir = scratch / "data-docs"
+        docs_dir.mkdir()
+        staged: list[tuple[dict, str, str]] = []
+        for n, obj in enumerate(manifest["objects"]):
+            if obj["status"] != "rejected_file":
+                part = lake.partition_file(batch_key, obj["bronze_part"])
+                (path,) = stack.enter_context(lake.local_files([lake.uri_of(part)]))
+                (scratch / f"object-{n}").mkdir()
+                staged.append(({**obj, "uri": lake.uri_of(obj["key"])}, path, str(scratch / f"object-{n}")))
+        # First the contract, over every object, in a child process that hands its memory back;
+        # then the commits, object by object, in this one.
+        checked = iter(_in_child(check_objects, staged, expectations_dir, docs_dir, parameters, run_id, batch_rows)
+                       if staged else [])
+        staged_paths = iter(staged)
+        for n, obj in enumerate(manifest["objects"], start=1):
+            log.info("object %d of %d: %s", n, len(manifest["objects"]), lake.uri_of(obj["key"]))
+            if obj["status"] == "rejected_file":
+                out = ObjectOutcome(obj["key"], obj["sha256"], obj.get("rows_delivered") or 0,
+                                    status="rejected_file", size=obj.get("size"), tag=obj.get("tag"))
+                out.rows_quarantined = out.rows_delivered
+                out.broken_rules = {obj["rule"]: out.rows_delivered}
+                out.detail = f"{obj['detail']} (file kept at {obj['quarantine']})"
+                record_in_ledger(lake, [_ledger_entry(out, run_id)])
+                outcomes.append(out)
+                continue
+            _, path, _ = next(staged_paths)
+            out, dates = commit_object(lake, obj, Path(path), next(checked), max_bad_share, run_id, batch_rows)
             outcomes.append(out)
-            continue
-        part = lake.partition_file(batch_key, obj["bronze_part"])
-        with lake.local_files([lake.uri_of(part)]) as (path,), \
-                tempfile.TemporaryDirectory(prefix="validate-") as workdir:
-            out, dates = validate_object(lake, obj, Path(path), contract, parameters, max_bad_share, run_id,
-                                         Path(workdir), batch_rows)
-        outcomes.append(out)
-        touched.update(dates)
-
-    report = {
-        "run_id": run_id,
-        "objects": [o.__dict__ for o in outcomes],
-        "rows_delivered": sum(o.rows_delivered for o in outcomes),
-        "rows_silver": sum(o.rows_silver for o in outcomes),
-        "rows_quarantined": sum(o.rows_quarantined for o in outcomes),
-        "silver_dates": sorted(touched),
-    }
-    docs_key = layout.data_docs(run_id)
-    if any(docs_dir.iterdir()):
-        lake.publish_folder(docs_dir, docs_key)
-        report["data_docs"] = lake.uri_of(lake.partition_file(docs_key, "index.html"))
-    shutil.rmtree(docs_dir, ignore_errors=True)
+            touched.update(dates)
+        report = {
+            "run_id": run_id,
+            "objects": [o.__dict__ for o in outcomes],
+            "rows_delivered": sum(o.rows_delivered for o in outcomes),
+            "rows_silver": sum(o.rows_silver for o in outcomes),
+            "rows_quarantined": sum(o.rows_quarantined for o in outcomes),
+            "silver_dates": sorted(touched),
+        }
+        docs_key = layout.data_docs(run_id)
+        if docs_dir.is_dir() and any(docs_dir.iterdir()):
+            lake.publish_folder(docs_dir, docs_key)
+            report["data_docs"] = lake.uri_of(lake.partition_file(docs_key, "index.html"))
     lake.write_json(layout.validation_report(run_id), report)
     rejected = [o for o in outcomes if o.status != "ingested"]
     message = ""

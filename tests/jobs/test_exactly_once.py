@@ -138,6 +138,51 @@ def test_a_crash_at_any_write_point_then_a_retry_equals_a_clean_run(lakes):
     assert crashed["ingest"] >= 4 and crashed["validate"] >= 8, crashed
 
 
+def test_a_contract_process_killed_midway_commits_nothing_and_the_retry_equals_a_clean_run(lakes, tmp_path):
+    """validate runs the contract in a child process and commits in its own. SIGKILL that child
+    in the middle of its batches (what the out-of-memory killer does): the job fails as retryable
+    (exit 1) with a message saying so, nothing reached the lake, and the retry is a clean run."""
+    import signal
+    import time
+
+    import psutil
+
+    new, copy = lakes
+    staged = new()
+    deliver(staged)
+    ingest(staged, DAY, RUN)
+    clean = copy(staged)
+    validate(clean)
+    before = state(staged)
+    env = {**os.environ, "PIPELINE_LAKE_URI": staged.uri, "PIPELINE_BATCH_ROWS": "10"}
+
+    def checking(log):
+        """Start validate; return it and its contract process once that is in its batches."""
+        job = subprocess.Popen([sys.executable, "-m", "jobs", "validate", "--date", DAY, "--run-id", RUN,
+                                "--no-fail-on-rejection"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        deadline = time.monotonic() + 120
+        while "rows checked" not in log.read_text() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.poll() is None, log.read_text()[-3000:]
+        children = psutil.Process(job.pid).children()
+        assert len(children) == 1, (children, log.read_text()[-3000:])
+        return job, children[0]
+
+    job, contract = checking(tmp_path / "kill-contract.log")
+    contract.send_signal(signal.SIGKILL)
+    assert job.wait(timeout=120) == 1, (tmp_path / "kill-contract.log").read_text()[-3000:]
+    assert "the contract check process died before it finished" in (tmp_path / "kill-contract.log").read_text()
+    assert state(staged) == before  # no row, no ledger entry, no quarantine
+    job, contract = checking(tmp_path / "kill-job.log")  # the task itself killed: no orphan works on
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
+    psutil.wait_procs([contract], timeout=30)
+    assert not contract.is_running() or contract.status() == psutil.STATUS_ZOMBIE
+    assert state(staged) == before  # no row, no ledger entry, no quarantine
+    validate(staged)  # Airflow's retry
+    assert state(staged) == state(clean)
+
+
 def test_two_validate_runs_at_once_lose_and_duplicate_nothing(state_dir, tmp_path):
     """Two deliveries of the same day, two runs, both validating at the same moment (the case
     `make run` beside `make up` on one state creates). Repeated a few times: races are chancy.
