@@ -307,7 +307,7 @@ class _Staged:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(self.path)
+        pf = pq.ParquetFile(self.path, pre_buffer=False)
         return pa.RecordBatchReader.from_batches(self.schema, pf.iter_batches(batch_size=100_000))
 
 
@@ -349,7 +349,7 @@ def check_object(obj: dict, bronze: Path, contract: Contract, parameters: dict, 
     started = time.perf_counter()
     key = obj["key"]
     delivery_date = obj.get("delivery_date") or ""
-    pf = pq.ParquetFile(bronze)
+    pf = pq.ParquetFile(bronze, pre_buffer=False)  # local: pre-buffering keeps what it read
     total = pf.metadata.num_rows
     unique_rule = contract.rule_of("expect_column_values_to_be_unique", "transaction_id")
     order = contract.rule_order
@@ -403,12 +403,12 @@ def check_objects(objects: list[tuple[dict, str, str]], expectations_dir: Path, 
                   parameters: dict, run_id: str, batch_rows: int) -> list[Checked]:
     """:func:`check_object` for each ``(object, bronze path, work folder)`` with one contract (and its Data Docs).
 
-    Runs in a child process (:func:`_in_child`): Arrow allocates from the system allocator
-    there, so the pages of each batch go back to the OS between batches.
+    Runs in a child process (:func:`_in_child`), on the system allocator (as the job), so the
+    pages of each batch go back to the OS between batches.
     """
     import pyarrow as pa
 
-    pa.set_memory_pool(pa.system_memory_pool())
+    pa.set_memory_pool(pa.system_memory_pool())  # already so when forked; spawned, not
     contract = Contract(load_suite_json(expectations_dir), docs_dir=docs_dir)
     checked = [check_object(obj, Path(bronze), contract, parameters, run_id, Path(workdir), batch_rows)
                for obj, bronze, workdir in objects]
@@ -476,7 +476,7 @@ def commit_object(lake: lk.Lake, obj: dict, bronze: Path, checked: Checked, max_
     ident = layout.object_id(key, digest)
     delivery_date = obj.get("delivery_date") or ""
     workdir = Path(checked.workdir)
-    pf = pq.ParquetFile(bronze)
+    pf = pq.ParquetFile(bronze, pre_buffer=False)
     total = checked.total
     out = ObjectOutcome(key, digest, total, size=obj.get("size"), tag=obj.get("tag"))
     bad = checked.bad
@@ -597,8 +597,13 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
     everything is recorded; without it the result lists the rejections (``rejected``), so the
     dates that did land can flow on before the pipeline stops.
     """
+    import pyarrow as pa
+
     from jobs.ingest import record_in_ledger
 
+    # The system allocator hands freed pages back (Arrow's default pool keeps them): the staged
+    # rows streamed into the MERGE and the rows read back from silver are freed as they go.
+    pa.set_memory_pool(pa.system_memory_pool())
     if parameters is None:
         from jobs.settings import get_settings
 
