@@ -126,7 +126,8 @@ def select(lake: Lake, name: str, columns: list[str], dates: Iterable[str] | Non
         return pa.table({c: pa.array([], pa.string()) for c in columns})
     condition = None
     for column, value in (equals or {}).items():
-        hit = pc.field(column) == pa.scalar(value, pa.string())
+        # string or string_view, depending on the delta-rs operation that wrote the file
+        hit = pc.field(column).cast(pa.string()) == pa.scalar(value, pa.string())
         condition = hit if condition is None else condition & hit
     kept = []
     try:
