@@ -440,12 +440,11 @@ def _in_child(fn, *args):
 
 def _die_with_parent(parent: int) -> None:
     """In the child: be killed when the job process dies (a killed task leaves no orphan working on)."""
-    import ctypes
     import signal
 
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        _libc().prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent:  # it died before the line above
         os._exit(1)
 
@@ -538,15 +537,20 @@ def _chained(*staged: _Staged):
     return pa.RecordBatchReader.from_batches(parts[0].schema, itertools.chain.from_iterable(s.reader() for s in parts))
 
 
-def _release_memory() -> None:
-    """Hand freed heap pages back to the OS between batches (glibc keeps them otherwise, so RSS creeps up)."""
+def _libc():
     import ctypes
     import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _release_memory() -> None:
+    """Hand freed heap pages back to the OS between batches (glibc keeps them otherwise, so RSS creeps up)."""
     import gc
 
     gc.collect()
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         pass
 
@@ -617,18 +621,17 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="validate-")))
         docs_dir = scratch / "data-docs"
         docs_dir.mkdir()
-        staged: list[tuple[dict, str, str]] = []
-        for n, obj in enumerate(manifest["objects"]):
+        staged: dict[int, tuple[dict, str, str]] = {}  # position in the manifest: (object, bronze, work folder)
+        for n, obj in enumerate(manifest["objects"], start=1):
             if obj["status"] != "rejected_file":
                 part = lake.partition_file(batch_key, obj["bronze_part"])
                 (path,) = stack.enter_context(lake.local_files([lake.uri_of(part)]))
                 (scratch / f"object-{n}").mkdir()
-                staged.append(({**obj, "uri": lake.uri_of(obj["key"])}, path, str(scratch / f"object-{n}")))
+                staged[n] = ({**obj, "uri": lake.uri_of(obj["key"])}, path, str(scratch / f"object-{n}"))
         # First the contract, over every object, in a child process that hands its memory back;
         # then the commits, object by object, in this one.
-        checked = iter(_in_child(check_objects, staged, expectations_dir, docs_dir, parameters, run_id, batch_rows)
-                       if staged else [])
-        staged_paths = iter(staged)
+        checked = dict(zip(staged, _in_child(check_objects, list(staged.values()), expectations_dir, docs_dir,
+                                             parameters, run_id, batch_rows), strict=True)) if staged else {}
         for n, obj in enumerate(manifest["objects"], start=1):
             log.info("object %d of %d: %s", n, len(manifest["objects"]), lake.uri_of(obj["key"]))
             if obj["status"] == "rejected_file":
@@ -640,8 +643,7 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
                 record_in_ledger(lake, [_ledger_entry(out, run_id)])
                 outcomes.append(out)
                 continue
-            _, path, _ = next(staged_paths)
-            out, dates = commit_object(lake, obj, Path(path), next(checked), max_bad_share, run_id, batch_rows)
+            out, dates = commit_object(lake, obj, Path(staged[n][1]), checked[n], max_bad_share, run_id, batch_rows)
             outcomes.append(out)
             touched.update(dates)
         report = {
@@ -653,7 +655,7 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
             "silver_dates": sorted(touched),
         }
         docs_key = layout.data_docs(run_id)
-        if docs_dir.is_dir() and any(docs_dir.iterdir()):
+        if any(docs_dir.iterdir()):
             lake.publish_folder(docs_dir, docs_key)
             report["data_docs"] = lake.uri_of(lake.partition_file(docs_key, "index.html"))
     lake.write_json(layout.validation_report(run_id), report)
