@@ -75,6 +75,22 @@ def _partition_filter(name: str, dates: Iterable[str] | None):
     return [(column, "in", sorted(set(dates)))]
 
 
+def _dataset(table, name: str, dates: Iterable[str] | None = None):
+    """The table's Parquet files (only the ``dates`` partitions, pruned from the log) as a pyarrow dataset.
+
+    Scan it with ``use_threads=False`` (see ``SCAN``): delta-rs reads through a filesystem written
+    in Python, and a threaded scan leaves Arrow threads calling into it after it returns. When the
+    interpreter finalizes under them the process aborts ("terminate called without an active
+    exception", exit 134) after the step succeeded: half the runs with 32 Arrow threads
+    (apache/arrow#34314). ``tests/jobs/test_tables.py`` pins this.
+    """
+    return table.to_pyarrow_dataset(file_pruning_predicate=_partition_filter(name, dates))
+
+
+# Scanner options of every Delta read: no scanner threads (see ``_dataset``).
+SCAN = {"use_threads": False}
+
+
 def read(lake: Lake, name: str, dates: Iterable[str] | None = None, columns: list[str] | None = None,
          version: int | None = None, filters: list | None = None):
     """Rows of the table (only the ``dates`` partitions when given) as a pandas DataFrame.
@@ -96,7 +112,7 @@ def read(lake: Lake, name: str, dates: Iterable[str] | None = None, columns: lis
     filters = list(filters or [])
     wanted = None if columns is None else list(dict.fromkeys([*columns, *(f[0] for f in filters)]))
     try:
-        frame = table.to_pandas(columns=wanted, partitions=_partition_filter(name, dates))
+        frame = _dataset(table, name, dates).to_table(columns=wanted, **SCAN).to_pandas()
     except (DeltaError, OSError) as exc:
         raise _storage_error(lake, name, "reading", exc) from exc
     for column, op, value in filters:
@@ -131,11 +147,11 @@ def select(lake: Lake, name: str, columns: list[str], dates: Iterable[str] | Non
         condition = hit if condition is None else condition & hit
     kept = []
     try:
-        dataset = table.to_pyarrow_dataset(partitions=_partition_filter(name, dates))
+        dataset = _dataset(table, name, dates)
         # The conditions are pushed down to the Parquet scan; a small read-ahead keeps memory to
         # a few batches (the default reads up to 16 ahead, gigabytes on a 10M-row partition).
         for batch in dataset.to_batches(columns=columns, filter=condition, batch_size=128_000, batch_readahead=1,
-                                        fragment_readahead=1):
+                                        fragment_readahead=1, **SCAN):
             if batch.num_rows:
                 kept.append(pa.Table.from_batches([batch]))
     except (DeltaError, OSError) as exc:
@@ -150,12 +166,7 @@ def count(lake: Lake, name: str, dates: Iterable[str] | None = None) -> int:
     table = open_table(lake, name)
     if table is None:
         return 0
-    dataset = table.to_pyarrow_dataset()
-    if dates is not None:
-        import pyarrow.dataset as ds
-
-        return dataset.count_rows(filter=ds.field(_partition_column(name)).isin(sorted(set(dates))))
-    return dataset.count_rows()
+    return _dataset(table, name, dates).count_rows(**SCAN)
 
 
 def partitions(lake: Lake, name: str) -> list[str]:

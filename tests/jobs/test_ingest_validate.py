@@ -294,6 +294,17 @@ def test_ledger_as_json_lines(lake, monkeypatch):
     assert (by_key["a.csv"]["status"], by_key["a.csv"]["rows_silver"], by_key["a.csv"]["run_id"]) == ("ingested", 25,
                                                                                                       "run1")
     assert by_key["bad.csv"]["status"] == "rejected_file" and by_key["bad.csv"]["broken_rules"] == {"not_utf8": 2}
+    # A process that read the tables exits with 0, also with many Arrow threads. Threaded Delta
+    # scans left Arrow threads closing delta-rs's Python files into the interpreter's shutdown,
+    # which aborted the process (134) after a successful step: CI met it here, and a third of
+    # these runs did (apache/arrow#34314).
+    script = ("from jobs import layout, tables; from jobs.lake import get_lake; lake = get_lake(); "
+              "[tables.read(lake, t) for t in (layout.SILVER_TRANSACTIONS, layout.QUARANTINE_ROWS, layout.LEDGER)]")
+    env = {**__import__("os").environ, "PIPELINE_LAKE_URI": lake.uri, "OMP_NUM_THREADS": "32",
+           "ARROW_IO_THREADS": "32"}
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+            for _ in range(12)]
+    assert [r.returncode for r in runs] == [0] * 12, next(r.stderr for r in runs if r.returncode)
 
 
 def test_good_objects_land_when_another_object_of_the_batch_is_rejected(lake):
