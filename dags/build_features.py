@@ -1,8 +1,8 @@
 """
 ### Build features (silver -> gold, Spark)
 
-**Consumes** `silver/transactions` (Asset `silver_transactions`): runs whenever ingestion
-publishes new silver partitions, for exactly the dates that event lists.
+**Consumes** `silver/transactions` (Asset `silver_transactions`): one run per day partition
+that ingestion publishes (partition key = the date).
 
 **Produces** `gold/features/date=*/` (Asset `gold_features`): point-in-time per-card features
 (rolling counts and sums over 1 h / 24 h / 7 d, amount vs the card's history, time since the
@@ -11,8 +11,10 @@ before its own, so training and scoring see the same thing.
 
 **Runs on** Spark: `local[*]` by default, a cluster when `PIPELINE_SPARK_MASTER` points at one.
 
-**Re-run** any range safely: each date partition is replaced atomically. Trigger by hand with
-`start_date`/`date` to rebuild a range (e.g. after a feature change).
+**Re-run** any range safely: each date partition is replaced atomically. **Backfill** a date
+range from the UI's Backfill option (or `POST /api/v2/backfills`): one run per day; clear one
+partition's run to recompute it. A manual run with `start_date`/`date` rebuilds a range in one
+Spark job (e.g. after a feature change).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from pipeline.dates import planned_range
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import job_task
 from pipeline.runners import Resources
+from pipeline.timetables import DailyPartitionedAssets
 
 with DAG(
     dag_id="build_features",
     doc_md=__doc__,
-    schedule=[SILVER_TRANSACTIONS],
+    schedule=DailyPartitionedAssets(assets=SILVER_TRANSACTIONS),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -35,16 +38,15 @@ with DAG(
     tags=[*TAGS, "features", "spark"],
     params={
         "start_date": Param(None, type=["null", "string"], format="date", title="First date",
-                            description="First date to build. Empty: the dates of the triggering event, "
-                                        "or the end date alone."),
+                            description="First date to build. Empty: the last date alone."),
         "date": Param(None, type=["null", "string"], format="date", title="Last date",
-                      description="Last date to build. Empty: the run's logical date."),
+                      description="Last date to build. Empty: the run's partition key."),
     },
 ) as dag:
 
     @task
     def plan_dates(**context) -> dict:
-        """Decides which dates to build: the form's range, else the triggering event's dates."""
+        """Decides which dates to build: the form's range, else the run's partition key."""
         return planned_range(context)
 
     plan = plan_dates()

@@ -4,15 +4,18 @@
 **Consumes** the lake's `raw/transactions/date=<date>/` zone: every object delivered for the
 partition date or earlier that the ingestion ledger has not seen (key + SHA-256).
 
-**Produces** the Delta tables `silver/transactions` (Asset `silver_transactions`, extra: the
-dates that received rows), `quarantine/rows` (rejected rows as delivered, with reasons) and
+**Produces** the Delta tables `silver/transactions` (Asset `silver_transactions`, one
+partition key per date that received rows), `quarantine/rows` (rejected rows as delivered, with reasons) and
 `_ledger/objects` (one entry per delivered object), whole unusable files in `quarantine/files/`,
 a validation report in `reports/validation/` and Data Docs in `reports/data_docs/`.
 
-**Starts** nightly (00:30 UTC, for the day that just ended), when a person triggers it with a
-date, and, on S3 lakes with `PIPELINE_LAKE_EVENTS_QUEUE` set, as soon as an S3 event
-notification for a new raw object arrives (AssetWatcher on SQS; the run takes the object's date).
-The sensor waits until the day's delivery is in the raw zone.
+**Starts** nightly (00:00 UTC; partition key = the day that just ended), when a person triggers
+it with a partition key or a date, and for every day of a **backfill** (the UI's Backfill option
+or `POST /api/v2/backfills`). The sensor waits until the day's delivery is in the raw zone. On S3
+lakes with `PIPELINE_LAKE_EVENTS_QUEUE` set, the DAG `ingest_deliveries` (same tasks) runs as
+soon as an S3 event notification for a new raw object arrives (AssetWatcher on SQS; the run
+takes the object's date): Airflow's asset watchers emit events without partition keys, and a
+DAG is either partitioned or not, so event-driven ingestion is a DAG of its own.
 
 **When a delivery is rejected** (it broke the data contract, `expectations/raw_transactions.json`),
 the good objects of the same run still land and `announce_silver` passes their dates on to
@@ -25,38 +28,28 @@ ledger are skipped, and a retried `validate` converges to what one clean run wou
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
+from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pipeline.assets import SILVER_TRANSACTIONS, raw_deliveries_watched
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import job_task
 from pipeline.runners import Resources
 from pipeline.sensors import raw_delivery_sensor
+from pipeline.timetables import nightly_partitions
 
 from jobs import layout
 
-NIGHTLY = CronDataIntervalTimetable("30 0 * * *", timezone="UTC")
-# With PIPELINE_LAKE_EVENTS_QUEUE set, S3 event notifications also start a run (AssetWatcher).
-_events = raw_deliveries_watched()
+# Runs may overlap (a nightly run waiting for a late delivery must not hold back a run for another
+# day): claims make ingest safe to run concurrently, and validate's Delta MERGE commits are
+# optimistic (a conflicting commit is redone on the new version), so they may too.
+DAG_ARGS = dict(start_date=START_DATE, catchup=False, max_active_runs=4, default_args=DEFAULT_ARGS,
+                params={"date": Param(None, type=["null", "string"], format="date", title="Partition date",
+                                      description="Day whose delivery to ingest (also picks up earlier "
+                                                  "undelivered days). Empty: the run's partition key.")})
 
-with DAG(
-    dag_id="ingest_transactions",
-    doc_md=__doc__,
-    schedule=AssetOrTimeSchedule(timetable=NIGHTLY, assets=[_events]) if _events else NIGHTLY,
-    start_date=START_DATE,
-    catchup=False,
-    # Runs may overlap (a nightly run waiting for a late delivery must not hold back an event-driven
-    # run for another day): claims make ingest safe to run concurrently, and validate's Delta MERGE
-    # commits are optimistic (a conflicting commit is redone on the new version), so they may too.
-    max_active_runs=4,
-    default_args=DEFAULT_ARGS,
-    tags=[*TAGS, "ingestion"],
-    params={
-        "date": Param(None, type=["null", "string"], format="date", title="Partition date",
-                      description="Day whose delivery to ingest (also picks up earlier undelivered days). "
-                                  "Empty: the run's logical date."),
-    },
-) as dag:
+
+def ingestion_tasks() -> None:
+    """wait_for_raw >> ingest >> validate, then announce_silver and stop_on_rejections."""
     wait_for_raw = raw_delivery_sensor(
         task_id="wait_for_raw",
         prefix=layout.date_partition(layout.RAW_TRANSACTIONS, "{date}"),
@@ -83,14 +76,16 @@ with DAG(
 
     @task(outlets=[SILVER_TRANSACTIONS])
     def announce_silver(validated: dict, **context) -> list[str]:
-        """Emits `silver_transactions` for the dates that received rows, even when other objects were
-        rejected, so good data flows on to features and scoring. Skipped when nothing landed."""
+        """Emits `silver_transactions` with one partition key per date that received rows, even when
+        other objects were rejected, so good data flows on to features and scoring (one downstream
+        run per date). Skipped when nothing landed."""
         dates = validated.get("silver_dates") or []
         if not dates:
             raise AirflowSkipException("no rows landed in silver: nothing for features to build")
-        context["outlet_events"][SILVER_TRANSACTIONS].extra = {
-            "step": "validate", "silver_dates": dates, "rows_silver": validated.get("rows_silver", 0),
-            "silver": validated.get("silver", "")}
+        event = context["outlet_events"][SILVER_TRANSACTIONS]
+        event.add_partitions(dates)
+        event.extra = {"step": "validate", "rows_silver": validated.get("rows_silver", 0),
+                       "silver": validated.get("silver", "")}
         return dates
 
     @task
@@ -103,3 +98,15 @@ with DAG(
     wait_for_raw >> ingest >> validate
     announce_silver(validate.output)
     stop_on_rejections(validate.output)
+
+
+with DAG(dag_id="ingest_transactions", doc_md=__doc__, schedule=nightly_partitions(),
+         tags=[*TAGS, "ingestion"], **DAG_ARGS):
+    ingestion_tasks()
+
+# With PIPELINE_LAKE_EVENTS_QUEUE set, S3 event notifications start this one (AssetWatcher).
+_events = raw_deliveries_watched()
+if _events:
+    with DAG(dag_id="ingest_deliveries", doc_md=__doc__, schedule=[_events], tags=[*TAGS, "ingestion", "events"],
+             **DAG_ARGS):
+        ingestion_tasks()

@@ -2,30 +2,30 @@
 ### Monitor drift and ask for retraining
 
 **Consumes** recent `gold/features` and the champion's training reference (a sample stored
-with the model version). Runs nightly (04:00 UTC) and after each new batch of predictions.
+with the model version). One run per day partition of predictions (`fraud_predictions`):
+the drift of day D is checked as soon as D is scored; backfill a date range from the UI.
 
 **Produces** an Evidently data-drift report (HTML + JSON) in `reports/drift/date=<date>/` and
 in the champion's MLflow run. When the share of drifted columns reaches
-`PIPELINE_DRIFT_SHARE_THRESHOLD`, `signal_retraining` emits the `drift_detected` Asset (extra:
-the drift summary), which schedules `train_model`.
+`PIPELINE_DRIFT_SHARE_THRESHOLD`, `signal_retraining` emits the `drift_detected` Asset for the
+day's partition (extra: the drift summary), which schedules `train_model` for that day.
 
 **Decision** is shown by `decide`: drift share, threshold and the drifted columns.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
+from airflow.sdk import DAG, Param, task
 from pipeline.assets import DRIFT_SIGNAL, PREDICTIONS
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import job_task
 from pipeline.runners import Resources
+from pipeline.timetables import DailyPartitionedAssets
 
 with DAG(
     dag_id="monitor_drift",
     doc_md=__doc__,
-    schedule=AssetOrTimeSchedule(
-        timetable=CronDataIntervalTimetable("0 4 * * *", timezone="UTC"), assets=[PREDICTIONS]
-    ),
+    schedule=DailyPartitionedAssets(assets=PREDICTIONS),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -33,7 +33,7 @@ with DAG(
     tags=[*TAGS, "monitoring", "drift"],
     params={
         "date": Param(None, type=["null", "string"], format="date", title="Last date",
-                      description="Last day of recent data. Empty: the run's logical date."),
+                      description="Last day of recent data. Empty: the run's partition key."),
         "days": Param(1, type="integer", minimum=1, maximum=90, title="Days of recent data",
                       description="How many days ending at the date form the current data set."),
     },
@@ -64,8 +64,8 @@ with DAG(
     def signal_retraining(**context) -> None:
         """Emits the drift_detected event (with the drift summary) that schedules train_model."""
         r = context["ti"].xcom_pull(task_ids="drift")
+        # The event carries the run's partition key (the drifted day): train_model trains up to it.
         context["outlet_events"][DRIFT_SIGNAL].extra = {
-            "date": r["window"].split("..")[-1],  # train_model trains up to the drifted day
             **{k: r[k] for k in ("drift_share", "drifted_columns", "window", "model_version", "report_json",
                                  "decision")},
         }

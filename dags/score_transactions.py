@@ -1,8 +1,9 @@
 """
 ### Score transactions with the champion (onnxruntime)
 
-**Consumes** `gold/features` (Asset `gold_features`): scores exactly the dates each new feature
-build published, with the model version that holds the `champion` alias.
+**Consumes** `gold/features` (Asset `gold_features`): one run per day partition a feature build
+published, scored with the model version that holds the `champion` alias. **Backfill** a date
+range from the UI's Backfill option (or `POST /api/v2/backfills`).
 
 **Produces** `predictions/date=*/` (Asset `fraud_predictions`): fraud probability per
 transaction, with the model name and version that scored it. Published atomically per date.
@@ -20,11 +21,12 @@ from pipeline.dates import planned_range
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.operators import job_task
 from pipeline.runners import Resources
+from pipeline.timetables import DailyPartitionedAssets
 
 with DAG(
     dag_id="score_transactions",
     doc_md=__doc__,
-    schedule=[GOLD_FEATURES],
+    schedule=DailyPartitionedAssets(assets=GOLD_FEATURES),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -32,15 +34,15 @@ with DAG(
     tags=[*TAGS, "scoring"],
     params={
         "start_date": Param(None, type=["null", "string"], format="date", title="First date",
-                            description="First date to score. Empty: the triggering event's dates, or the end date."),
+                            description="First date to score. Empty: the last date alone."),
         "date": Param(None, type=["null", "string"], format="date", title="Last date",
-                      description="Last date to score. Empty: the run's logical date."),
+                      description="Last date to score. Empty: the run's partition key."),
     },
 ) as dag:
 
     @task
     def plan_dates(**context) -> dict:
-        """Decides which dates to score: the form's range, else the triggering event's dates."""
+        """Decides which dates to score: the form's range, else the run's partition key."""
         return planned_range(context)
 
     score = job_task(

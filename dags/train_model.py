@@ -2,8 +2,10 @@
 ### Train, evaluate, gate and promote the fraud model
 
 **Consumes** `gold/features` over the training window ending at the run's date
-(`PIPELINE_TRAIN_WINDOW_DAYS`, default 30). Runs nightly (03:00 UTC) and whenever the drift
-monitor emits `drift_detected`.
+(`PIPELINE_TRAIN_WINDOW_DAYS`, default 30). Runs whenever the drift monitor emits
+`drift_detected` for a day (partition key = the last training day), when a person triggers it
+with a date, and for every day of a backfill. (Airflow 3.3 does not let a partitioned asset event
+start a non-partitioned DAG, so the drift-driven DAG is partitioned and has no nightly cron.)
 
 **Produces** an MLflow run and a registered version of `fraud-detector` (ONNX + preprocessing +
 training reference sample), a gate report in `reports/gate/` and in MLflow, and, only if the
@@ -26,11 +28,12 @@ import os
 from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, task
+from airflow.sdk import DAG, Param, task
 from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
 from pipeline.defaults import DEFAULT_ARGS, PROMOTION_POOL, START_DATE, TAGS
 from pipeline.operators import job_task
 from pipeline.runners import Resources
+from pipeline.timetables import DailyPartitionedAssets
 
 TRAIN_PROCESSES = int(os.environ.get("PIPELINE_TRAIN_PROCESSES", "1"))
 # PIPELINE_PROMOTION_APPROVAL=true: a person approves each promotion in the UI (Airflow HITL).
@@ -39,9 +42,7 @@ PROMOTION_APPROVAL = os.environ.get("PIPELINE_PROMOTION_APPROVAL", "false").lowe
 with DAG(
     dag_id="train_model",
     doc_md=__doc__,
-    schedule=AssetOrTimeSchedule(
-        timetable=CronDataIntervalTimetable("0 3 * * *", timezone="UTC"), assets=[DRIFT_SIGNAL]
-    ),
+    schedule=DailyPartitionedAssets(assets=DRIFT_SIGNAL),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -49,7 +50,7 @@ with DAG(
     tags=[*TAGS, "training", "gpu"],
     params={
         "date": Param(None, type=["null", "string"], format="date", title="Last training date",
-                      description="The training window ends here. Empty: the run's logical date."),
+                      description="The training window ends here. Empty: the run's partition key."),
     },
 ) as dag:
     train = job_task(

@@ -11,7 +11,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__EXECUTOR=LocalExecutor
 # The default pre-forks 32 workers (~1.5 GB); 4 is plenty on a laptop.
 export AIRFLOW__CORE__PARALLELISM=4
-export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="${AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION:-False}"
 # A pre-set database URL wins (e.g. PostgreSQL); the embedded default is SQLite in the state folder.
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db}"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30

@@ -1,9 +1,11 @@
-"""Which partition date a run works on.
+"""Which day a run works on: Airflow's partition key, and what partitions do not cover.
 
-The rule, in order: the date a person typed in the trigger form; else the latest date named by
-the asset events that triggered the run (producers put their dates in the event extra); else
-the run's logical date. Nightly DAGs use data-interval timetables, so a run's logical date is
-the day that just ended.
+The rule, in order: the date a person typed in the trigger form; else the run's partition key
+(nightly ingestion, every asset-triggered downstream run, every backfill run: see
+``pipeline.timetables``); else the dates named by the S3 event notifications that an
+AssetWatcher relayed (event-driven ingestion: those events carry no partition key); else the
+run's logical date (``airflow dags test DAG DATE``); else, for a dateless manual run, the
+last complete day.
 """
 
 from __future__ import annotations
@@ -14,22 +16,28 @@ from urllib.parse import unquote_plus
 
 from jobs.layout import partition_date as key_partition_date
 
-# Keys under which producers list dates in their asset event extras.
-_DATE_LIST_KEYS = ("dates", "silver_dates")
-
 
 def partition_date(context) -> str:
     """The date a task processes (see the module docstring)."""
     params = context.get("params") or {}
     if params.get("date"):
         return str(params["date"])
-    from_events = triggering_dates(context)
+    key = run_partition_key(context)
+    if key:
+        return key
+    from_events = event_dates(context)
     if from_events:
         return from_events[-1]
     when = context.get("logical_date")
     if when is None:  # a manual run without a date: the last complete day
         when = context["dag_run"].run_after - timedelta(days=1)
     return when.strftime("%Y-%m-%d")
+
+
+def run_partition_key(context) -> str | None:
+    """The run's partition key (a ``YYYY-MM-DD`` day), or None for a run without one."""
+    run = context.get("dag_run")
+    return context.get("partition_key") or getattr(run, "partition_key", None) or None
 
 
 def s3_event_dates(extra: dict) -> set[str]:
@@ -48,29 +56,17 @@ def s3_event_dates(extra: dict) -> set[str]:
     return dates
 
 
-def triggering_dates(context, key: str | None = None) -> list[str]:
-    """Dates named in the extras of the asset events that triggered this run, sorted.
-
-    With ``key``, only that list; otherwise every date list and single ``date`` value.
-    """
+def event_dates(context) -> list[str]:
+    """Dates of the raw objects named by the S3 events that triggered this run, sorted."""
     dates: set[str] = set()
     for events in (context.get("triggering_asset_events") or {}).values():
         for event in events:
-            extra = event.extra or {}
-            for k in (key,) if key else _DATE_LIST_KEYS:
-                dates.update(extra.get(k) or [])
-            if key is None and extra.get("date"):
-                dates.add(str(extra["date"]))
-            if key is None:
-                dates.update(s3_event_dates(extra))
+            dates.update(s3_event_dates(event.extra or {}))
     return sorted(dates)
 
 
 def planned_range(context) -> dict:
-    """``{"start", "end"}`` for range jobs: the form's range, else the triggering events' dates."""
+    """``{"start", "end"}`` for range jobs: the form's range, else the one day of the run."""
     params = context["params"]
-    dates = triggering_dates(context)
-    if params.get("start_date") or params.get("date") or not dates:
-        end = partition_date(context)
-        return {"start": params.get("start_date") or end, "end": end}
-    return {"start": dates[0], "end": dates[-1]}
+    end = partition_date(context)
+    return {"start": params.get("start_date") or end, "end": end}

@@ -187,10 +187,15 @@ def test_good_rows_flow_on_before_a_rejection_stops_the_run(dagbag):
     assert stop.trigger_rule == "all_success" and announce.trigger_rule == "all_success"
     with pytest.raises(AirflowSkipException):  # nothing landed: no event, nothing downstream starts
         announce.python_callable({"silver_dates": []}, outlet_events={})
-    events = {announce.outlets[0]: type("Event", (), {"extra": None})()}
-    assert announce.python_callable({"silver_dates": ["2026-05-10"], "rows_silver": 5},
-                                    outlet_events=events) == ["2026-05-10"]
-    assert events[announce.outlets[0]].extra["silver_dates"] == ["2026-05-10"]
+    from airflow.sdk.definitions.asset import AssetUniqueKey
+    from airflow.sdk.execution_time.context import OutletEventAccessor
+
+    events = {announce.outlets[0]: OutletEventAccessor(key=AssetUniqueKey.from_asset(announce.outlets[0]))}
+    assert announce.python_callable({"silver_dates": ["2026-05-09", "2026-05-10"], "rows_silver": 5},
+                                    outlet_events=events) == ["2026-05-09", "2026-05-10"]
+    # One partition key per date that received rows: one features run per date downstream.
+    assert events[announce.outlets[0]].partition_keys == {"2026-05-09", "2026-05-10"}
+    assert events[announce.outlets[0]].extra["rows_silver"] == 5
     stop.python_callable({"rejected": []})
     with pytest.raises(AirflowFailException, match="bad.csv: rejected_rows"):
         stop.python_callable({"rejected": [{"key": "bad.csv"}], "rejection_message": "bad.csv: rejected_rows"})

@@ -1,33 +1,36 @@
-"""Which date a run processes: the form, else the triggering events, else the logical date."""
+"""Which date a run processes: the form, else the partition key, else the S3 events, else the logical date."""
 
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from pipeline.dates import partition_date, triggering_dates
+from pipeline.dates import partition_date, planned_range
 
 RUN_AFTER = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 
-def context(params=None, events=None, logical_date=None):
+def context(params=None, events=None, logical_date=None, partition_key=None):
     return {
         "params": params or {},
         "triggering_asset_events": {"asset": [SimpleNamespace(extra=e) for e in events or []]},
         "logical_date": logical_date,
-        "dag_run": SimpleNamespace(run_after=RUN_AFTER),
+        "dag_run": SimpleNamespace(run_after=RUN_AFTER, partition_key=partition_key),
     }
 
 
 def test_the_form_wins():
-    ctx = context({"date": "2026-01-05"}, [{"dates": ["2026-11-20"]}], datetime(2026, 11, 21, tzinfo=UTC))
+    ctx = context({"date": "2026-01-05"}, logical_date=datetime(2026, 11, 21, tzinfo=UTC), partition_key="2026-11-20")
     assert partition_date(ctx) == "2026-01-05"
 
 
-def test_asset_triggered_runs_use_the_latest_date_the_producer_named():
-    ctx = context(events=[{"silver_dates": ["2026-11-19", "2026-11-20"]}, {"dates": ["2026-11-18"]}])
-    assert partition_date(ctx) == "2026-11-20"
-    assert triggering_dates(ctx) == ["2026-11-18", "2026-11-19", "2026-11-20"]
-    assert triggering_dates(ctx, "dates") == ["2026-11-18"]
-    assert partition_date(context(events=[{"date": "2026-11-17", "drift_share": 0.5}])) == "2026-11-17"
+def test_partitioned_runs_use_their_key_and_range_jobs_the_key_alone():
+    ctx = context(partition_key="2026-11-19", logical_date=datetime(2026, 11, 21, tzinfo=UTC))
+    assert partition_date(ctx) == "2026-11-19"
+    assert planned_range(ctx) == {"start": "2026-11-19", "end": "2026-11-19"}
+    ranged = context({"start_date": "2026-11-01"}, partition_key="2026-11-19")
+    assert planned_range(ranged) == {"start": "2026-11-01", "end": "2026-11-19"}
+    # Extras name no dates any more: only partition keys and S3 event notifications do.
+    assert partition_date(context(events=[{"silver_dates": ["2026-11-20"]}], logical_date=datetime(
+        2026, 11, 18, tzinfo=UTC))) == "2026-11-18"
 
 
 def test_scheduled_runs_use_the_logical_date_and_dateless_runs_the_last_complete_day():

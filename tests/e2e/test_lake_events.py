@@ -2,7 +2,7 @@
 
 S3 event notifications for ``raw/`` go to an SQS queue on a local moto server; the AssetWatcher's
 ``SqsSensorTrigger`` turns them into ``raw_deliveries`` asset events, which start
-``ingest_transactions`` for the date in the object's key. No patching: real HTTP, real Airflow.
+``ingest_deliveries`` for the date in the object's key. No patching: real HTTP, real Airflow.
 """
 
 from __future__ import annotations
@@ -59,18 +59,19 @@ def test_s3_event_starts_ingestion_through_the_asset_watcher(s3_endpoint, tmp_pa
     def observe(conn):
         events = [json.loads(e) for (e,) in conn.execute(
             "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = 'raw_deliveries'")]
-        runs = conn.execute("select run_type, state from dag_run where dag_id = 'ingest_transactions'").fetchall()
+        runs = conn.execute("select dag_id, run_type, state from dag_run "
+                            "where dag_id in ('ingest_transactions', 'ingest_deliveries')").fetchall()
         return events, runs
 
     with airflow_standalone(env, tmp_path / "standalone.log") as proc:
         observed = poll_db(state / "airflow" / "airflow.db", proc, observe,
                            # Runs overlap: the nightly run started at boot may claim the same objects
                            # (exactly once), so wait for every ingestion run to finish, not just this one.
-                           lambda r: ("asset_triggered", "success") in r[1]
-                           and not any(state in ("queued", "running") for _, state in r[1]), timeout=420)
+                           lambda r: ("ingest_deliveries", "asset_triggered", "success") in r[1]
+                           and not any(state in ("queued", "running") for _, _, state in r[1]), timeout=420)
     events, runs = observed or ([], [])
     log = (tmp_path / "standalone.log").read_text()[-6000:]
     assert events and events[0]["from_trigger"] is True, log
-    assert ("asset_triggered", "success") in runs, f"{runs}\n{log}"
+    assert ("ingest_deliveries", "asset_triggered", "success") in runs, f"{runs}\n{log}"
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="lake/silver/transactions/")
     assert any("/_delta_log/" in o["Key"] for o in listed.get("Contents", []))  # silver is a Delta table

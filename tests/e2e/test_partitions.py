@@ -1,0 +1,132 @@
+"""Dates are Airflow partition keys: backfill, asset-driven partitions and clearing one partition,
+under a real scheduler (``airflow standalone``) and through the REST API, as a person would.
+
+1. A backfill of ``ingest_transactions`` over two days (``POST /api/v2/backfills``) creates one
+   run per day, keyed by the day; each ingests its day's delivery.
+2. Ingestion publishes one ``silver_transactions`` partition per day; ``build_features`` (a
+   partitioned-asset DAG) gets one run per key and builds exactly that day.
+3. ``build_features`` is backfillable too (the stock asset-driven timetable is not), and
+   ``clearDagRuns`` with a partition key recomputes exactly that partition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from standalone import airflow_standalone, poll_db, wait_for_api
+
+from jobs.generate import generate_day
+
+pytestmark = pytest.mark.e2e
+
+DAYS = ["2026-03-02", "2026-03-03"]
+
+
+class Api:
+    """The Airflow REST API with the token of the standalone admin (SimpleAuthManager)."""
+
+    def __init__(self, base: str, home: Path):
+        self.base = base
+        password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+        self.token = self.call("POST", "/auth/token", {"username": "admin", "password": password},
+                               auth=False)["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
+        request = urllib.request.Request(self.base + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode())
+        request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:2000]!r}") from None
+
+
+def runs(conn, dag_id: str) -> list[tuple]:
+    """The DAG's runs for the test's days (the nightly run for yesterday waits for a delivery)."""
+    return conn.execute("select partition_key, run_type, state from dag_run where dag_id = ? and partition_key "
+                        f"in ({', '.join('?' * len(DAYS))}) order by partition_key, id", (dag_id, *DAYS)).fetchall()
+
+
+def settled(rows: list[tuple]) -> bool:
+    return bool(rows) and not any(state in ("queued", "running") for *_, state in rows)
+
+
+def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path):
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINE_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PIPELINE_STATE_DIR=str(state))
+    raw = state / "lake" / "raw" / "transactions"
+    for day in DAYS:
+        (raw / f"date={day}").mkdir(parents=True)
+        generate_day(day, 150).to_csv(raw / f"date={day}" / "t.csv", index=False)
+    db = state / "airflow" / "airflow.db"
+
+    with airflow_standalone(env, tmp_path / "standalone.log") as proc:
+        wait_for_api(proc)
+        for _ in range(90):  # the admin's password file appears when the API server starts
+            if (state / "airflow" / "simple_auth_manager_passwords.json.generated").exists():
+                break
+            time.sleep(1)
+        api = Api(proc.api_url, state / "airflow")
+        parsed = poll_db(db, proc, lambda c: {r[0] for r in c.execute("select dag_id from dag")},
+                         lambda ids: {"ingest_transactions", "build_features"} <= ids, timeout=180)
+        assert {"ingest_transactions", "build_features"} <= (parsed or set())
+        dags = {d: api.call("GET", f"/api/v2/dags/{d}") for d in ("ingest_transactions", "build_features")}
+        # What the UI asks before it offers Backfill: both DAGs are partitioned and backfillable.
+        assert all(d["timetable_partitioned"] and d["is_backfillable"] for d in dags.values()), dags
+
+        backfill = api.call("POST", "/api/v2/backfills", {
+            "dag_id": "ingest_transactions", "from_date": f"{DAYS[0]}T00:00:00Z",
+            "to_date": f"{DAYS[-1]}T00:00:00Z", "max_active_runs": 2})
+        assert backfill["dag_id"] == "ingest_transactions"
+
+        def both(conn):
+            return runs(conn, "ingest_transactions"), runs(conn, "build_features")
+
+        ingest_runs, feature_runs = poll_db(
+            db, proc, both, lambda r: settled(r[0]) and len(r[1]) == len(DAYS) and settled(r[1]), timeout=600)
+        log = (tmp_path / "standalone.log").read_text()[-5000:]
+        assert ingest_runs == [(d, "backfill", "success") for d in DAYS], f"{ingest_runs}\n{log}"
+        # One features run per day partition that ingestion published, keyed by the day.
+        assert feature_runs == [(d, "asset_triggered", "success") for d in DAYS], f"{feature_runs}\n{log}"
+
+        def gold_versions(conn):
+            return conn.execute(
+                "select r.partition_key, x.value from xcom x join dag_run r on r.id = x.dag_run_id "
+                "where r.dag_id = 'build_features' and x.task_id = 'features' and x.key = 'return_value' "
+                "order by r.partition_key").fetchall()
+
+        first = poll_db(db, proc, gold_versions, lambda rows: len(rows) == len(DAYS), timeout=30, every=1)
+        built = {key: json.loads(value) for key, value in first}
+        assert [built[d]["dates"] for d in DAYS] == [[d] for d in DAYS]  # each run built its own day
+
+        # Clear one partition: its run is re-queued and rebuilds exactly that day.
+        cleared = api.call("POST", "/api/v2/dags/build_features/clearDagRuns",
+                           {"partition_key": DAYS[-1], "dry_run": False})
+        assert cleared.get("total_entries", 0) >= 1, cleared
+
+        def retried(conn):
+            return conn.execute(
+                "select r.partition_key, t.try_number, t.state from task_instance t join dag_run r "
+                "on r.run_id = t.run_id and r.dag_id = t.dag_id where t.dag_id = 'build_features' "
+                "and t.task_id = 'features' order by r.partition_key").fetchall()
+
+        after = poll_db(db, proc, retried, lambda rows: (DAYS[-1], 2, "success") in rows, timeout=300)
+        assert after == [(DAYS[0], 1, "success"), (DAYS[-1], 2, "success")], after
+
+        # A backfill of the partitioned-asset DAG itself: one run for the day, reprocessing it.
+        api.call("POST", "/api/v2/backfills", {
+            "dag_id": "build_features", "from_date": f"{DAYS[0]}T00:00:00Z", "to_date": f"{DAYS[0]}T00:00:00Z",
+            "reprocess_behavior": "completed"})
+        final = poll_db(db, proc, lambda c: runs(c, "build_features"),
+                        lambda r: any(t == "backfill" for _, t, _ in r) and settled(r), timeout=300)
+        assert (DAYS[0], "backfill", "success") in final, final
