@@ -22,7 +22,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, task
 from pipeline.assets import GOLD_FEATURES, SILVER_TRANSACTIONS
 from pipeline.dates import planned_range
-from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, START_DATE, TAGS, force_param
 from pipeline.operators import job_task
 from pipeline.runners import Resources
 from pipeline.timetables import DailyPartitionedAssets
@@ -37,6 +37,7 @@ with DAG(
     default_args=DEFAULT_ARGS,
     tags=[*TAGS, "features", "spark"],
     params={
+        "force": force_param(),
         "start_date": Param(None, type=["null", "string"], format="date", title="First date",
                             description="First date to build. Empty: the last date alone."),
         "date": Param(None, type=["null", "string"], format="date", title="Last date",
@@ -53,7 +54,7 @@ with DAG(
     features = job_task(
         step="features",
         date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
-        arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}"],
+        arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}", FORCE_ARG],
         pass_run_id=True,
         job_resources=Resources(cpu=2, memory_gb=4),
         outlets=[GOLD_FEATURES],

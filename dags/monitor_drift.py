@@ -64,8 +64,11 @@ with DAG(
     def signal_retraining(**context) -> None:
         """Emits the drift_detected event (with the drift summary) that schedules train_model."""
         r = context["ti"].xcom_pull(task_ids="drift")
-        # The event carries the run's partition key (the drifted day): train_model trains up to it.
-        context["outlet_events"][DRIFT_SIGNAL].extra = {
+        # The event's partition key is the drifted day (also for a manual run with only a date in
+        # its form): train_model trains up to it.
+        event = context["outlet_events"][DRIFT_SIGNAL]
+        event.add_partitions(r["window"].split("..")[-1])
+        event.extra = {
             **{k: r[k] for k in ("drift_share", "drifted_columns", "window", "model_version", "report_json",
                                  "decision")},
         }

@@ -18,7 +18,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, task
 from pipeline.assets import GOLD_FEATURES, PREDICTIONS
 from pipeline.dates import planned_range
-from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, START_DATE, TAGS, force_param
 from pipeline.operators import job_task
 from pipeline.runners import Resources
 from pipeline.timetables import DailyPartitionedAssets
@@ -33,6 +33,7 @@ with DAG(
     default_args=DEFAULT_ARGS,
     tags=[*TAGS, "scoring"],
     params={
+        "force": force_param(),
         "start_date": Param(None, type=["null", "string"], format="date", title="First date",
                             description="First date to score. Empty: the last date alone."),
         "date": Param(None, type=["null", "string"], format="date", title="Last date",
@@ -48,7 +49,7 @@ with DAG(
     score = job_task(
         step="score",
         date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
-        arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}"],
+        arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}", FORCE_ARG],
         pass_run_id=True,
         job_resources=Resources(cpu=2, memory_gb=4),
         outlets=[PREDICTIONS],

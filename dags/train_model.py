@@ -30,7 +30,7 @@ from datetime import timedelta
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
 from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
-from pipeline.defaults import DEFAULT_ARGS, PROMOTION_POOL, START_DATE, TAGS
+from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, PROMOTION_POOL, START_DATE, TAGS, force_param
 from pipeline.operators import job_task
 from pipeline.runners import Resources
 from pipeline.timetables import DailyPartitionedAssets
@@ -49,6 +49,7 @@ with DAG(
     default_args=DEFAULT_ARGS,
     tags=[*TAGS, "training", "gpu"],
     params={
+        "force": force_param(),
         "date": Param(None, type=["null", "string"], format="date", title="Last training date",
                       description="The training window ends here. Empty: the run's partition key."),
     },
@@ -59,7 +60,7 @@ with DAG(
         # Only the drift monitor's asset event schedules this DAG, so asset-triggered means drift.
         # run_type renders as "DagRunType.SCHEDULED" under the scheduler: keep the plain value.
         arguments=["--trigger", "{{ 'drift' if dag_run.run_type == 'asset_triggered' else "
-                                "(dag_run.run_type | string | replace('DagRunType.', '') | lower) }}"],
+                                "(dag_run.run_type | string | replace('DagRunType.', '') | lower) }}", FORCE_ARG],
         # PIPELINE_TRAIN_PROCESSES > 1 trains with torchrun / DistributedDataParallel (one process per GPU).
         job_resources=Resources(cpu=4, memory_gb=8, gpu=TRAIN_PROCESSES, processes=TRAIN_PROCESSES),
         doc_md="Fits the PyTorch model (CUDA + bf16 when present, else CPU), exports ONNX, registers a version.",

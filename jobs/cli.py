@@ -149,6 +149,8 @@ def features(
     date: DateOpt,
     start: Annotated[Optional[str], typer.Option(help="First date to build (default: --date).")] = None,
     run_id: RunIdOpt = "",
+    force: Annotated[bool, typer.Option(help="Run even when the inputs equal those of the last success "
+                                              "(which otherwise skips, saying so).")] = False,
 ):
     """Build point-in-time gold features with Spark for [--start, --date]."""
     from jobs.features import build_gold
@@ -157,7 +159,7 @@ def features(
     if start:
         _check_date(start)
     return build_gold(_lake(), start or date, date, s.spark_master, s.spark_driver_memory, s.expectations_dir,
-                      s.spark_staging_dir, run_id=run_id)
+                      s.spark_staging_dir, run_id=run_id, code_version=s.code_version, force=force)
 
 
 @app.command()
@@ -166,11 +168,17 @@ def train(
     date: DateOpt,
     run_id: RunIdOpt = "",
     trigger: Annotated[str, typer.Option(help="Why this run: manual, schedule or drift.")] = "manual",
+    force: Annotated[bool, typer.Option(help="Run even when the inputs equal those of the last success "
+                                              "(which otherwise skips, saying so).")] = False,
 ):
-    """Train the PyTorch model on the window ending at --date and register it in MLflow."""
+    """Train the PyTorch model on the window ending at --date and register it in MLflow.
+
+    The same feature rows, code and parameters as the version this date last trained register
+    nothing (the result names that version, skipped); --force trains anyway.
+    """
     from jobs.train import train as run
 
-    return run(_lake(), date, _settings(), trigger=trigger, airflow_run_id=run_id)
+    return run(_lake(), date, _settings(), trigger=trigger, airflow_run_id=run_id, force=force)
 
 
 @app.command()
@@ -209,12 +217,15 @@ def score(
     date: DateOpt,
     start: Annotated[Optional[str], typer.Option(help="First date to score (default: --date).")] = None,
     run_id: RunIdOpt = "",
+    force: Annotated[bool, typer.Option(help="Run even when the inputs equal those of the last success "
+                                              "(which otherwise skips, saying so).")] = False,
 ):
     """Score [--start, --date] with the champion's ONNX model on onnxruntime."""
     from jobs.features import date_range
     from jobs.score import score as run
 
-    return run(_lake(), date_range(_check_date(start) if start else date, date), _settings(), run_id=run_id)
+    return run(_lake(), date_range(_check_date(start) if start else date, date), _settings(), run_id=run_id,
+               force=force)
 
 
 @app.command()

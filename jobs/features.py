@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from jobs import lake as lk
-from jobs import layout
+from jobs import layout, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,12 @@ def silver_version_of_gold(lake: lk.Lake, gold_version: int) -> int | None:
 
 
 def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: str,
-               expectations_dir: Path, staging_dir: Path | None = None, run_id: str = "") -> dict:
+               expectations_dir: Path, staging_dir: Path | None = None, run_id: str = "",
+               code_version: str = "", force: bool = False) -> dict:
     """Build ``gold/features`` for every silver date in [start, end] and publish them in one commit.
+
+    Skipped (no Spark at all) when the silver files behind the range, the code version and the
+    gold files it published are what they were at the range's last build; ``force`` builds anyway.
 
     Spark reads one snapshot (version) of the silver table through its file list, writes its
     output once into a staging folder (``staging_dir``, shared by all executors on a cluster);
@@ -156,6 +160,13 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
     if not targets:
         return {"dates": [], "rows": 0, "gold": lake.uri_of(layout.GOLD_FEATURES),
                 "note": f"no silver partitions in [{start}, {end}]"}
+    key = start if start == end else f"{start}..{end}"
+    inputs = {"dates": targets, "code_version": code_version,
+              "silver": tables.snapshot_of(lake, layout.SILVER_TRANSACTIONS, available)}
+    done = None if force else unchanged.previous(
+        lake, "features", key, inputs, {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, targets)})
+    if done is not None:
+        return unchanged.skipped(done, "features", key)
     spark = spark_session(master, driver_memory)
     if staging_dir is not None:
         Path(staging_dir).mkdir(parents=True, exist_ok=True)
@@ -186,5 +197,8 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
     finally:
         spark.stop()
         shutil.rmtree(staging, ignore_errors=True)
-    return {"dates": targets, "rows": int(built.num_rows), "gold": lake.uri_of(layout.GOLD_FEATURES),
-            "rows_by_date": counts, "gold_version": gold_version, "silver_version": silver_version}
+    result = {"dates": targets, "rows": int(built.num_rows), "gold": lake.uri_of(layout.GOLD_FEATURES),
+              "rows_by_date": counts, "gold_version": gold_version, "silver_version": silver_version}
+    unchanged.remember(lake, "features", key, inputs, result, run_id,
+                       {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, targets)})
+    return result

@@ -33,6 +33,8 @@ GOLD_FEATURES = "gold/features"
 PREDICTIONS = "predictions"
 REPORTS = "reports"
 LEDGER = "_ledger/objects"
+# Per step and partition: the inputs and outputs of its last success (see jobs/unchanged.py).
+STEP_RECORDS = "_ledger/steps"
 CLAIMS = "_ledger/claims"
 
 # The Delta tables of the lake, and the column each one is partitioned by (None: unpartitioned).
@@ -118,3 +120,8 @@ def retrain_request(date: Date | str) -> str:
 def retrain_request_date(key: str) -> str:
     """The date of a retraining request, from its key (see :func:`retrain_request`)."""
     return key.rsplit("/date=", 1)[-1].removesuffix(".json")
+
+
+def step_record(step: str, key: str) -> str:
+    """Where ``step`` records its last success for ``key`` (a date or a date range)."""
+    return f"{STEP_RECORDS}/{step}/{key.replace('/', '_')}.json"

@@ -6,8 +6,8 @@ import logging
 import time
 
 from jobs import lake as lk
-from jobs import layout
-from jobs.registry import alias_version, load_bundle, mlflow_client, read_gold
+from jobs import layout, unchanged
+from jobs.registry import alias_version, file_sha256, load_bundle, mlflow_client, read_gold
 from jobs.result import MissingInput
 from jobs.settings import Settings
 
@@ -16,10 +16,12 @@ log = logging.getLogger(__name__)
 ALERT_THRESHOLD = 0.5  # probability above which a transaction is counted as flagged in the summary
 
 
-def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "") -> dict:
+def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "", force: bool = False) -> dict:
     """Replace ``predictions`` for ``dates`` with the champion's fraud probability per transaction.
 
-    All scored dates are published in one commit of the predictions table.
+    All scored dates are published in one commit of the predictions table. Skipped when the gold
+    files, the champion (version and ONNX hash), the code version and the predictions it wrote are
+    what they were at the last scoring of these dates; ``force`` scores anyway.
     """
     import pandas as pd
     import pyarrow as pa
@@ -35,6 +37,13 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "")
     present = [d for d in tables.partitions(lake, layout.GOLD_FEATURES) if d in set(dates)]
     if not present:
         raise MissingInput(f"no gold features for {dates[0]}..{dates[-1]} in {lake.uri_of(layout.GOLD_FEATURES)}")
+    key = present[0] if len(present) == 1 else f"{present[0]}..{present[-1]}"
+    inputs = {"dates": present, "model_version": str(version), "onnx_sha256": file_sha256(bundle.onnx_path),
+              "code_version": settings.code_version, "gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, present)}
+    done = None if force else unchanged.previous(
+        lake, "score", key, inputs, {"predictions": tables.snapshot_of(lake, layout.PREDICTIONS, present)})
+    if done is not None:
+        return unchanged.skipped(done, "score", key)
     frames, flagged = [], 0
     for date in present:
         started = time.perf_counter()
@@ -54,6 +63,9 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "")
     predictions_version = tables.replace_partitions(
         lake, layout.PREDICTIONS, pa.Table.from_pandas(scored, preserve_index=False), present,
         metadata={"run_id": run_id, "model_version": version, "gold_version": gold_version})
-    return {"dates": present, "rows": len(scored), "flagged": flagged, "model_version": version,
-            "provider": bundle.providers[0], "predictions": lake.uri_of(layout.PREDICTIONS),
-            "predictions_version": predictions_version, "gold_version": gold_version}
+    result = {"dates": present, "rows": len(scored), "flagged": flagged, "model_version": version,
+              "provider": bundle.providers[0], "predictions": lake.uri_of(layout.PREDICTIONS),
+              "predictions_version": predictions_version, "gold_version": gold_version}
+    unchanged.remember(lake, "score", key, inputs, result, run_id,
+                       {"predictions": tables.snapshot_of(lake, layout.PREDICTIONS, present)})
+    return result

@@ -198,6 +198,16 @@ def files(lake: Lake, name: str, dates: Iterable[str], version: int | None = Non
     return [u.removeprefix("file://") if u.startswith("file://") else u for u in sorted(out)]
 
 
+def snapshot_of(lake: Lake, name: str, dates: Iterable[str]) -> list[str]:
+    """The ``dates``' files of the latest version, relative to the table: what they hold right now.
+
+    Delta never rewrites a file in place, so an equal list means equal rows (what
+    ``jobs.unchanged`` compares); a compaction or rebuild gives a new list.
+    """
+    uris = files(lake, name, dates)
+    return [u.split(f"/{name}/", 1)[-1] for u in uris]
+
+
 def _commit_properties(app_id: str | None, metadata: dict | None):
     from deltalake import CommitProperties, Transaction
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from jobs import lake as lk
-from jobs import layout
+from jobs import layout, unchanged
 from jobs.features import FEATURE_COLUMNS, LABEL, LOOKBACK_DAYS
 from jobs.model import Preprocessing, build_model, classification_metrics
 from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, file_sha256, mlflow_client, read_gold
@@ -215,12 +215,24 @@ def torch_scores(net, pre: Preprocessing, frame: pd.DataFrame) -> np.ndarray:
         return torch.sigmoid(net(torch.from_numpy(numeric), torch.from_numpy(categorical))).numpy()
 
 
+def training_inputs(window: list[str], feature_snapshot: str, settings: Settings, permute_labels: bool) -> dict:
+    """Everything a trained model depends on: the exact feature rows, the code and the parameters."""
+    return {"window": [window[0], window[-1]], "feature_snapshot": feature_snapshot,
+            "code_version": settings.code_version, "permute_labels": permute_labels,
+            "params": {k: getattr(settings, k) for k in (
+                "seed", "max_epochs", "batch_size", "learning_rate", "negative_sample_rate", "holdout_days",
+                "train_window_days", "device")}, "features": list(FEATURE_COLUMNS)}
+
+
 def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual", airflow_run_id: str = "",
-          permute_labels: bool = False) -> dict:
+          permute_labels: bool = False, force: bool = False) -> dict:
     """Fit on the window ending at ``date``, register a new model version, return its identity.
 
-    ``permute_labels`` shuffles the fitting labels: a no-skill baseline that the gate must reject
-    (used by the tests; tagged on the run so it can never pass unnoticed).
+    Unchanged inputs (same feature rows, code and parameters as the version this date last
+    trained, which still exists) train nothing and register nothing: the result names that
+    version, with ``skipped``; ``force`` trains anyway. ``permute_labels`` shuffles the fitting
+    labels: a no-skill baseline that the gate must reject (used by the tests; tagged on the run
+    so it can never pass unnoticed).
     """
     import mlflow
     import onnx
@@ -235,6 +247,10 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
     frame = read_gold(lake, window, version=gold_version)
     if frame.empty:
         raise MissingInput(f"no gold features in {lake.uri_of(layout.GOLD_FEATURES)} for {window[0]}..{window[-1]}")
+    inputs = training_inputs(window, feature_fingerprint(frame), settings, permute_labels)
+    done = None if force else unchanged.previous(lake, "train", date, inputs)
+    if done is not None and _version_exists(settings, done["result"].get("model_version")):
+        return unchanged.skipped(done, "train", date)
     fit_rows, val_rows, holdout = time_split(frame, settings.holdout_days)
     if permute_labels:
         rng = np.random.default_rng(settings.seed)
@@ -303,10 +319,27 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
                            "train_window": f"{window[0]}..{window[-1]}", "code_version": settings.code_version,
                            "holdout_dates": ",".join(sorted(holdout["date"].unique()))}.items():
             client.set_model_version_tag(settings.model_name, version, key, value)
-    return {
+    result = {
         "mlflow_run_id": run.info.run_id, "model_name": settings.model_name, "model_version": version,
         "device": device, "world_size": world, "epochs": len(history),
         "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
         "onnx_max_abs_diff": parity, "onnx_sha256": digest, "fit_rows": len(fit_rows),
         "holdout_rows": len(holdout),
     }
+    unchanged.remember(lake, "train", date, inputs, result, airflow_run_id or run.info.run_id)
+    return result
+
+
+def _version_exists(settings: Settings, version: str | None) -> bool:
+    """Whether the registry still holds ``version`` (a deleted one is trained again)."""
+    from mlflow.exceptions import MlflowException
+
+    if not version:
+        return False
+    try:
+        mlflow_client(settings).get_model_version(settings.model_name, str(version))
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True

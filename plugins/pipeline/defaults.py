@@ -16,3 +16,15 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(hours=2),
 }
+
+# Steps skip when their inputs equal those of their last success (jobs/unchanged.py); a person
+# re-runs anyway with "force" in the trigger form (or a backfill's conf: {"force": true}).
+FORCE_ARG = "{{ '--force' if params.force else '' }}"
+
+
+def force_param():
+    from airflow.sdk import Param
+
+    return Param(False, type="boolean", title="Force",
+                 description="Run even when the inputs (table files, model, code, parameters) are those of the "
+                             "last success, which otherwise skips, saying so in the log.")

@@ -8,8 +8,9 @@
 
 All three run ``python -m jobs <step> --date <date> [--run-id <run>] <arguments>``, turn the job's
 JSON result into the task's XCom ``return_value`` and the extra of every asset event the task
-emits, and fail without retries when the job rejected its data (exit code 3) or found no input
-(exit code 4). The DAG files never change when the runner does.
+emits, skip the task when the job found its inputs unchanged (``force`` in the trigger form
+re-runs), and fail without retries when the job rejected its data (exit code 3) or found no
+input (exit code 4). The DAG files never change when the runner does.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from jobs.result import NOT_RETRYABLE
 from pipeline.dates import partition_date
@@ -52,13 +53,24 @@ class JobTask:
         return JobSpec(self.step, args, self.job_resources, dict(self.job_env))
 
     def publish(self, result: dict, context) -> dict:
-        """The job's result becomes the extra of every asset event this task emits."""
+        """The job's result becomes the extra of every asset event this task emits, and the dates
+        it published (``dates``) the events' partition keys.
+
+        A job that found its inputs unchanged since its last success (``skipped`` in its result)
+        makes the task *skipped*: its result stays readable in XCom, no asset event is emitted
+        and nothing downstream runs, since nothing changed.
+        """
+        if result.get("skipped"):
+            context["ti"].xcom_push(key="return_value", value=result)
+            raise AirflowSkipException(result.get("skip_reason") or "unchanged since the last success: skipped")
         extra = {"step": self.step, **{k: v for k, v in result.items() if isinstance(v, _EXTRA_TYPES)}}
-        for key in ("silver_dates", "dates"):
-            if key in result:
-                extra[key] = result[key]
         for outlet in self.outlets:
-            context["outlet_events"][outlet].extra = extra
+            event = context["outlet_events"][outlet]
+            event.extra = extra
+            # One partition key per date the job published: one downstream run per date, also
+            # when this run has no key of its own (a manual range build or `airflow dags test`).
+            if result.get("dates"):
+                event.add_partitions([str(d) for d in result["dates"]])
         return result
 
     def job_failed(self, exit_code: int, message: str):

@@ -84,7 +84,7 @@ def test_a_stale_gate_cannot_promote(gold_lake):
     lake = LocalLake((gold_lake / "lake").as_uri())
     client = mlflow_client(settings)
     a = train(lake, END, settings)
-    b = train(lake, END, settings)
+    b = train(lake, END, settings, force=True)  # the same inputs again: only forced does it train
     assert evaluate(lake, END, settings, a["model_version"])["passed"]
     assert evaluate(lake, END, settings, b["model_version"])["passed"]  # both gated against the same champion
     promote(settings, a["model_version"])
@@ -110,6 +110,72 @@ def test_distributed_training_with_torchrun_on_cpu(gold_lake, monkeypatch):
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.params["world_size"] == "2"
     assert client.get_model_version("fraud-detector", result["model_version"]).tags["onnx_sha256"]
+
+
+def test_unchanged_inputs_are_skipped_and_force_runs_anyway(gold_lake):
+    """Train, features and score on the inputs of their last success do nothing, say so, and
+    register or publish nothing; a changed input or --force runs. Through the real command line."""
+    import os
+
+    from jobs import layout, tables
+    from jobs.lake import LocalLake
+    from jobs.result import parse_result_line
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")},
+           "PIPELINE_STATE_DIR": str(gold_lake), "PIPELINE_HOLDOUT_DAYS": "4", "PIPELINE_MAX_EPOCHS": "2",
+           "PIPELINE_SEED": "23"}
+
+    def job(*args):
+        out = subprocess.run([sys.executable, "-m", "jobs", *args], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results = [parse_result_line(x) for x in out.stdout.splitlines()]
+        return [r for r in results if r is not None][-1], out.stderr
+
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    client = mlflow_client(Settings(state_dir=gold_lake))
+    versions = lambda: len(client.search_model_versions("name='fraud-detector'"))  # noqa: E731
+
+    first, _ = job("train", "--date", END)
+    assert not first.get("skipped")
+    before = versions()
+    again, log = job("train", "--date", END)
+    assert again["skipped"] and again["model_version"] == first["model_version"]
+    assert "unchanged since run" in again["skip_reason"] and "unchanged since run" in log
+    assert versions() == before  # no new version, so nothing to gate or promote
+    env["PIPELINE_MAX_EPOCHS"] = "3"  # a parameter changed: trains
+    changed, _ = job("train", "--date", END)
+    assert not changed.get("skipped") and versions() == before + 1
+    forced, _ = job("train", "--date", END, "--force")
+    assert not forced.get("skipped") and versions() == before + 2
+
+    gold = tables.version(lake, layout.GOLD_FEATURES)
+    built, _ = job("features", "--start", "2026-03-12", "--date", END)  # a range not built yet: builds
+    assert not built.get("skipped") and tables.version(lake, layout.GOLD_FEATURES) == gold + 1
+    same, log = job("features", "--start", "2026-03-12", "--date", END)
+    assert same["skipped"] and same["dates"] == built["dates"] and "unchanged since run" in log
+    assert tables.version(lake, layout.GOLD_FEATURES) == gold + 1  # no Spark, no commit
+    # Gold of the range rewritten behind its back: the build's outputs changed, so it builds again.
+    frame = tables.read(lake, layout.GOLD_FEATURES, dates=[END])
+    import pyarrow as pa
+
+    tables.replace_partitions(lake, layout.GOLD_FEATURES, pa.Table.from_pandas(frame, preserve_index=False), [END])
+    rebuilt, _ = job("features", "--start", "2026-03-12", "--date", END)
+    assert not rebuilt.get("skipped")
+
+    lenient = Settings(state_dir=gold_lake, holdout_days=4, bootstrap_resamples=50, non_inferiority_margin=1.0)
+    assert evaluate(lake, END, lenient, changed["model_version"])["passed"]
+    promote(lenient, changed["model_version"])
+    scored, _ = job("score", "--date", END)
+    assert not scored.get("skipped")
+    same, log = job("score", "--date", END)
+    assert same["skipped"] and same["predictions_version"] == scored["predictions_version"]
+    assert "unchanged since run" in log
+    assert evaluate(lake, END, lenient, forced["model_version"])["passed"]
+    promote(lenient, forced["model_version"])
+    rescored, _ = job("score", "--date", END)  # a new champion: scored again
+    assert not rescored.get("skipped") and rescored["model_version"] == forced["model_version"]
+    again, _ = job("score", "--date", END, "--force")
+    assert not again.get("skipped") and again["predictions_version"] > rescored["predictions_version"]
 
 
 def test_scoring_refuses_a_tampered_onnx_file(gold_lake):
