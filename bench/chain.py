@@ -113,15 +113,12 @@ def under_the_scheduler(state: Path, env: dict, log: Path, new_day: Date, rows: 
     with airflow_standalone(env, log.with_suffix(".airflow.log")) as proc:
         wait_for_api(proc)
         since = time.time()
-        # The nightly run for yesterday starts as soon as ingestion is unpaused; features and scoring
-        # follow its asset events. monitor_drift also has its own 04:00 nightly run, which would
-        # start at once (before the day's features exist) and, at one active run, hold back the
-        # asset-triggered one: it is unpaused when scoring is done, as at 04:00 in production.
+        # The nightly run for yesterday (partition key = that day) starts as soon as ingestion is
+        # unpaused; features, scoring and the drift check follow, each started by the partition
+        # its producer published.
         run("airflow dags unpause --treat-dag-id-as-regex -y '^(ingest_transactions|build_features|"
-            "score_transactions)$'", env, log)
-        poll_db(db, proc, runs, finished("score_transactions"), timeout=1200)
-        run("airflow dags unpause monitor_drift", env, log)
-        observed = poll_db(db, proc, runs, finished("monitor_drift"), timeout=600)
+            "score_transactions|monitor_drift)$'", env, log)
+        observed = poll_db(db, proc, runs, finished("monitor_drift"), timeout=1800)
     observed = [r for r in observed or [] if r[0] in NIGHTLY]
     firsts = {}
     for dag_id, run_type, state_, start, end in observed:

@@ -8,6 +8,7 @@ with one JSON result line (see :mod:`jobs.result`).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import date as Date
 from functools import wraps
@@ -204,9 +205,24 @@ def promote(model_version: Annotated[str, typer.Option(help="Version that passed
 
 @app.command()
 @step
-def rollback():
-    """Restore the previous champion."""
+def rollback(
+    expected_version: Annotated[Optional[str], typer.Option(
+        help="The champion you mean to replace; if the champion is another version by now, nothing "
+             "changes (default: the current champion).")] = None,
+    reason: Annotated[str, typer.Option(help="Why: recorded on both model versions and in the log.")] = "",
+    actor: Annotated[str, typer.Option(help="Who asked (recorded with the reason).")] = "",
+):
+    """Restore the previous champion (compare-and-set on the expected champion)."""
     from jobs.promote import rollback as run
+
+    return run(_settings(), expected=expected_version, reason=reason, actor=actor or os.environ.get("USER", ""))
+
+
+@app.command()
+@step
+def champion():
+    """Show which versions hold the champion and previous-champion aliases."""
+    from jobs.promote import champion as run
 
     return run(_settings())
 

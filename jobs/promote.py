@@ -46,15 +46,51 @@ def promote(settings: Settings, model_version: str) -> dict:
     return {"champion_version": str(model_version), "previous_champion_version": current, "changed": True}
 
 
-def rollback(settings: Settings) -> dict:
-    """Point ``champion`` back at ``previous-champion`` (and vice versa)."""
+def champion(settings: Settings) -> dict:
+    """The versions holding ``champion`` and ``previous-champion`` right now."""
+    client = mlflow_client(settings)
+    return {"champion_version": alias_version(client, settings, settings.champion_alias),
+            "previous_champion_version": alias_version(client, settings, settings.previous_champion_alias)}
+
+
+def rollback(settings: Settings, expected: str | None = None, reason: str = "", actor: str = "") -> dict:
+    """Point ``champion`` back at ``previous-champion`` (and vice versa), if it still is ``expected``.
+
+    ``expected``: the champion the person decided to replace. When the champion is no longer
+    that version (a promotion or another rollback moved it, or this very rollback already ran and
+    its task is being retried), nothing changes: the alias swap is a toggle, and doing it twice
+    would undo it. The reason, who asked and the Airflow run are recorded as tags on both
+    versions (``rollback_*`` on the restored one, ``rolled_back_*`` on the replaced one) and in the
+    log. Without ``expected`` (a shell), the current champion is taken as expected.
+    """
+    from datetime import UTC, datetime
+
     client = mlflow_client(settings)
     previous = alias_version(client, settings, settings.previous_champion_alias)
     current = alias_version(client, settings, settings.champion_alias)
+    expected = str(expected) if expected else current
+    why = reason.strip() or "no reason given"
+    if current != expected:
+        log.warning("not rolling back: @%s is v%s, not the expected v%s (it moved since the decision, or this "
+                    "rollback already ran); nothing changed. Reason given: %s", settings.champion_alias, current,
+                    expected, why)
+        return {"champion_version": current, "previous_champion_version": previous, "changed": False,
+                "expected_version": expected, "note": f"champion is v{current}, not the expected v{expected}: "
+                                                      "nothing changed"}
     if previous is None:
         raise JobError(f"{settings.model_name} has no @{settings.previous_champion_alias}: nothing to roll back to")
     client.set_registered_model_alias(settings.model_name, settings.champion_alias, previous)
     if current is not None:
         client.set_registered_model_alias(settings.model_name, settings.previous_champion_alias, current)
-    log.info("rolled back @%s from v%s to v%s", settings.champion_alias, current, previous)
-    return {"champion_version": previous, "previous_champion_version": current, "changed": True}
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    record = {"reason": why, "by": actor or "unknown", "at": when, "airflow_run_id": settings.airflow_run_id,
+              "airflow_task_url": settings.airflow_task_url}
+    for key, value in record.items():
+        if value:
+            client.set_model_version_tag(settings.model_name, previous, f"rollback_{key}", value)
+            if current is not None:
+                client.set_model_version_tag(settings.model_name, current, f"rolled_back_{key}", value)
+    log.info("rolled back @%s from v%s to v%s by %s: %s", settings.champion_alias, current, previous,
+             actor or "unknown", why)
+    return {"champion_version": previous, "previous_champion_version": current, "changed": True,
+            "expected_version": expected, "reason": why, "by": actor or "unknown"}

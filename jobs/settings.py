@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     code_version: str = Field(
         default="dev", description="Code version recorded with every model (git sha in CI/images)."
     )
+    # Set by the Airflow task that runs the job (pipeline.operators): the real run id and the
+    # task instance's URL, recorded on MLflow runs and model versions so each links back.
+    airflow_run_id: str = ""
+    airflow_task_url: str = ""
     max_epochs: int = 30
     early_stopping_patience: int = 4
     batch_size: int = 512

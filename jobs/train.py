@@ -275,8 +275,9 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
     snapshots = lineage_snapshots(lake, frame, gold_version)
     client = mlflow_client(settings)
     with mlflow.start_run(run_name=f"train-{date}") as run:
-        mlflow.set_tags({**snapshots, "trigger": trigger, "airflow_run_id": airflow_run_id, "logical_date": date,
-                         "device": device, "code_version": settings.code_version,
+        mlflow.set_tags({**snapshots, "trigger": trigger, "logical_date": date,
+                         **airflow_tags(settings, airflow_run_id), "device": device,
+                         "code_version": settings.code_version,
                          "labels": "permuted (baseline)" if permute_labels else "as delivered"})
         mlflow.log_params({
             "train_window": f"{window[0]}..{window[-1]}", "holdout_dates": ",".join(sorted(holdout["date"].unique())),
@@ -317,7 +318,8 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
         digest = file_sha256(next(stored.rglob("*.onnx")))
         for key, value in {**snapshots, ONNX_SHA_TAG: digest, "trigger": trigger, "logical_date": date,
                            "train_window": f"{window[0]}..{window[-1]}", "code_version": settings.code_version,
-                           "holdout_dates": ",".join(sorted(holdout["date"].unique()))}.items():
+                           "holdout_dates": ",".join(sorted(holdout["date"].unique())),
+                           **airflow_tags(settings, airflow_run_id)}.items():
             client.set_model_version_tag(settings.model_name, version, key, value)
     result = {
         "mlflow_run_id": run.info.run_id, "model_name": settings.model_name, "model_version": version,
@@ -328,6 +330,14 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
     }
     unchanged.remember(lake, "train", date, inputs, result, airflow_run_id or run.info.run_id)
     return result
+
+
+def airflow_tags(settings: Settings, airflow_run_id: str = "") -> dict[str, str]:
+    """The Airflow run (its real id, findable in the UI and API) and task instance URL behind a model."""
+    tags = {"airflow_run_id": settings.airflow_run_id or airflow_run_id}
+    if settings.airflow_task_url:
+        tags["airflow_task_url"] = settings.airflow_task_url
+    return tags
 
 
 def _version_exists(settings: Settings, version: str | None) -> bool:

@@ -50,7 +50,7 @@ class JobTask:
         if self.pass_run_id:
             args += ["--run-id", _safe_run_id(context["run_id"])]
         args += [str(a) for a in self.job_arguments if str(a) != ""]  # a template may render to nothing
-        return JobSpec(self.step, args, self.job_resources, dict(self.job_env))
+        return JobSpec(self.step, args, self.job_resources, {**airflow_identity(context), **self.job_env})
 
     def publish(self, result: dict, context) -> dict:
         """The job's result becomes the extra of every asset event this task emits, and the dates
@@ -123,6 +123,17 @@ def job_task(*, step: str, arguments: Sequence[str] = (), date: str | None = Non
     kwargs.setdefault("task_id", step)
     return operator_class(step=step, arguments=arguments, date=date, pass_date=pass_date, pass_run_id=pass_run_id,
                           job_resources=job_resources, env=env, **kwargs)
+
+
+def airflow_identity(context) -> dict[str, str]:
+    """The real run id and the task instance's URL, for the job to record (MLflow tags, logs)."""
+    ti = context.get("ti")
+    url = ""
+    try:
+        url = ti.log_url if ti is not None else ""
+    except Exception:  # noqa: BLE001 - a URL is a convenience, never a reason to fail the task
+        url = ""
+    return {"PIPELINE_AIRFLOW_RUN_ID": str(context.get("run_id") or ""), "PIPELINE_AIRFLOW_TASK_URL": url}
 
 
 def _safe_run_id(run_id: str) -> str:

@@ -21,7 +21,7 @@ EXPECTED_EDGES = {
     "train_model": {("train", "evaluate"), ("evaluate", "gate"), ("gate", "promote"), ("gate", "keep_champion")},
     "score_transactions": {("plan_dates", "score")},
     "monitor_drift": {("drift", "decide"), ("decide", "signal_retraining")},
-    "rollback_model": set(),
+    "rollback_model": {("current_champion", "rollback")},
     "maintain_lake": set(),
 }
 OPERATIONS_DAGS = {"rollback_model", "maintain_lake"}  # not about a date: no date in their forms
@@ -210,5 +210,7 @@ def test_training_runs_are_labelled_by_what_started_them(dagbag, run_type, label
     from airflow.utils.types import DagRunType
 
     train = dagbag.dags["train_model"].get_task("train")
-    context = {"dag_run": SimpleNamespace(run_type=DagRunType[run_type])}
-    assert train.render_template(train.job_arguments, context) == ["--trigger", label]
+    context = {"dag_run": SimpleNamespace(run_type=DagRunType[run_type]), "params": {"force": False}}
+    assert train.render_template(train.job_arguments, context) == ["--trigger", label, ""]  # "" is dropped
+    forced = train.render_template(train.job_arguments, {**context, "params": {"force": True}})
+    assert forced == ["--trigger", label, "--force"]

@@ -56,7 +56,10 @@ def expected_command(task) -> list[str]:
 
 
 def context() -> dict:
-    return {"params": {"date": DATE}, "run_id": RUN_ID}
+    from types import SimpleNamespace
+
+    ti = SimpleNamespace(log_url=f"http://localhost:8080/dags/d/runs/{RUN_ID}/tasks/TASK?try_number=1")
+    return {"params": {"date": DATE, "force": False}, "run_id": RUN_ID, "ti": ti}
 
 
 def test_forwarded_env_keeps_credentials_apart():
@@ -87,6 +90,9 @@ def test_docker_runner_renders_every_job(monkeypatch, gpus):
         assert [*task.entrypoint, *task.command] == expected_command(task)
         assert task.environment["PIPELINE_LAKE_URI"] == "s3://lake/"
         assert task.environment["PIPELINE_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        # The real run id and the task instance's URL, for MLflow tags that link back to Airflow.
+        assert task.environment["PIPELINE_AIRFLOW_RUN_ID"] == RUN_ID
+        assert task.environment["PIPELINE_AIRFLOW_TASK_URL"] == context()["ti"].log_url
         assert not SECRETS & set(task.environment), "credentials must not be plain (rendered) environment"
         assert set(task._private_environment) == SECRETS
         assert "PIPELINE_DOCKER_URL" not in task.environment and "HOME" not in task.environment

@@ -99,7 +99,12 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path):
         # One features run per day partition that ingestion published, keyed by the day.
         assert feature_runs == [(d, "asset_triggered", "success") for d in DAYS], f"{feature_runs}\n{log}"
 
-        def gold_versions(conn):
+        def gold_versions(conn, db=None):
+            if conn is None:
+                import sqlite3
+
+                with sqlite3.connect(db) as fresh:
+                    return gold_versions(fresh)
             return conn.execute(
                 "select r.partition_key, x.value from xcom x join dag_run r on r.id = x.dag_run_id "
                 "where r.dag_id = 'build_features' and x.task_id = 'features' and x.key = 'return_value' "
@@ -109,7 +114,8 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path):
         built = {key: json.loads(value) for key, value in first}
         assert [built[d]["dates"] for d in DAYS] == [[d] for d in DAYS]  # each run built its own day
 
-        # Clear one partition: its run is re-queued and rebuilds exactly that day.
+        # Clear one partition: its run is re-queued and runs again, and, its inputs unchanged, the
+        # features step skips (saying so) instead of rebuilding the same day.
         cleared = api.call("POST", "/api/v2/dags/build_features/clearDagRuns",
                            {"partition_key": DAYS[-1], "dry_run": False})
         assert cleared.get("total_entries", 0) >= 1, cleared
@@ -120,13 +126,17 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path):
                 "on r.run_id = t.run_id and r.dag_id = t.dag_id where t.dag_id = 'build_features' "
                 "and t.task_id = 'features' order by r.partition_key").fetchall()
 
-        after = poll_db(db, proc, retried, lambda rows: (DAYS[-1], 2, "success") in rows, timeout=300)
-        assert after == [(DAYS[0], 1, "success"), (DAYS[-1], 2, "success")], after
+        after = poll_db(db, proc, retried, lambda rows: (DAYS[-1], 2, "skipped") in rows, timeout=300)
+        assert after == [(DAYS[0], 1, "success"), (DAYS[-1], 2, "skipped")], after
+        again = {key: json.loads(value) for key, value in gold_versions(conn=None, db=db)}
+        assert "unchanged since run" in again[DAYS[-1]]["skip_reason"]
 
-        # A backfill of the partitioned-asset DAG itself: one run for the day, reprocessing it.
+        # A backfill of the partitioned-asset DAG itself, forced (its conf): the day is rebuilt.
         api.call("POST", "/api/v2/backfills", {
             "dag_id": "build_features", "from_date": f"{DAYS[0]}T00:00:00Z", "to_date": f"{DAYS[0]}T00:00:00Z",
-            "reprocess_behavior": "completed"})
+            "reprocess_behavior": "completed", "dag_run_conf": {"force": True}})
         final = poll_db(db, proc, lambda c: runs(c, "build_features"),
                         lambda r: any(t == "backfill" for _, t, _ in r) and settled(r), timeout=300)
         assert (DAYS[0], "backfill", "success") in final, final
+        forced = poll_db(db, proc, retried, lambda rows: len(rows) == 3, timeout=30, every=1)
+        assert (DAYS[0], 1, "success") in forced and forced.count((DAYS[0], 1, "success")) == 2, forced

@@ -237,7 +237,10 @@ def test_ingestion_runs_through_airflow_on_postgres(postgres, env):
         "wait_for_raw": "success", "ingest": "success", "validate": "success", "announce_silver": "success",
         "stop_on_rejections": "success"}
     (event,) = asset_extras(postgres, "silver_transactions")
-    assert DAY in event["silver_dates"]
+    assert event["rows_silver"] == ROWS
+    keys = postgres.query("airflow", "select e.partition_key from asset_event e join asset a on a.id = e.asset_id "
+                                     "where a.name = 'silver_transactions'")
+    assert keys == [(DAY,)]  # the date that landed, as the event's partition key
     from deltalake import DeltaTable
 
     silver = DeltaTable(str(Path(env["PIPELINE_STATE_DIR"]) / "lake" / "silver" / "transactions"))
@@ -278,7 +281,15 @@ def test_rollback_moves_mlflow_aliases_stored_in_postgres(postgres, env):
     assert aliases == {"champion": 1, "previous-champion": 2}
 
     assert [state for _, state in runs(postgres, "rollback_model")] == ["success"]
-    assert task_states(postgres, "rollback_model") == {"rollback": "success"}
+    assert task_states(postgres, "rollback_model") == {"current_champion": "success", "rollback": "success"}
+    # The reason and the Airflow run are recorded on both versions (restored and replaced).
+    restored, replaced = reader.get_model_version(MODEL, "1").tags, reader.get_model_version(MODEL, "2").tags
+    assert restored["rollback_reason"] == replaced["rolled_back_reason"] == "proof of the PostgreSQL path"
+    assert restored["rollback_airflow_run_id"] == runs(postgres, "rollback_model")[0][0]
+    # A retry of the same rollback (expected champion v2, now v1) changes nothing: never a second swap.
+    again = sh(env, "python -m jobs rollback --expected-version 2 --reason retry")
+    assert '"changed": false' in again.stdout
+    assert str(reader.get_model_version_by_alias(MODEL, "champion").version) == "1"
     (event,) = asset_extras(postgres, "champion_model")
     assert event["champion_version"] == "1" and event["previous_champion_version"] == "2"
     # Neither Airflow nor MLflow fell back to a SQLite file anywhere in the state folder.

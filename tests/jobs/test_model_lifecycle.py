@@ -70,9 +70,17 @@ def test_worse_challenger_is_refused_better_is_promoted_and_rollback_restores(go
     assert alias_version(client, settings, "champion") == better["model_version"]
     assert alias_version(client, settings, "previous-champion") == first["model_version"]
 
-    rollback(settings)
-    assert alias_version(client, settings, "champion") == first["model_version"]
+    done = rollback(settings, expected=better["model_version"], reason="INC-7: alert volume doubled", actor="oncall")
+    assert done["changed"] and alias_version(client, settings, "champion") == first["model_version"]
     assert alias_version(client, settings, "previous-champion") == better["model_version"]
+    restored = client.get_model_version("fraud-detector", first["model_version"]).tags
+    assert (restored["rollback_reason"], restored["rollback_by"]) == ("INC-7: alert volume doubled", "oncall")
+    replaced = client.get_model_version("fraud-detector", better["model_version"]).tags
+    assert replaced["rolled_back_reason"] == "INC-7: alert volume doubled"
+    # The same rollback again (a retried task): the champion is no longer the expected one, so the
+    # toggle is not pulled a second time.
+    again = rollback(settings, expected=better["model_version"], reason="INC-7: alert volume doubled")
+    assert not again["changed"] and alias_version(client, settings, "champion") == first["model_version"]
 
 
 def test_a_stale_gate_cannot_promote(gold_lake):
