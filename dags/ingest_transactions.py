@@ -32,6 +32,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pipeline.assets import SILVER_TRANSACTIONS, raw_deliveries_watched
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.notify import predictions_deadline
 from pipeline.operators import job_task
 from pipeline.runners import Resources
 from pipeline.sensors import raw_delivery_sensor
@@ -100,8 +101,9 @@ def ingestion_tasks() -> None:
     stop_on_rejections(validate.output)
 
 
+# With PIPELINE_NOTIFY_EMAIL set: "predictions for D are late" when the nightly run is not done in time.
 with DAG(dag_id="ingest_transactions", doc_md=__doc__, schedule=nightly_partitions(),
-         tags=[*TAGS, "ingestion"], **DAG_ARGS):
+         deadline=predictions_deadline(), tags=[*TAGS, "ingestion"], **DAG_ARGS):
     ingestion_tasks()
 
 # With PIPELINE_LAKE_EVENTS_QUEUE set, S3 event notifications start this one (AssetWatcher).

@@ -18,6 +18,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, task
 from pipeline.assets import DRIFT_SIGNAL, PREDICTIONS
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.notify import DAY, on_event
 from pipeline.operators import job_task
 from pipeline.runners import Resources
 from pipeline.timetables import DailyPartitionedAssets
@@ -60,7 +61,10 @@ with DAG(
         print(f"Report: {r['report_html']}")
         return bool(r["retrain"])
 
-    @task(outlets=[DRIFT_SIGNAL])
+    @task(outlets=[DRIFT_SIGNAL], on_success_callback=on_event(
+        f"DRIFT for {DAY}: retraining requested",
+        "{{ ti.xcom_pull(task_ids='drift')['decision'] }}; drifted columns: "
+        "{{ ti.xcom_pull(task_ids='drift')['drifted_columns'] | join(', ') }}"))
     def signal_retraining(**context) -> None:
         """Emits the drift_detected event (with the drift summary) that schedules train_model."""
         r = context["ti"].xcom_pull(task_ids="drift")

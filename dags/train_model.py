@@ -31,6 +31,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
 from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
 from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, PROMOTION_POOL, START_DATE, TAGS, force_param
+from pipeline.notify import DAY, on_event
 from pipeline.operators import job_task
 from pipeline.runners import Resources
 from pipeline.timetables import DailyPartitionedAssets
@@ -90,9 +91,19 @@ with DAG(
         pool=PROMOTION_POOL,
         arguments=["--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}"],
         outlets=[CHAMPION_MODEL],
+        on_success_callback=on_event(
+            "PROMOTED fraud-detector v{{ ti.xcom_pull(task_ids='train')['model_version'] }} to champion "
+            f"(trained up to {DAY})",
+            "{{ ti.xcom_pull(task_ids='evaluate')['verdict'] }}"),
         doc_md="Moves the champion alias to the new version (the old one becomes previous-champion).",
     )
-    keep_champion = EmptyOperator(task_id="keep_champion", doc_md="The challenger failed the gate: nothing changes.")
+    keep_champion = EmptyOperator(
+        task_id="keep_champion",
+        on_success_callback=on_event(
+            "GATE REFUSED fraud-detector v{{ ti.xcom_pull(task_ids='train')['model_version'] }} "
+            f"(trained up to {DAY})",
+            "{{ ti.xcom_pull(task_ids='evaluate')['verdict'] }}"),
+        doc_md="The challenger failed the gate: nothing changes.")
 
     decision = train >> evaluate >> gate()
     if PROMOTION_APPROVAL:

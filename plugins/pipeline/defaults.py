@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from pipeline.notify import on_failure
+
 START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 TAGS = ["fraud-detection"]
 # One slot: promotions and rollbacks never run at the same time (scripts/env.sh creates it).
@@ -15,6 +17,8 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(minutes=2),
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(hours=2),
+    # A task that fails for good mails PIPELINE_NOTIFY_EMAIL (pipeline.notify); none when unset.
+    **({"on_failure_callback": on_failure()} if on_failure() else {}),
 }
 
 # Steps skip when their inputs equal those of their last success (jobs/unchanged.py); a person

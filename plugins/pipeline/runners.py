@@ -66,7 +66,10 @@ class RunnerSettings(BaseSettings):
 # Variables a job needs from the worker: its settings, the lake's and MLflow's client settings, and
 # Airflow connections. The runner's own settings stay on the worker.
 _FORWARDED_PREFIXES = ("PIPELINE_", "AWS_", "MLFLOW_", "AIRFLOW_CONN_")
-_RUNNER_ONLY = re.compile(r"^PIPELINE_(JOB_(RUNNER|IMAGE|IMAGE_GPU|GPUS|RESULT_FILE)|DOCKER_\w+|K8S_\w+)$")
+# Settings of the worker alone: where jobs run, and who is told (jobs never mail: the SMTP
+# credentials stay on the worker).
+_RUNNER_ONLY = re.compile(r"^(PIPELINE_(JOB_(RUNNER|IMAGE|IMAGE_GPU|GPUS|RESULT_FILE)|DOCKER_\w+|K8S_\w+|NOTIFY_\w+|"
+                          r"PREDICTIONS_DEADLINE_MINUTES)|AIRFLOW_CONN_SMTP\w*)$")
 _SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|^AIRFLOW_CONN_")
 _SECRET_IN_URI = re.compile(r"://[^/@\s]*:[^/@\s]*@")  # scheme://user:password@host
 

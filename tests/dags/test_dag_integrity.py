@@ -214,3 +214,37 @@ def test_training_runs_are_labelled_by_what_started_them(dagbag, run_type, label
     assert train.render_template(train.job_arguments, context) == ["--trigger", label, ""]  # "" is dropped
     forced = train.render_template(train.job_arguments, {**context, "params": {"force": True}})
     assert forced == ["--trigger", label, "--force"]
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_people_are_told_only_when_configured(configured, tmp_path):
+    """With PIPELINE_NOTIFY_EMAIL: every task mails its final failure, the gate's refusal, drift and a
+    promotion mail the news, and the nightly run has a deadline; without it, no DAG carries any."""
+    import os
+
+    script = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+names = lambda cbs: [type(c).__name__ for c in (cbs if isinstance(cbs, list) else [cbs] if cbs else [])]
+out = {"failure": sorted({tuple(names(t.on_failure_callback)) for d in bag.dags.values() for t in d.tasks}),
+       "success": {f"{d.dag_id}.{t.task_id}": names(t.on_success_callback) for d in bag.dags.values()
+                   for t in d.tasks if t.on_success_callback},
+       "deadline": [str(a.interval) for a in bag.dags["ingest_transactions"].deadline or []]}
+print(json.dumps(out))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_NOTIFY")}
+    if configured:
+        env.update(PIPELINE_NOTIFY_EMAIL="risk-team@example.com", PIPELINE_PREDICTIONS_DEADLINE_MINUTES="90")
+    out = subprocess.run([sys.executable, "-c", script, str(ROOT / "dags")], env=env, capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    if configured:
+        assert found["failure"] == [["SmtpNotifier"]]  # every task of every DAG
+        assert found["success"] == {"train_model.promote": ["SmtpNotifier"], "train_model.keep_champion": [
+            "SmtpNotifier"], "monitor_drift.signal_retraining": ["SmtpNotifier"]}
+        assert found["deadline"] == ["1:30:00"]
+    else:
+        assert found == {"failure": [[]], "success": {}, "deadline": []}

@@ -63,7 +63,10 @@ def context() -> dict:
 
 
 def test_forwarded_env_keeps_credentials_apart():
-    plain, secret = forwarded_env({**WORKER_ENV, "PIPELINE_MLFLOW_TRACKING_URI": "postgresql://u:pw@db/mlflow"})
+    plain, secret = forwarded_env({**WORKER_ENV, "PIPELINE_MLFLOW_TRACKING_URI": "postgresql://u:pw@db/mlflow",
+                                   # who is told, and the SMTP server: the worker's alone
+                                   "PIPELINE_NOTIFY_EMAIL": "risk@example.com",
+                                   "AIRFLOW_CONN_SMTP_DEFAULT": "smtp://u:pw@smtp.example.com:587"})
     assert set(secret) == SECRETS | {"PIPELINE_MLFLOW_TRACKING_URI"}
     assert plain == {"PIPELINE_LAKE_URI": "s3://lake/", "PIPELINE_STATE_DIR": "/data/state",
                      "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -80,3 +80,33 @@ def test_airflow_a_partitioned_event_never_starts_a_non_partitioned_dag():
 
     source = inspect.getsource(AssetManager._queue_dagruns)
     assert "if not non_partitioned_dags or partition_key is not None:" in source
+
+
+def test_airflow_dags_test_fails_after_a_successful_run_of_a_dag_with_a_deadline(tmp_path):
+    """apache/airflow#73428. Workaround: the deadline is opt-in (PIPELINE_PREDICTIONS_DEADLINE_MINUTES,
+    set by the stack) and `make run`, which drives the DAGs with `airflow dags test`, unsets it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "with_deadline.py").write_text(
+        "from datetime import datetime, timedelta\n"
+        "from airflow.providers.standard.operators.empty import EmptyOperator\n"
+        "from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference\n"
+        "async def told(**kwargs):\n    pass\n"
+        "with DAG('with_deadline', schedule=None, start_date=datetime(2026, 1, 1), deadline=DeadlineAlert(\n"
+        "        reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(hours=1),\n"
+        "        callback=AsyncCallback(told))):\n"
+        "    EmptyOperator(task_id='nothing')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+               AIRFLOW__CORE__LOAD_EXAMPLES="False", PYTHONPATH=str(dags),
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/airflow.db")
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
+    out = subprocess.run([airflow, "dags", "test", "with_deadline", "2026-01-02"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0 and "'dict' object has no attribute 'hex'" in out.stdout + out.stderr

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,20 @@ def settled(rows: list[tuple]) -> bool:
     return bool(rows) and not any(state in ("queued", "running") for *_, state in rows)
 
 
-def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path):
+@pytest.fixture
+def inbox():
+    from smtpbox import smtp_inbox
+
+    with smtp_inbox() as box:
+        yield box
+
+
+def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path, inbox):
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINE_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PIPELINE_STATE_DIR=str(state))
+    # The nightly run for yesterday (no delivery: its sensor waits) misses a one-minute deadline.
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PIPELINE_STATE_DIR=str(state),
+               PIPELINE_PREDICTIONS_DEADLINE_MINUTES="1", **inbox.env())
     raw = state / "lake" / "raw" / "transactions"
     for day in DAYS:
         (raw / f"date={day}").mkdir(parents=True)
@@ -140,3 +151,8 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path):
         assert (DAYS[0], "backfill", "success") in final, final
         forced = poll_db(db, proc, retried, lambda rows: len(rows) == 3, timeout=30, every=1)
         assert (DAYS[0], 1, "success") in forced and forced.count((DAYS[0], 1, "success")) == 2, forced
+
+        # The DeadlineAlert of the nightly run: mailed by the triggerer through the SMTP notifier.
+        yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+        late = inbox.wait_for(f"LATE: predictions for {yesterday}", timeout=180)
+        assert "ingest_transactions" in late

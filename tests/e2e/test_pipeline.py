@@ -30,11 +30,20 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def inbox():
+    """A local SMTP server: the DAGs' notifiers mail it (Airflow's Notifier API, SMTP provider)."""
+    from smtpbox import smtp_inbox
+
+    with smtp_inbox() as box:
+        yield box
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, inbox):
     state = tmp_path_factory.mktemp("e2e-state")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINE_"))}
     env.update(PIPELINE_STATE_DIR=str(state), PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
-               PIPELINE_HOLDOUT_DAYS="4", PIPELINE_MAX_EPOCHS="15")
+               PIPELINE_HOLDOUT_DAYS="4", PIPELINE_MAX_EPOCHS="15", **inbox.env())
     sh(env, "airflow_init")
     return env
 
@@ -154,7 +163,7 @@ def test_undrifted_data_is_not_flagged(env, chain):
     assert asset_events(env, "drift_detected") == []
 
 
-def test_drifted_data_is_flagged_and_asks_for_retraining(env, chain):
+def test_drifted_data_is_flagged_and_asks_for_retraining(env, chain, inbox):
     sh(env, f"python -m jobs generate --date {NEXT} --rows-per-day {ROWS_PER_DAY} --drift 1.0")
     dag_test(env, "ingest_transactions", NEXT)
     dag_test(env, "build_features", NEXT)
@@ -163,12 +172,14 @@ def test_drifted_data_is_flagged_and_asks_for_retraining(env, chain):
     assert report["drifted"] is True
     assert {"log_amount", "merchant_category"} <= set(report["drifted_columns"])
     assert "DRIFT: asking for retraining" in out
+    mail = inbox.wait_for(f"DRIFT for {NEXT}: retraining requested", timeout=10)
+    assert "merchant_category" in mail and "tasks/signal_retraining" in mail
     (event,) = asset_events(env, "drift_detected")
     assert event["window"] == f"{NEXT}..{NEXT}" and event["drift_share"] == report["drift_share"]
     assert report["retrain"] is True and report["decision"].startswith("retraining requested")
 
 
-def test_retraining_on_drifted_data_promotes_only_through_the_gate(env, chain):
+def test_retraining_on_drifted_data_promotes_only_through_the_gate(env, chain, inbox):
     out = dag_test(env, "train_model", NEXT).stdout
     assert "Gate verdict for v2:" in out
     gate = json.loads((lake(env) / "reports" / "gate" / f"date={NEXT}" / "v2.json").read_text())
@@ -177,10 +188,14 @@ def test_retraining_on_drifted_data_promotes_only_through_the_gate(env, chain):
     client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
     champion = str(client.get_model_version_by_alias("fraud-detector", "champion").version)
     assert champion == ("2" if gate["passed"] else "1")
+    # The outcome is mailed either way, naming the version and the verdict.
+    told = f"PROMOTED fraud-detector v2 to champion (trained up to {NEXT})" if gate["passed"] else \
+        f"GATE REFUSED fraud-detector v2 (trained up to {NEXT})"
+    assert gate["verdict"].split(":")[0] in inbox.wait_for(told, timeout=10)
     assert gate["champion_version"] == "1" and gate["comparison"]["resamples"] > 0
 
 
-def test_a_malformed_delivery_stops_the_run_but_the_good_delivery_beside_it_flows_on(env, chain):
+def test_a_malformed_delivery_stops_the_run_but_the_good_delivery_beside_it_flows_on(env, chain, inbox):
     sh(env, f"python -m jobs generate --date {AFTER} --rows-per-day 200")
     raw = lake(env) / "raw" / "transactions" / f"date={AFTER}" / "broken.csv"
     raw.write_bytes(b"transaction_id;card;amount\n\x00\xff\xfe")
@@ -193,6 +208,9 @@ def test_a_malformed_delivery_stops_the_run_but_the_good_delivery_beside_it_flow
     job_lines = [line for line in log.splitlines() if "loc=runners.py" in line]
     assert any("1 of 2 delivered object(s) rejected; 1 date(s) of good rows landed in silver" in line
                for line in job_lines)
+    # The people are told: which run, which day, which file broke which rule, and a link to the task.
+    mail = inbox.wait_for(f"FAILED ingest_transactions.stop_on_rejections for {AFTER}", timeout=10)
+    assert "broken.csv: rejected_file" in mail and "not_utf8" in mail and "tasks/stop_on_rejections" in mail
     assert not any("Traceback" in line for line in job_lines)
     assert "AirflowFailException" in log and "stop_on_rejections" in log
     assert raw.read_bytes() == b"transaction_id;card;amount\n\x00\xff\xfe"
