@@ -15,8 +15,11 @@ gate passes, the `champion` alias on the new version (Asset `champion_model`).
 with PyTorch, scoring latency, and not worse than the current champion on the same frozen
 holdout (the most recent `PIPELINE_HOLDOUT_DAYS` days). With no champion yet the floors decide.
 
-**Human approval** (optional): with `PIPELINE_PROMOTION_APPROVAL=true` an `approve_promotion`
-task (Airflow's HITL approval) waits up to 24 h for a person to approve the promotion in the UI.
+**Human approval** (optional): with `PIPELINE_PROMOTION_APPROVAL=true`, a challenger that passed
+its gate waits (`approve_promotion`, Airflow's HITL, up to 24 h) for a person to choose in the UI:
+promote it, keep the champion, or roll the champion back, with a reason; the form shows the gate
+table. `record_decision` records who decided what and why on the version in MLflow, and
+`route_decision` follows the choice. No answer in time keeps the champion.
 
 **Roll back** with `python -m jobs rollback` (the previous champion keeps the
 `previous-champion` alias).
@@ -107,19 +110,68 @@ with DAG(
 
     decision = train >> evaluate >> gate()
     if PROMOTION_APPROVAL:
-        from airflow.providers.standard.operators.hitl import ApprovalOperator
+        from airflow.providers.standard.operators.hitl import HITLOperator
 
-        approve = ApprovalOperator(
+        from jobs.promote import DECISIONS
+
+        approve = HITLOperator(
             task_id="approve_promotion",
             subject="Promote fraud-detector v{{ ti.xcom_pull(task_ids='train')['model_version'] }} to champion?",
-            body="{{ ti.xcom_pull(task_ids='evaluate')['verdict'] }}\n\n"
-                 "Gate report: {{ ti.xcom_pull(task_ids='evaluate')['report'] }}",
+            body="The challenger passed its gate. "
+                 "{{ ti.xcom_pull(task_ids='evaluate')['verdict'] }}\n\n"
+                 "{{ ti.xcom_pull(task_ids='evaluate')['gate_table'] }}\n\n"
+                 "Promote it, keep the current champion, or roll the current champion back to the previous "
+                 "one; say why (recorded with the version in MLflow).",
+            options=list(DECISIONS.values()),
+            defaults=[DECISIONS["keep"]],  # no answer within 24 h: nothing changes
+            # Null by default (the form's defaults are validated when the task starts); a reason
+            # given must say something.
+            params={"reason": Param(None, type=["null", "string"], minLength=3, title="Why",
+                                    description="Recorded in MLflow with your name and the time.")},
             response_timeout=timedelta(hours=24),
             execution_timeout=None,
             retries=0,
-            doc_md="Waits for a person to approve (or reject) the promotion the gate allowed.",
+            doc_md="Waits for a person: promote / keep the champion / roll it back, with a reason.",
+        )
+        answer = "{% set a = ti.xcom_pull(task_ids='approve_promotion') %}"
+        record = job_task(
+            step="decision",
+            task_id="record_decision",
+            pass_date=False,
+            arguments=[
+                "--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}",
+                answer + "--decision={{ a['chosen_options'][0] }}",
+                answer + "--by={{ (a['responded_by_user'] or {}).get('name') or 'nobody (timed out)' }}",
+                answer + "--reason={{ (a['params_input'] or {}).get('reason') or "
+                         "('no answer in time' if a.get('timedout') else '') }}",
+            ],
+            doc_md="Records who decided what and why on the challenger's version in MLflow.",
+        )
+
+        @task.branch
+        def route_decision(**context) -> str:
+            """Follows the person's decision (recorded by record_decision)."""
+            chosen = context["ti"].xcom_pull(task_ids="record_decision")["decision"]
+            return {"promote": "promote", "keep": "keep_by_decision", "rollback": "rollback_champion"}[chosen]
+
+        keep_by_decision = EmptyOperator(task_id="keep_by_decision",
+                                          doc_md="A person kept the champion: nothing changes.")
+        rollback_champion = job_task(
+            step="rollback",
+            task_id="rollback_champion",
+            pass_date=False,
+            pool=PROMOTION_POOL,
+            retries=1,
+            arguments=[
+                # The champion the gate compared with: if it moved since, the rollback changes nothing.
+                "--expected-version", "{{ ti.xcom_pull(task_ids='evaluate')['champion_version'] or '' }}",
+                "--reason", "{{ ti.xcom_pull(task_ids='record_decision')['decision_reason'] }}",
+                "--actor", "{{ ti.xcom_pull(task_ids='record_decision')['decided_by'] }}",
+            ],
+            outlets=[CHAMPION_MODEL],
+            doc_md="A person rolled the champion back to the previous one (compare-and-set, reason recorded).",
         )
         decision >> [approve, keep_champion]
-        approve >> promote
+        approve >> record >> route_decision() >> [promote, keep_by_decision, rollback_champion]
     else:
         decision >> [promote, keep_champion]

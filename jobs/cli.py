@@ -220,6 +220,20 @@ def rollback(
 
 @app.command()
 @step
+def decision(
+    model_version: Annotated[str, typer.Option(help="The gated challenger decided on.")],
+    decision: Annotated[str, typer.Option(help="promote, keep or rollback (or the form's labels).")],
+    by: Annotated[str, typer.Option(help="Who decided.")] = "",
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+):
+    """Record a person's promotion decision (who, why, when) on the challenger's version in MLflow."""
+    from jobs.promote import record_decision
+
+    return record_decision(_settings(), model_version, decision, by, reason)
+
+
+@app.command()
+@step
 def champion():
     """Show which versions hold the champion and previous-champion aliases."""
     from jobs.promote import champion as run

@@ -99,4 +99,7 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
     return {"passed": report.passed, "verdict": report.verdict, "model_version": str(model_version),
             "champion_version": champion_version, "challenger_metrics": challenger_metrics,
             "champion_metrics": champion_metrics, "comparison": comparison, "report": report_uri,
-            "checks": {c.name: c.passed for c in report.checks}}
+            "checks": {c.name: c.passed for c in report.checks},
+            # What a person approving the promotion reads in the Airflow UI: every check, its value
+            # and threshold, as a Markdown table.
+            "gate_table": report.to_markdown()}

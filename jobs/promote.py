@@ -94,3 +94,32 @@ def rollback(settings: Settings, expected: str | None = None, reason: str = "", 
              actor or "unknown", why)
     return {"champion_version": previous, "previous_champion_version": current, "changed": True,
             "expected_version": expected, "reason": why, "by": actor or "unknown"}
+
+
+DECISIONS = {"promote": "Promote", "keep": "Keep the champion", "rollback": "Roll back the champion"}
+
+
+def record_decision(settings: Settings, model_version: str, decision: str, by: str, reason: str) -> dict:
+    """Record a person's decision on a gated challenger (who, why, when, the Airflow run) in MLflow.
+
+    Tags on the challenger's version: ``decision``, ``decided_by``, ``decision_reason``,
+    ``decided_at`` and the Airflow run id and task URL. ``decision`` is one of ``DECISIONS``'
+    keys or labels (as the approval form shows them).
+    """
+    from datetime import UTC, datetime
+
+    labels = {v.lower(): k for k, v in DECISIONS.items()}
+    key = decision if decision in DECISIONS else labels.get(decision.strip().lower())
+    if key is None:
+        raise JobError(f"unknown decision {decision!r}: one of {', '.join(DECISIONS.values())}")
+    client = mlflow_client(settings)
+    record = {"decision": key, "decided_by": by or "unknown", "decision_reason": reason.strip() or "no reason given",
+              "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+              "decision_airflow_run_id": settings.airflow_run_id,
+              "decision_airflow_task_url": settings.airflow_task_url}
+    for tag, value in record.items():
+        if value:
+            client.set_model_version_tag(settings.model_name, str(model_version), tag, value)
+    log.info("%s v%s: %s decided by %s: %s", settings.model_name, model_version, DECISIONS[key], record["decided_by"],
+             record["decision_reason"])
+    return {"model_version": str(model_version), **record}

@@ -148,7 +148,9 @@ def test_optional_human_approval_sits_between_gate_and_promote():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     edges = {tuple(e) for e in json.loads(out.stdout.strip().splitlines()[-1])}
     assert edges == {("train", "evaluate"), ("evaluate", "gate"), ("gate", "approve_promotion"),
-                     ("gate", "keep_champion"), ("approve_promotion", "promote")}
+                     ("gate", "keep_champion"), ("approve_promotion", "record_decision"),
+                     ("record_decision", "route_decision"), ("route_decision", "promote"),
+                     ("route_decision", "keep_by_decision"), ("route_decision", "rollback_champion")}
 
 
 def test_ingestion_runs_overlap(dagbag):
@@ -248,3 +250,33 @@ print(json.dumps(out))
         assert found["deadline"] == ["1:30:00"]
     else:
         assert found == {"failure": [[]], "success": {}, "deadline": []}
+
+
+def test_the_approval_form_offers_three_choices_and_its_answer_is_recorded():
+    """What the person sees (the gate table, three choices, a reason) and what record_decision gets."""
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'plugins')!r})\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"dag = DagBag(dag_folder={str(ROOT / 'dags' / 'train_model.py')!r}).dags['train_model']\n"
+        "approve, record = dag.get_task('approve_promotion'), dag.get_task('record_decision')\n"
+        "answers = {'train': {'model_version': '7'}, 'evaluate': {'verdict': 'promote: better', "
+        "'gate_table': '| check | value |'}, 'approve_promotion': {'chosen_options': ['Roll back the champion'], "
+        "'params_input': {'reason': 'INC-9: too many alerts'}, 'responded_by_user': {'id': '1', 'name': 'ana'}}}\n"
+        "class TI:\n"
+        "    def xcom_pull(self, task_ids, key='return_value'):\n"
+        "        return answers[task_ids]\n"
+        "ctx = {'ti': TI()}\n"
+        "print(json.dumps({'options': approve.options, 'defaults': approve.defaults, 'params': list(approve.params),\n"
+        "                  'body': approve.render_template(approve.body, ctx),\n"
+        "                  'args': record.render_template(record.job_arguments, ctx)}))\n"
+    )
+    env = {**__import__("os").environ, "PIPELINE_PROMOTION_APPROVAL": "true"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["options"] == ["Promote", "Keep the champion", "Roll back the champion"]
+    assert seen["defaults"] == ["Keep the champion"] and seen["params"] == ["reason"]
+    assert "| check | value |" in seen["body"] and "file://" not in seen["body"]
+    assert seen["args"] == ["--model-version", "7", "--decision=Roll back the champion", "--by=ana",
+                            "--reason=INC-9: too many alerts"]

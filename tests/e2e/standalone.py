@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,3 +77,33 @@ def wait_for_api(proc: subprocess.Popen, timeout: float = 180) -> None:
         except OSError:
             time.sleep(1)
     raise AssertionError(f"the Airflow API server at {proc.api_url} did not answer within {timeout:.0f} s")
+
+
+class Api:
+    """The Airflow REST API with the token of the standalone admin (SimpleAuthManager)."""
+
+    def __init__(self, base: str, home: Path):
+        self.base = base
+        password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+        self.token = self.call("POST", "/auth/token", {"username": "admin", "password": password},
+                               auth=False)["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
+        request = urllib.request.Request(self.base + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode())
+        request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:2000]!r}") from None
+
+
+def rest_api(proc: subprocess.Popen, home: Path, timeout: float = 90) -> Api:
+    """The REST API as the standalone admin, once the API server wrote the admin's password."""
+    deadline = time.monotonic() + timeout
+    while not (home / "simple_auth_manager_passwords.json.generated").exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    return Api(proc.api_url, home)

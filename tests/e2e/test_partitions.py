@@ -14,41 +14,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from standalone import airflow_standalone, poll_db, wait_for_api
+from standalone import airflow_standalone, poll_db, rest_api, wait_for_api
 
 from jobs.generate import generate_day
 
 pytestmark = pytest.mark.e2e
 
 DAYS = ["2026-03-02", "2026-03-03"]
-
-
-class Api:
-    """The Airflow REST API with the token of the standalone admin (SimpleAuthManager)."""
-
-    def __init__(self, base: str, home: Path):
-        self.base = base
-        password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
-        self.token = self.call("POST", "/auth/token", {"username": "admin", "password": password},
-                               auth=False)["access_token"]
-
-    def call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
-        request = urllib.request.Request(self.base + path, method=method,
-                                         data=None if body is None else json.dumps(body).encode())
-        request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:2000]!r}") from None
 
 
 def runs(conn, dag_id: str) -> list[tuple]:
@@ -83,11 +59,7 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path, inbox)
 
     with airflow_standalone(env, tmp_path / "standalone.log") as proc:
         wait_for_api(proc)
-        for _ in range(90):  # the admin's password file appears when the API server starts
-            if (state / "airflow" / "simple_auth_manager_passwords.json.generated").exists():
-                break
-            time.sleep(1)
-        api = Api(proc.api_url, state / "airflow")
+        api = rest_api(proc, state / "airflow")
         parsed = poll_db(db, proc, lambda c: {r[0] for r in c.execute("select dag_id from dag")},
                          lambda ids: {"ingest_transactions", "build_features"} <= ids, timeout=180)
         assert {"ingest_transactions", "build_features"} <= (parsed or set())

@@ -259,3 +259,63 @@ def test_drift_event_starts_retraining_under_the_scheduler(env, chain, tmp_path)
     assert new.tags["trigger"] == "drift" and new.tags["logical_date"] == NEXT
     gate = json.loads((lake(env) / "reports" / "gate" / f"date={NEXT}" / f"v{new.version}.json").read_text())
     assert gate["trigger"] == "drift"
+
+
+def test_a_person_decides_a_promotion_in_the_ui_and_it_is_recorded(env, chain, tmp_path):
+    """With approval on, a challenger that passed its gate waits for a person (Airflow HITL). Answered
+    through the REST API, as the UI does: "roll back", with a reason. The decision, who and why are
+    tags on the version in MLflow, and the champion is rolled back exactly once."""
+    from mlflow import MlflowClient
+    from standalone import airflow_standalone, poll_db, rest_api, wait_for_api
+
+    db = Path(env["PIPELINE_STATE_DIR"]) / "airflow" / "airflow.db"
+    sh(env, "airflow dags pause --treat-dag-id-as-regex -y '.*'")
+    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    # A known starting point, whatever the gates of the tests before decided: the two newest versions
+    # as champion and previous champion (run alone, the chain made one: a second is trained here).
+    if len(client.search_model_versions("name='fraud-detector'")) < 2:
+        sh(env, f"python -m jobs train --date {END} --force")
+    versions = sorted(int(mv.version) for mv in client.search_model_versions("name='fraud-detector'"))
+    before = {"champion": str(versions[-1]), "previous-champion": str(versions[-2])}
+    for alias, version in before.items():
+        client.set_registered_model_alias("fraud-detector", alias, version)
+    run_id = "a_person_decides"
+    # A lenient gate, so that the challenger reaches the person whatever its PR-AUC against the champion.
+    approval = {**env, "PIPELINE_PROMOTION_APPROVAL": "true", "PIPELINE_NON_INFERIORITY_MARGIN": "1.0",
+                "PIPELINE_BOOTSTRAP_RESAMPLES": "100"}
+
+    def states(conn):
+        return dict(conn.execute("select task_id, state from task_instance where dag_id = 'train_model' "
+                                 "and run_id = ?", (run_id,)).fetchall())
+
+    with airflow_standalone(approval, tmp_path / "standalone.log") as proc:
+        wait_for_api(proc)
+        api = rest_api(proc, Path(env["PIPELINE_STATE_DIR"]) / "airflow")
+        api.call("PATCH", "/api/v2/dags/train_model", {"is_paused": False})
+        api.call("POST", "/api/v2/dags/train_model/dagRuns", {
+            "dag_run_id": run_id, "logical_date": None, "partition_key": NEXT, "conf": {"force": True}})
+        waiting = poll_db(db, proc, states, lambda s: s.get("approve_promotion") == "awaiting_input"
+                          or s.get("keep_champion") == "success" or "failed" in s.values(), timeout=600)
+        log = (tmp_path / "standalone.log").read_text()[-4000:]
+        assert waiting.get("approve_promotion") == "awaiting_input", f"{waiting}\n{log}"
+        detail = api.call("GET", f"/api/v2/dags/train_model/dagRuns/{run_id}/taskInstances/approve_promotion/-1"
+                                 "/hitlDetails")
+        assert detail["options"] == ["Promote", "Keep the champion", "Roll back the champion"]
+        assert "| pr_auc_floor |" in detail["body"] and "file://" not in detail["body"]
+        api.call("PATCH", f"/api/v2/dags/train_model/dagRuns/{run_id}/taskInstances/approve_promotion/-1/hitlDetails",
+                 {"chosen_options": ["Roll back the champion"], "params_input": {"reason": "INC-9: alert storm"}})
+        done = poll_db(db, proc, states, lambda s: s.get("rollback_champion") in ("success", "failed")
+                       or "failed" in s.values(), timeout=300)
+    assert done.get("record_decision") == "success" and done.get("rollback_champion") == "success", done
+    assert done.get("promote") == "skipped" and done.get("keep_by_decision") == "skipped", done
+    challenger = [mv for mv in client.search_model_versions("name='fraud-detector'")
+                  if mv.tags.get("decision_airflow_run_id") == run_id]
+    assert len(challenger) == 1, [mv.tags for mv in client.search_model_versions("name='fraud-detector'")]
+    tags = challenger[0].tags
+    assert (tags["decision"], tags["decided_by"], tags["decision_reason"]) == ("rollback", "admin",
+                                                                              "INC-9: alert storm")
+    after = {a: str(client.get_model_version_by_alias("fraud-detector", a).version)
+             for a in ("champion", "previous-champion")}
+    assert after == {"champion": before["previous-champion"], "previous-champion": before["champion"]}
+    restored = client.get_model_version("fraud-detector", after["champion"]).tags
+    assert restored["rollback_reason"] == "INC-9: alert storm" and restored["rollback_by"] == "admin"

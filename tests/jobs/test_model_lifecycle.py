@@ -61,6 +61,15 @@ def test_worse_challenger_is_refused_better_is_promoted_and_rollback_restores(go
     with pytest.raises(JobError, match="did not pass its gate"):
         promote(settings, worse["model_version"])
     assert alias_version(client, settings, "champion") == first["model_version"]
+    # A person's decision, as the approval form words it, is recorded on the version.
+    from jobs.promote import record_decision
+
+    record_decision(settings, worse["model_version"], "Keep the champion", "ana", "the gate says it is worse")
+    tags = client.get_model_version("fraud-detector", worse["model_version"]).tags
+    assert (tags["decision"], tags["decided_by"], tags["decision_reason"]) == (
+        "keep", "ana", "the gate says it is worse")
+    with pytest.raises(JobError, match="unknown decision"):
+        record_decision(settings, worse["model_version"], "ship it", "ana", "")
 
     better = train(lake, END, Settings(state_dir=gold_lake, holdout_days=4, max_epochs=20, seed=7,
                                        bootstrap_resamples=200))
