@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -302,6 +303,14 @@ def test_a_person_decides_a_promotion_in_the_ui_and_it_is_recorded(env, chain, t
                                  "/hitlDetails")
         assert detail["options"] == ["Promote", "Keep the champion", "Roll back the champion"]
         assert "| pr_auc_floor |" in detail["body"] and "file://" not in detail["body"]
+        # Answer once the scheduler has processed the pause (its executor event): an answer within
+        # the same second races that event, and the scheduler then fails the resumed task as
+        # "state changed externally" (seen in CI; no person answers that fast).
+        paused = "TaskInstance Finished: dag_id=train_model, task_id=approve_promotion"
+        for _ in range(60):
+            if paused in (tmp_path / "standalone.log").read_text():
+                break
+            time.sleep(1)
         api.call("PATCH", f"/api/v2/dags/train_model/dagRuns/{run_id}/taskInstances/approve_promotion/-1/hitlDetails",
                  {"chosen_options": ["Roll back the champion"], "params_input": {"reason": "INC-9: alert storm"}})
         done = poll_db(db, proc, states, lambda s: s.get("rollback_champion") in ("success", "failed")
