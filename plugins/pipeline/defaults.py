@@ -11,6 +11,8 @@ TAGS = ["fraud-detection"]
 # One slot: promotions and rollbacks never run at the same time (scripts/env.sh creates it).
 PROMOTION_POOL = "model_promotion"
 
+_FAILURE_NOTIFIERS = on_failure()
+
 DEFAULT_ARGS = {
     "owner": "ml-platform",
     "retries": 2,
@@ -18,7 +20,7 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(hours=2),
     # A task that fails for good mails PIPELINE_NOTIFY_EMAIL (pipeline.notify); none when unset.
-    **({"on_failure_callback": on_failure()} if on_failure() else {}),
+    **({"on_failure_callback": _FAILURE_NOTIFIERS} if _FAILURE_NOTIFIERS else {}),
 }
 
 # Steps skip when their inputs equal those of their last success (jobs/unchanged.py); a person
