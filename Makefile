@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test test-fast up down lint lock clean
+.PHONY: help setup browser run test test-fast up down lint lock clean
 help:
 	@echo "make run    - set up, generate data, run the whole pipeline through Airflow, print a summary"
 	@echo "make test   - set up and run every test (DAG integrity, jobs, end-to-end)"
@@ -27,7 +27,18 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" scripts/run-pipeline.sh
 
-test: setup
+# Headless Chromium for the UI tests (tests/browser.py): Debian's package, where this user may install it.
+# Elsewhere the UI tests skip (CI sets PIPELINE_REQUIRE_BROWSER=1: there they must run).
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium for the UI tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	    || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	else echo "no Chromium here: the UI tests will skip (Debian/Ubuntu: sudo apt-get install chromium)"; fi
+
+test: setup browser
 	$(BIN)/ruff check dags plugins jobs tests bench
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --durations=15
 

@@ -109,3 +109,27 @@ def render_slices(slices: dict[str, dict]) -> str:
             return f"{metrics['pr_auc']:.4f}" if metrics and "pr_auc" in metrics else "n/a"
         lines.append(f"| {name} | {m['rows']} | {m['positives']} | {fmt(m)} | {fmt(champion.get(name))} |")
     return "\n".join(lines) + "\n"
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; padding: 0 1rem; color: #1b1f24; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ border: 1px solid #d0d7de; padding: .3rem .6rem; text-align: left; }}
+th {{ background: #f3f5f7; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def render_html(title: str, markdown: str) -> str:
+    """A report written in Markdown as a standalone HTML page (what a browser shows)."""
+    from html import escape
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return _PAGE.format(title=escape(title), body=body)

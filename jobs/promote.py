@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
+from jobs import links
 from jobs.registry import alias_version, mlflow_client
 from jobs.result import JobError
 from jobs.settings import Settings
@@ -11,6 +13,19 @@ from jobs.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def _linked(step):
+    """Adds the link to the model version the step leaves as champion (or decided on) to its result."""
+    @functools.wraps(step)
+    def wrapper(settings: Settings, *args, **kwargs) -> dict:
+        result = step(settings, *args, **kwargs)
+        version = result.get("model_version") or result.get("champion_version")
+        if version:
+            result["links"] = {links.MODEL_VERSION: links.model_version(settings.model_name, version)}
+        return result
+    return wrapper
+
+
+@_linked
 def promote(settings: Settings, model_version: str) -> dict:
     """Make ``model_version`` the champion; the old champion becomes ``previous-champion``.
 
@@ -46,6 +61,7 @@ def promote(settings: Settings, model_version: str) -> dict:
     return {"champion_version": str(model_version), "previous_champion_version": current, "changed": True}
 
 
+@_linked
 def champion(settings: Settings) -> dict:
     """The versions holding ``champion`` and ``previous-champion`` right now."""
     client = mlflow_client(settings)
@@ -53,6 +69,7 @@ def champion(settings: Settings) -> dict:
             "previous_champion_version": alias_version(client, settings, settings.previous_champion_alias)}
 
 
+@_linked
 def rollback(settings: Settings, expected: str | None = None, reason: str = "", actor: str = "") -> dict:
     """Point ``champion`` back at ``previous-champion`` (and vice versa), if it still is ``expected``.
 
@@ -99,6 +116,7 @@ def rollback(settings: Settings, expected: str | None = None, reason: str = "", 
 DECISIONS = {"promote": "Promote", "keep": "Keep the champion", "rollback": "Roll back the champion"}
 
 
+@_linked
 def record_decision(settings: Settings, model_version: str, decision: str, by: str, reason: str) -> dict:
     """Record a person's decision on a gated challenger (who, why, when, the Airflow run) in MLflow.
 

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # task instance's URL, recorded on MLflow runs and model versions so each links back.
     airflow_run_id: str = ""
     airflow_task_url: str = ""
+    # Where a person opens the Airflow UI (`make up`'s default): the run summary's links start here.
+    airflow_ui_url: str = "http://127.0.0.1:8080"
     max_epochs: int = 30
     early_stopping_patience: int = 4
     batch_size: int = 512

@@ -6,7 +6,7 @@ import json
 import sys
 
 from jobs import lake as lk
-from jobs import layout
+from jobs import layout, links
 from jobs.ingest import read_ledger
 from jobs.registry import alias_version, mlflow_client
 from jobs.settings import Settings
@@ -72,6 +72,13 @@ def build_summary(lake: lk.Lake, date: str, settings: Settings) -> dict:
             "drifted_columns": drift["drifted_columns"], "report": lake.uri_of(layout.drift_report(date, "html")),
         },
         "reports": lake.uri_of(layout.REPORTS),
+        # Paths under the Airflow UI (the report view of the project's plugin): `make up` serves them.
+        "links": {"Reports": links.index(),
+                  **({links.MLFLOW_RUN: links.mlflow_run(champion_run),
+                      links.MODEL_VERSION: links.model_version(settings.model_name, champion)} if champion else {}),
+                  **({links.GATE_REPORT: links.report(gate["key"].removesuffix(".json") + ".html")} if gate else {}),
+                  **({links.DRIFT_REPORT: links.report(layout.drift_report(date, "html"))} if drift else {})},
+        "airflow_ui_url": settings.airflow_ui_url,
     }
     out = settings.state_dir / "run-summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,4 +112,7 @@ def render(s: dict) -> str:
                      f"drifted columns: {', '.join(d['drifted_columns']) or 'none'}")
         lines.append(f"              report {d['report']}")
     lines.append(f"  MLflow      {m['tracking_uri']}")
+    lines.append("  links       (served by the Airflow UI: `make up`, sign in, then open)")
+    lines += links.render(s["links"], s["airflow_ui_url"], indent=14)
     return "\n".join(lines)
+

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from jobs import lake as lk
-from jobs import layout, unchanged
+from jobs import layout, links, unchanged
 from jobs.features import FEATURE_COLUMNS, LABEL, LOOKBACK_DAYS
 from jobs.model import Preprocessing, build_model, classification_metrics
 from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, file_sha256, mlflow_client, read_gold
@@ -327,6 +327,8 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
         "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
         "onnx_max_abs_diff": parity, "onnx_sha256": digest, "fit_rows": len(fit_rows),
         "holdout_rows": len(holdout),
+        "links": {links.MLFLOW_RUN: links.mlflow_run(run.info.run_id),
+                  links.MODEL_VERSION: links.model_version(settings.model_name, version)},
     }
     unchanged.remember(lake, "train", date, inputs, result, airflow_run_id or run.info.run_id)
     return result

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from jobs import lake as lk
-from jobs import layout
+from jobs import layout, links
 from jobs.ingest import BATCH_MANIFEST, DEFAULT_BATCH_ROWS
 from jobs.result import DataRejected, JobError
 
@@ -658,6 +658,7 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
         if any(docs_dir.iterdir()):
             lake.publish_folder(docs_dir, docs_key)
             report["data_docs"] = lake.uri_of(lake.partition_file(docs_key, "index.html"))
+            report["links"] = {links.DATA_DOCS: links.data_docs(run_id)}
     lake.write_json(layout.validation_report(run_id), report)
     rejected = [o for o in outcomes if o.status != "ingested"]
     message = ""

@@ -19,6 +19,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from docker.types import DeviceRequest, Mount
 
 from jobs.result import parse_result_line
+from pipeline.links import JOB_LINKS
 from pipeline.operators import JobTask
 from pipeline.runners import Resources, RunnerSettings, forwarded_env, job_message
 
@@ -40,6 +41,7 @@ class DockerJobOperator(JobTask, DockerOperator):
     """A job in a Docker container; see the module docstring."""
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, *JobTask.job_template_fields)
+    operator_extra_links = (*DockerOperator.operator_extra_links, *JOB_LINKS)
     ui_color = "#d6ecff"
 
     def __init__(self, *, step: str, arguments: Sequence[str] = (), date: str | None = None,

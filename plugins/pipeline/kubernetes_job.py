@@ -19,6 +19,7 @@ from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import models as k8s
 
 from jobs.result import RESULT_FILE_ENV
+from pipeline.links import JOB_LINKS
 from pipeline.operators import JobTask
 from pipeline.runners import Resources, RunnerSettings, forwarded_env
 
@@ -42,6 +43,7 @@ class KubernetesJobOperator(JobTask, KubernetesPodOperator):
     """A job in a Kubernetes pod; see the module docstring."""
 
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, *JobTask.job_template_fields)
+    operator_extra_links = (*KubernetesPodOperator.operator_extra_links, *JOB_LINKS)
     ui_color = "#e0f0e0"
 
     def __init__(self, *, step: str, arguments: Sequence[str] = (), date: str | None = None,

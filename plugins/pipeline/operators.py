@@ -10,7 +10,9 @@ All three run ``python -m jobs <step> --date <date> [--run-id <run>] <arguments>
 JSON result into the task's XCom ``return_value`` and the extra of every asset event the task
 emits, skip the task when the job found its inputs unchanged (``force`` in the trigger form
 re-runs), and fail without retries when the job rejected its data (exit code 3) or found no
-input (exit code 4). The DAG files never change when the runner does.
+input (exit code 4). Each shows the links of its job's result (``pipeline.links``: MLflow run,
+model version, gate report, drift report, Data Docs) on the task instance. The DAG files never
+change when the runner does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from jobs.result import NOT_RETRYABLE
 from pipeline.dates import partition_date
+from pipeline.links import JOB_LINKS
 from pipeline.runners import JobFailed, JobSpec, LocalRunner, Resources, runner_name
 
 # Result values small enough to ride along in an asset event's extra.
@@ -32,6 +35,7 @@ class JobTask:
     """What every job operator shares: the job's command line, its result and its failure modes."""
 
     job_template_fields: tuple[str, ...] = ("job_arguments", "date", "job_env")
+    job_result: dict | None = None  # the job's result, once it ended: read by the task's extra links
 
     def _init_job(self, *, step: str, arguments: Sequence[str], date: str | None, pass_date: bool,
                   pass_run_id: bool, job_resources: Resources, env: dict[str, str] | None) -> None:
@@ -60,6 +64,7 @@ class JobTask:
         makes the task *skipped*: its result stays readable in XCom, no asset event is emitted
         and nothing downstream runs, since nothing changed.
         """
+        self.job_result = result
         if result.get("skipped"):
             context["ti"].xcom_push(key="return_value", value=result)
             raise AirflowSkipException(result.get("skip_reason") or "unchanged since the last success: skipped")
@@ -85,6 +90,7 @@ class LocalJobOperator(JobTask, BaseOperator):
     """Runs the job as a subprocess of the Airflow worker (``PIPELINE_JOB_RUNNER=local``)."""
 
     template_fields: Sequence[str] = JobTask.job_template_fields
+    operator_extra_links = JOB_LINKS
     ui_color = "#e8f4ff"
 
     def __init__(self, *, step: str, arguments: Sequence[str] = (), date: str | None = None,

@@ -7,8 +7,9 @@ same JSON result (see ``jobs.result``):
 - ``docker``: a container of the job image, through the Docker provider's ``DockerOperator``;
 - ``kubernetes``: a pod, through the cncf.kubernetes provider's ``KubernetesPodOperator``.
 
-:class:`RunnerSettings` holds the knobs of the container runners (images, GPUs, network,
-namespace, secrets); :func:`forwarded_env` decides which of the worker's variables a job sees.
+:class:`RunnerSettings` holds the Airflow side's knobs: the container runners' (images, GPUs,
+network, namespace, secrets) and where the report view sends a browser for MLflow;
+:func:`forwarded_env` decides which of the worker's variables a job sees.
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ class RunnerSettings(BaseSettings):
     k8s_gpu_node_selector: str = "nvidia.com/gpu.present=true"  # "key=value,...", GPU jobs only
     k8s_gpu_tolerations: str = "nvidia.com/gpu"  # taint keys tolerated by GPU jobs (NoSchedule)
     k8s_image_pull_policy: str = "IfNotPresent"
+    # --- links (the API server's report view, pipeline.reports) ---
+    # The MLflow UI as a browser reaches it; empty: the tracking server when it is one (http[s]://),
+    # else the one `make up` starts.
+    mlflow_ui_url: str = ""
+    mlflow_tracking_uri: str = ""
+
+    @property
+    def resolved_mlflow_ui_url(self) -> str:
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url.rstrip("/")
+        if self.mlflow_tracking_uri.startswith(("http://", "https://")):
+            return self.mlflow_tracking_uri.rstrip("/")
+        return "http://127.0.0.1:5000"
 
     def image(self, resources: Resources) -> str:
         return self.job_image_gpu if self.uses_gpu(resources) else self.job_image

@@ -8,6 +8,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -40,12 +41,63 @@ def airflow_standalone(env: dict[str, str], log_path: Path) -> Iterator[subproce
     try:
         yield proc
     finally:
+        _stop(proc)
+
+
+@contextmanager
+def airflow_api_server(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """Only Airflow's API server (UI, REST API, plugins) on the state of ``env``, on a free port:
+    for tests of what a person sees, with no scheduler starting runs meanwhile."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["bash", "-c", f"source scripts/env.sh && exec airflow api-server --port {port}"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.api_url = f"http://127.0.0.1:{port}"
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def mlflow_ui(state_dir: str | Path, log_path: Path) -> Iterator[str]:
+    """The MLflow UI over the local registry of a state folder (as `make up` starts it); yields its URL."""
+    port = free_port()
+    state = Path(state_dir)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{state}/mlflow/mlflow.db",
+             "--default-artifact-root", f"file://{state}/mlflow/artifacts"],
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise AssertionError(f"the MLflow UI did not start: {log_path.read_text()[-2000:]}")
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
         os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def poll_db(db: Path, proc: subprocess.Popen, query: Callable[[sqlite3.Connection], object],

@@ -64,3 +64,24 @@ def test_upload_under_raw_is_sensed_and_lands_in_silver(s3_endpoint, tmp_path, m
     assert silver["transaction_id"].is_unique
     assert [e["rows_silver"] for e in read_ledger(lake)] == [495]
     assert len(lake.list(layout.CLAIMS)) == 1  # the object was claimed once
+
+
+    # The run's reports open in a browser from the task, read from the S3 lake by the plugin view:
+    # the validation's Data Docs (a versioned partition of the bucket).
+    from browser import browser, follow_extra_link, sign_in
+    from standalone import airflow_api_server, rest_api, wait_for_api
+
+    home = tmp_path / "state" / "airflow"
+    with airflow_api_server(env, tmp_path / "api.log") as proc:
+        wait_for_api(proc)
+        api = rest_api(proc, home)
+        (run,) = api.call("GET", "/api/v2/dags/ingest_transactions/dagRuns")["dag_runs"]
+        links = api.call("GET", f"/api/v2/dags/ingest_transactions/dagRuns/{run['dag_run_id']}/taskInstances/"
+                                "validate/links")["extra_links"]
+        assert links["Data Docs"] and links["Data Docs"].startswith("/pipeline/docs/"), links
+        with browser() as context:
+            page = context.new_page()
+            sign_in(page, proc.api_url, home)
+            follow_extra_link(page, proc.api_url, "ingest_transactions", run["dag_run_id"], "validate", "Data Docs")
+            page.get_by_text("Validation Results").first.wait_for(timeout=60_000)
+            assert "/_v-" in page.url, page.url  # the published version of the Data Docs in the bucket
