@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param, task
 from pipeline.assets import DRIFT_SIGNAL, PREDICTIONS
-from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, START_DATE, TAGS, force_param
 from pipeline.notify import DAY, on_event
 from pipeline.operators import job_task
 from pipeline.runners import Resources
@@ -37,11 +37,12 @@ with DAG(
                       description="Last day of recent data. Empty: the run's partition key."),
         "days": Param(1, type="integer", minimum=1, maximum=90, title="Days of recent data",
                       description="How many days ending at the date form the current data set."),
+        "force": force_param(),
     },
 ) as dag:
     drift = job_task(
         step="drift",
-        arguments=["--days", "{{ params.days }}"],
+        arguments=["--days", "{{ params.days }}", FORCE_ARG],
         job_resources=Resources(cpu=1, memory_gb=4),
         doc_md="Runs Evidently's data drift preset: champion's training reference vs recent features.",
     )

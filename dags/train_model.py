@@ -71,9 +71,10 @@ with DAG(
     )
     evaluate = job_task(
         step="evaluate",
-        arguments=["--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}"],
+        arguments=["--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}", FORCE_ARG],
         job_resources=Resources(cpu=2, memory_gb=4),
-        doc_md="Scores challenger and champion on the frozen holdout and writes the gate report.",
+        doc_md="Scores challenger and champion on the frozen holdout and writes the gate report (reuses the "
+               "verdict when nothing changed since the last evaluation of the version).",
     )
 
     @task.branch

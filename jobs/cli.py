@@ -187,11 +187,13 @@ def train(
 def evaluate(
     date: DateOpt,
     model_version: Annotated[str, typer.Option(help="Registered version to evaluate.")],
+    force: Annotated[bool, typer.Option(help="Recompute even when the inputs equal those of the last evaluation "
+                                              "of this version (whose verdict is otherwise reused).")] = False,
 ):
     """Score challenger and champion on the frozen holdout and run the promotion gate."""
     from jobs.evaluate import evaluate as run
 
-    return run(_lake(), date, _settings(), model_version)
+    return run(_lake(), date, _settings(), model_version, force=force)
 
 
 @app.command()
@@ -263,11 +265,13 @@ def score(
 def drift(
     date: DateOpt,
     days: Annotated[int, typer.Option(help="Days of recent data ending at --date.")] = 1,
+    force: Annotated[bool, typer.Option(help="Run even when the inputs equal those of the last success "
+                                              "(which otherwise skips, saying so).")] = False,
 ):
     """Compare recent features with the champion's training reference (Evidently)."""
     from jobs.drift import check_drift
 
-    return check_drift(_lake(), date, _settings(), days=days)
+    return check_drift(_lake(), date, _settings(), days=days, force=force)
 
 
 @app.command()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from jobs import lake as lk
-from jobs import layout
-from jobs.registry import BUNDLE_DIR, alias_version, load_bundle, mlflow_client, read_gold
+from jobs import layout, links, unchanged
+from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, alias_version, load_bundle, mlflow_client, read_gold
 from jobs.result import MissingInput
 from jobs.settings import Settings
 
@@ -81,9 +81,25 @@ def retraining_decision(drifted: bool, reasons: list[str], date: str, earlier_re
     return True, "retraining requested: " + "; ".join(reasons)
 
 
-def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> dict:
-    """Compare the last ``days`` of gold features ending at ``date`` with the champion's reference."""
+def _outputs(lake: lk.Lake, date: str) -> dict:
+    """The drift report of ``date`` as the lake holds it now (its JSON's digest; None when absent)."""
+    import hashlib
+
+    key = layout.drift_report(date, "json")
+    return {"report": hashlib.sha256(lake.read_bytes(key)).hexdigest() if lake.exists(key) else None,
+            "html": lake.exists(layout.drift_report(date, "html"))}
+
+
+def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1, force: bool = False) -> dict:
+    """Compare the last ``days`` of gold features ending at ``date`` with the champion's reference.
+
+    Skipped when the window's gold files, the champion (version and ONNX hash), the code version,
+    the drift settings, the earlier retraining requests and the report it wrote are what they were
+    at the last check of this window; ``force`` checks anyway.
+    """
     import mlflow
+
+    from jobs import tables
 
     client = mlflow_client(settings)
     version = alias_version(client, settings, settings.champion_alias)
@@ -92,6 +108,19 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
     mv = client.get_model_version(settings.model_name, version)
     end = Date.fromisoformat(date)
     window = [(end - timedelta(days=i)).isoformat() for i in range(days)][::-1]
+    earlier = [layout.retrain_request_date(k) for k in lake.list(layout.RETRAIN_REQUESTS)]
+    key = date if days == 1 else f"{window[0]}..{date}"
+    inputs = {"window": window, "model_version": str(version), "onnx_sha256": mv.tags.get(ONNX_SHA_TAG, ""),
+              "code_version": settings.code_version,
+              "gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, window),
+              "settings": {k: getattr(settings, k) for k in (
+                  "drift_share_threshold", "max_pr_auc_drop", "retrain_cooldown_days", "max_retrains_per_window",
+                  "retrain_window_days")},
+              # A request this check wrote itself is its output, not an input of the next check.
+              "retrain_requests": sorted(d for d in earlier if d != date)}
+    done = None if force else unchanged.previous(lake, "drift", key, inputs, _outputs(lake, date))
+    if done is not None:
+        return unchanged.skipped(done, "drift", key)
     current = read_gold(lake, window)
     if current.empty:
         raise MissingInput(f"no gold features for {window[0]}..{window[-1]} in {lake.uri_of(layout.GOLD_FEATURES)}")
@@ -119,7 +148,6 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
         if drop is not None and drop > settings.max_pr_auc_drop:
             reasons.append(f"PR-AUC on recent labelled data fell by {drop:.3f} (> {settings.max_pr_auc_drop})")
         drifted = bool(reasons)
-        earlier = [layout.retrain_request_date(k) for k in lake.list(layout.RETRAIN_REQUESTS)]
         retrain, decision = retraining_decision(
             drifted, reasons, date, earlier, settings.retrain_cooldown_days, settings.max_retrains_per_window,
             settings.retrain_window_days)
@@ -142,10 +170,14 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1) -> 
              summary["window"], version, share or 0.0, settings.drift_share_threshold,
              "DRIFT" if drifted else "no drift", ", ".join(drifted_cols) or "none")
     log.info("decision: %s", decision)
-    return {**{k: summary[k] for k in ("drifted", "drift_share", "drifted_columns", "model_version", "window",
-                                       "retrain", "decision", "prediction_drift_score")},
-            "report_html": lake.uri_of(layout.drift_report(date, "html")),
-            "report_json": lake.uri_of(layout.drift_report(date, "json"))}
+    result = {**{k: summary[k] for k in ("drifted", "drift_share", "drifted_columns", "model_version", "window",
+                                         "retrain", "decision", "prediction_drift_score")},
+              "report_html": lake.uri_of(layout.drift_report(date, "html")),
+              "report_json": lake.uri_of(layout.drift_report(date, "json")),
+              "links": {links.DRIFT_REPORT: links.report(layout.drift_report(date, "html")),
+                        links.MODEL_VERSION: links.model_version(settings.model_name, summary["model_version"])}}
+    unchanged.remember(lake, "drift", key, inputs, result, "", _outputs(lake, date))
+    return result
 
 
 MIN_POSITIVES = 30  # below this, a PR-AUC is too noisy to act on

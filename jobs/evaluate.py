@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from jobs import lake as lk
-from jobs import layout
+from jobs import layout, links, unchanged
 from jobs.features import LABEL
-from jobs.gate import decide, render_slices
+from jobs.gate import decide, render_html, render_slices
 from jobs.model import classification_metrics, paired_bootstrap, slice_metrics
-from jobs.registry import alias_version, load_bundle, mlflow_client, read_gold
+from jobs.registry import ONNX_SHA_TAG, alias_version, load_bundle, mlflow_client, read_gold
 from jobs.result import JobError
 from jobs.settings import Settings
 
@@ -36,13 +36,45 @@ def scoring_latency_ms(bundle, frame) -> float:
     return float(np.median(times))
 
 
-def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -> dict:
-    """Score challenger (and champion) on the challenger's holdout, gate, and record the report."""
+GATE_TAGS = ("gate_passed", "gate_verdict", "gate_champion_version", "gate_report")
+
+
+def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, force: bool = False) -> dict:
+    """Score challenger (and champion) on the challenger's holdout, gate, and record the report.
+
+    When the challenger, the champion (versions and ONNX hashes), the holdout's gold files, the
+    gate's settings and the code version equal those of the last evaluation of this version, and
+    its gate tags and report are still in place, the verdict is reused instead of recomputed (the
+    log and the result say so, with ``reused``). The task still succeeds, so a promotion that
+    failed after a good gate can be retried by clearing from here; ``force`` recomputes.
+    """
     import mlflow
+
+    from jobs import tables
 
     client = mlflow_client(settings)
     mv = client.get_model_version(settings.model_name, model_version)
     holdout_dates = mv.tags["holdout_dates"].split(",")
+    champion_version = alias_version(client, settings, settings.champion_alias)
+    champion_mv = (client.get_model_version(settings.model_name, champion_version)
+                   if champion_version is not None and champion_version != str(model_version) else None)
+    inputs = {"model_version": str(model_version), "onnx_sha256": mv.tags.get(ONNX_SHA_TAG, ""),
+              "champion_version": champion_version,
+              "champion_onnx_sha256": champion_mv.tags.get(ONNX_SHA_TAG, "") if champion_mv else None,
+              "holdout": tables.snapshot_of(lake, layout.GOLD_FEATURES, holdout_dates),
+              "code_version": settings.code_version,
+              "gate": {k: getattr(settings, k) for k in (
+                  "min_pr_auc", "min_roc_auc", "non_inferiority_margin", "onnx_parity_tolerance",
+                  "latency_budget_ms", "bootstrap_resamples", "seed")}}
+    key = f"v{model_version}"
+    outputs = {"tags": {t: mv.tags.get(t) for t in GATE_TAGS},
+               "report": lake.exists(layout.gate_report(date, model_version, "html"))}
+    done = None if force else unchanged.previous(lake, "evaluate", key, inputs, outputs)
+    if done is not None:
+        reason = (f"evaluate {key}: unchanged since run {done.get('run_id') or '?'} ({done.get('at', '?')}): "
+                  f"reusing its verdict ({done['result'].get('verdict')})")
+        log.info("%s", reason)
+        return {**done["result"], "reused": True, "reuse_reason": reason, "unchanged_since": done.get("run_id") or ""}
     holdout = read_gold(lake, holdout_dates)
     if holdout.empty or holdout[LABEL].nunique() < 2:
         raise JobError(f"holdout {holdout_dates} has no rows or only one class in {lake.uri_of(layout.GOLD_FEATURES)}")
@@ -51,7 +83,6 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
     challenger_scores = challenger.predict(holdout)
     challenger_metrics = classification_metrics(y, challenger_scores)
     slices = {"challenger": slice_metrics(holdout, challenger_scores)}
-    champion_version = alias_version(client, settings, settings.champion_alias)
     champion_metrics = comparison = None
     if champion_version is not None and champion_version != str(model_version):
         champion_scores = load_bundle(client, settings, champion_version).predict(holdout)
@@ -80,6 +111,8 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
                 + render_slices(slices))
     lake.write_json(layout.gate_report(date, model_version, "json"), payload)
     lake.write_bytes(layout.gate_report(date, model_version, "md"), markdown.encode())
+    html_key = layout.gate_report(date, model_version, "html")
+    lake.write_bytes(html_key, render_html(f"Gate report v{model_version} ({date})", markdown).encode())
     with mlflow.start_run(run_id=mv.run_id):
         mlflow.log_metrics({f"holdout_{k}": v for k, v in challenger_metrics.items()})
         mlflow.log_metric("scoring_latency_ms_per_1k", latency)
@@ -96,10 +129,18 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str) -
     for c in report.checks:
         log.info("  %-24s %-10s %s %s -> %s", c.name, "n/a" if c.value is None else f"{c.value:.4g}",
                  c.comparison, "" if c.threshold is None else f"{c.threshold:.4g}", "pass" if c.passed else "FAIL")
-    return {"passed": report.passed, "verdict": report.verdict, "model_version": str(model_version),
-            "champion_version": champion_version, "challenger_metrics": challenger_metrics,
-            "champion_metrics": champion_metrics, "comparison": comparison, "report": report_uri,
-            "checks": {c.name: c.passed for c in report.checks},
-            # What a person approving the promotion reads in the Airflow UI: every check, its value
-            # and threshold, as a Markdown table.
-            "gate_table": report.to_markdown()}
+    result = {"passed": report.passed, "verdict": report.verdict, "model_version": str(model_version),
+              "champion_version": champion_version, "challenger_metrics": challenger_metrics,
+              "champion_metrics": champion_metrics, "comparison": comparison, "report": report_uri,
+              "checks": {c.name: c.passed for c in report.checks},
+              # What a person approving the promotion reads in the Airflow UI: every check, its value
+              # and threshold, as a Markdown table.
+              "gate_table": report.to_markdown(),
+              "mlflow_run_id": mv.run_id,
+              "links": {links.GATE_REPORT: links.report(html_key), links.MLFLOW_RUN: links.mlflow_run(mv.run_id),
+                        links.MODEL_VERSION: links.model_version(settings.model_name, model_version)}}
+    tags = client.get_model_version(settings.model_name, model_version).tags
+    unchanged.remember(lake, "evaluate", key, inputs, result, "",
+                       {"tags": {t: tags.get(t) for t in GATE_TAGS},
+                        "report": lake.exists(layout.gate_report(date, model_version, "html"))})
+    return result

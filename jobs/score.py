@@ -6,7 +6,7 @@ import logging
 import time
 
 from jobs import lake as lk
-from jobs import layout, unchanged
+from jobs import layout, links, unchanged
 from jobs.registry import alias_version, file_sha256, load_bundle, mlflow_client, read_gold
 from jobs.result import MissingInput
 from jobs.settings import Settings
@@ -38,13 +38,18 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "",
     if not present:
         raise MissingInput(f"no gold features for {dates[0]}..{dates[-1]} in {lake.uri_of(layout.GOLD_FEATURES)}")
     key = present[0] if len(present) == 1 else f"{present[0]}..{present[-1]}"
-    inputs = {"dates": present, "model_version": str(version), "onnx_sha256": file_sha256(bundle.onnx_path),
-              "code_version": settings.code_version, "gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, present)}
+    onnx_sha256 = file_sha256(bundle.onnx_path)
+
+    def inputs_of(days: list[str]) -> dict:
+        return {"dates": days, "model_version": str(version), "onnx_sha256": onnx_sha256,
+                "code_version": settings.code_version, "gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, days)}
+
+    inputs = inputs_of(present)
     done = None if force else unchanged.previous(
         lake, "score", key, inputs, {"predictions": tables.snapshot_of(lake, layout.PREDICTIONS, present)})
     if done is not None:
         return unchanged.skipped(done, "score", key)
-    frames, flagged = [], 0
+    frames, flagged, flagged_by_date = [], 0, {}
     for date in present:
         started = time.perf_counter()
         features = read_gold(lake, [date], version=gold_version)
@@ -58,6 +63,7 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "",
                  version, bundle.providers[0], n_flagged, seconds, len(out) / max(seconds, 1e-9))
         frames.append(out)
         flagged += n_flagged
+        flagged_by_date[date] = n_flagged
     scored = pd.concat(frames, ignore_index=True)
     scored["timestamp"] = scored["timestamp"].astype("datetime64[us]")
     predictions_version = tables.replace_partitions(
@@ -65,7 +71,15 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "",
         metadata={"run_id": run_id, "model_version": version, "gold_version": gold_version})
     result = {"dates": present, "rows": len(scored), "flagged": flagged, "model_version": version,
               "provider": bundle.providers[0], "predictions": lake.uri_of(layout.PREDICTIONS),
-              "predictions_version": predictions_version, "gold_version": gold_version}
+              "predictions_version": predictions_version, "gold_version": gold_version,
+              "links": {links.MODEL_VERSION: links.model_version(settings.model_name, version)}}
     unchanged.remember(lake, "score", key, inputs, result, run_id,
                        {"predictions": tables.snapshot_of(lake, layout.PREDICTIONS, present)})
+    if len(present) > 1:  # so that a later run of one day (a partition's run) finds it scored too
+        by_date = scored.groupby("date").size().to_dict()
+        for day in present:
+            unchanged.remember(lake, "score", day, inputs_of([day]),
+                               {**result, "dates": [day], "rows": int(by_date.get(day, 0)),
+                                "flagged": flagged_by_date.get(day, 0)}, run_id,
+                               {"predictions": tables.snapshot_of(lake, layout.PREDICTIONS, [day])})
     return result

@@ -56,7 +56,14 @@ def skipped(record: dict, step: str, key: str) -> dict:
 
 def remember(lake: lk.Lake, step: str, key: str, inputs: dict, result: dict, run_id: str,
              outputs: dict | None = None) -> None:
-    """Record a success: its inputs, its outputs as the lake holds them now, its result."""
+    """Record a success: its inputs, its outputs as the lake holds them now, its result.
+
+    ``run_id`` names the run in later skip messages: the real Airflow run id when an Airflow task
+    started the job (findable in the UI), else the id the job was given.
+    """
+    from jobs.settings import get_settings
+
+    run_id = get_settings().airflow_run_id or run_id
     lake.write_json(layout.step_record(step, key), {
         "step": step, "key": key, "fingerprint": fingerprint(inputs), "inputs": inputs,
         "outputs": None if outputs is None else fingerprint(outputs), "run_id": run_id,

@@ -130,8 +130,9 @@ def test_distributed_training_with_torchrun_on_cpu(gold_lake, monkeypatch):
 
 
 def test_unchanged_inputs_are_skipped_and_force_runs_anyway(gold_lake):
-    """Train, features and score on the inputs of their last success do nothing, say so, and
-    register or publish nothing; a changed input or --force runs. Through the real command line."""
+    """Train, features, score and drift on the inputs of their last success do nothing, say so, and
+    register or publish nothing (evaluate reuses its verdict); a changed input or --force runs.
+    Through the real command line."""
     import os
 
     from jobs import layout, tables
@@ -178,6 +179,9 @@ def test_unchanged_inputs_are_skipped_and_force_runs_anyway(gold_lake):
     tables.replace_partitions(lake, layout.GOLD_FEATURES, pa.Table.from_pandas(frame, preserve_index=False), [END])
     rebuilt, _ = job("features", "--start", "2026-03-12", "--date", END)
     assert not rebuilt.get("skipped")
+    # A range build also records each of its days: a later run of one day (a partition's run) skips.
+    day, log = job("features", "--date", END)
+    assert day["skipped"] and day["dates"] == [END] and "unchanged since run" in log
 
     lenient = Settings(state_dir=gold_lake, holdout_days=4, bootstrap_resamples=50, non_inferiority_margin=1.0)
     assert evaluate(lake, END, lenient, changed["model_version"])["passed"]
@@ -193,6 +197,36 @@ def test_unchanged_inputs_are_skipped_and_force_runs_anyway(gold_lake):
     assert not rescored.get("skipped") and rescored["model_version"] == forced["model_version"]
     again, _ = job("score", "--date", END, "--force")
     assert not again.get("skipped") and again["predictions_version"] > rescored["predictions_version"]
+    ranged, _ = job("score", "--start", "2026-03-13", "--date", END)
+    assert not ranged.get("skipped")
+    day, _ = job("score", "--date", "2026-03-13")
+    assert day["skipped"] and day["dates"] == ["2026-03-13"]
+    assert day["predictions_version"] == ranged["predictions_version"]
+
+    # Evaluating an unchanged version reuses its verdict and says so; the task is not skipped (a
+    # promotion that failed after the gate can be retried from it). Gate tags changed behind its
+    # back, or --force, recompute.
+    env.update(PIPELINE_NON_INFERIORITY_MARGIN="1.0", PIPELINE_BOOTSTRAP_RESAMPLES="50")
+    version = forced["model_version"]
+    gated, _ = job("evaluate", "--date", END, "--model-version", version)
+    assert not gated.get("reused")
+    reused, log = job("evaluate", "--date", END, "--model-version", version)
+    assert reused["reused"] and not reused.get("skipped") and reused["verdict"] == gated["verdict"]
+    assert "unchanged since run" in log and "reusing its verdict" in log
+    client.set_model_version_tag("fraud-detector", version, "gate_passed", "tampered")
+    regated, _ = job("evaluate", "--date", END, "--model-version", version)
+    assert not regated.get("reused")
+    assert client.get_model_version("fraud-detector", version).tags["gate_passed"] == str(gated["passed"]).lower()
+    recomputed, _ = job("evaluate", "--date", END, "--model-version", version, "--force")
+    assert not recomputed.get("reused")
+
+    # A drift check of an unchanged window skips; --force checks again.
+    checked, _ = job("drift", "--date", END)
+    assert not checked.get("skipped")
+    same, log = job("drift", "--date", END)
+    assert same["skipped"] and same["drift_share"] == checked["drift_share"] and "unchanged since run" in log
+    rechecked, _ = job("drift", "--date", END, "--force")
+    assert not rechecked.get("skipped")
 
 
 def test_scoring_refuses_a_tampered_onnx_file(gold_lake):
