@@ -39,6 +39,27 @@ def scoring_latency_ms(bundle, frame) -> float:
 GATE_TAGS = ("gate_passed", "gate_verdict", "gate_champion_version", "gate_report")
 
 
+def best_recent_champion(client, settings: Settings, holdout, y, exclude: set) -> tuple[str, float] | None:
+    """(version, PR-AUC on ``holdout``) of the best of the last ``recent_champions`` promoted versions
+    other than ``exclude`` (the challenger; the champion is compared on its own), or None."""
+    from jobs.promote import PROMOTED_AT_TAG
+
+    if settings.recent_champions <= 0:
+        return None
+    versions = client.search_model_versions(f"name='{settings.model_name}'")
+    promoted = sorted((mv for mv in versions if mv.tags.get(PROMOTED_AT_TAG)),
+                      key=lambda mv: mv.tags[PROMOTED_AT_TAG], reverse=True)[:settings.recent_champions]
+    scored = []
+    for mv in promoted:
+        if str(mv.version) in exclude:
+            continue
+        pr_auc = classification_metrics(y, load_bundle(client, settings, str(mv.version)).predict(holdout))["pr_auc"]
+        log.info("recent champion v%s (promoted %s): PR-AUC %.4f on this holdout", mv.version,
+                 mv.tags[PROMOTED_AT_TAG], pr_auc)
+        scored.append((str(mv.version), pr_auc))
+    return max(scored, key=lambda vp: vp[1], default=None)
+
+
 def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, force: bool = False) -> dict:
     """Score challenger (and champion) on the challenger's holdout, gate, and record the report.
 
@@ -65,7 +86,10 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
               "code_version": settings.code_version,
               "gate": {k: getattr(settings, k) for k in (
                   "min_pr_auc", "min_roc_auc", "non_inferiority_margin", "onnx_parity_tolerance",
-                  "latency_budget_ms", "bootstrap_resamples", "seed")}}
+                  "latency_budget_ms", "bootstrap_resamples", "seed", "recent_champions")},
+              # the promotion history behind the best-recent-champion check
+              "promotions": sorted((str(v.version), v.tags["promoted_at"]) for v in client.search_model_versions(
+                  f"name='{settings.model_name}'") if v.tags.get("promoted_at"))}
     key = f"v{model_version}"
     outputs = {"tags": {t: mv.tags.get(t) for t in GATE_TAGS},
                "report": lake.exists(layout.gate_report(date, model_version, "html"))}
@@ -94,6 +118,7 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
                  comparison["ci_low"], comparison["ci_high"])
     elif champion_version == str(model_version):
         champion_version = None  # re-evaluating the champion itself: nothing to compare against
+    best_recent = best_recent_champion(client, settings, holdout, y, exclude={str(model_version), champion_version})
     parity = client.get_run(mv.run_id).data.metrics["onnx_max_abs_diff"]
     latency = scoring_latency_ms(challenger, holdout)
     report = decide(
@@ -102,7 +127,7 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
         min_pr_auc=settings.min_pr_auc, min_roc_auc=settings.min_roc_auc,
         non_inferiority_margin=settings.non_inferiority_margin,
         onnx_parity_tolerance=settings.onnx_parity_tolerance, latency_budget_ms=settings.latency_budget_ms,
-        comparison=comparison,
+        comparison=comparison, best_recent=best_recent,
     )
     payload = {**report.to_dict(), "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
                "comparison": comparison, "slices": slices, "holdout_dates": holdout_dates, "logical_date": date,

@@ -57,6 +57,7 @@ def decide(
     onnx_parity_tolerance: float,
     latency_budget_ms: float,
     comparison: dict | None = None,
+    best_recent: tuple[str, float] | None = None,
 ) -> GateReport:
     """Gate a challenger: floors, ONNX parity, latency, and not worse than the champion.
 
@@ -65,6 +66,10 @@ def decide(
     of the 95 % interval is above ``-non_inferiority_margin``, so noise alone cannot promote a
     worse model. First-run policy: with no champion, the comparison is skipped (recorded as
     such) and the absolute floors alone decide.
+
+    ``best_recent``: (version, PR-AUC on this holdout) of the best of the last K champions. The
+    challenger may not fall more than the margin below it either, so a chain of promotions, each
+    a little worse than the last within the margin, cannot ratchet the model down.
     """
     checks = [
         Check("pr_auc_floor", challenger["pr_auc"], min_pr_auc, ">=", challenger["pr_auc"] >= min_pr_auc),
@@ -88,6 +93,13 @@ def decide(
                                 f"low end of the 95% CI of PR-AUC challenger - champion: delta "
                                 f"{comparison['delta']:+.4f} [{low:+.4f}, {comparison['ci_high']:+.4f}], "
                                 f"{comparison['resamples']} paired bootstrap resamples"))
+    if best_recent is not None:
+        best_version, best_pr_auc = best_recent
+        drop = challenger["pr_auc"] - best_pr_auc
+        checks.append(Check("not_below_best_recent", drop, -non_inferiority_margin, ">=",
+                            drop >= -non_inferiority_margin,
+                            f"PR-AUC challenger {challenger['pr_auc']:.4f} - best recent champion "
+                            f"v{best_version} {best_pr_auc:.4f}"))
     failed = [c.name for c in checks if not c.passed]
     if failed:
         verdict = f"keep the champion: failed {', '.join(failed)}"

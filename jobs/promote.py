@@ -12,6 +12,8 @@ from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PROMOTED_AT_TAG = "promoted_at"
+
 
 def _linked(step):
     """Adds the link to the model version the step leaves as champion (or decided on) to its result."""
@@ -56,6 +58,11 @@ def promote(settings: Settings, model_version: str) -> dict:
     if current is not None:
         client.set_registered_model_alias(settings.model_name, settings.previous_champion_alias, current)
     client.set_registered_model_alias(settings.model_name, settings.champion_alias, str(model_version))
+    from datetime import UTC, datetime
+
+    # The promotion history the gate reads (the best of the last K champions, jobs.evaluate).
+    client.set_model_version_tag(settings.model_name, str(model_version), PROMOTED_AT_TAG,
+                                 datetime.now(UTC).isoformat(timespec="seconds"))
     log.info("promoted %s v%s to @%s (previous: %s)", settings.model_name, model_version,
              settings.champion_alias, current)
     return {"champion_version": str(model_version), "previous_champion_version": current, "changed": True}

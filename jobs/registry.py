@@ -10,12 +10,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.result import JobError
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
 BUNDLE_DIR = "bundle"  # run artifacts that travel with a model version
 ONNX_SHA_TAG = "onnx_sha256"
+PREPROCESSING_SHA_TAG = "preprocessing_sha256"
 
 
 def mlflow_client(settings: Settings):
@@ -48,14 +50,78 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def alias_version(client, settings: Settings, alias: str) -> str | None:
-    """The version number an alias points to, or None."""
+class RegistryUnavailable(JobError):
+    """The registry did not answer (network error, timeout, 5xx, refused credentials).
+
+    Retryable (exit code 1), and never read as "there is no model": a gate or a scorer that took
+    an outage for "no champion" would fail open.
+    """
+
+
+class UngatedChampion(JobError):
+    """The champion alias points at a version that never passed its gate (moved by hand)."""
+
+    exit_code = 4  # retrying cannot help: a person must promote, roll back or override
+
+
+def _absent(exc) -> bool:
+    """Whether an MLflow error means "the model or the alias does not exist" (and nothing else)."""
+    code = getattr(exc, "error_code", "")
+    text = str(exc)
+    return code == "RESOURCE_DOES_NOT_EXIST" or (
+        code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text)
+
+
+def registry_call(what: str, call):
+    """Run one registry read; any failure but absence raises :class:`RegistryUnavailable`.
+
+    Returns None when the model or alias does not exist.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(settings.model_name, alias).version)
-    except MlflowException:
+        return call()
+    except MlflowException as exc:
+        if _absent(exc):
+            return None
+        raise RegistryUnavailable(f"the model registry did not answer {what}: {exc}. Failing (the task "
+                                  f"retries) rather than taking it for an absent model.") from exc
+    except OSError as exc:  # requests' connection errors are OSErrors too
+        raise RegistryUnavailable(f"the model registry could not be reached for {what}: {exc}") from exc
+
+
+def alias_version(client, settings: Settings, alias: str) -> str | None:
+    """The version number an alias points to; None only when the model or the alias does not exist.
+
+    Every other registry error raises :class:`RegistryUnavailable` (retryable): fail closed.
+    """
+    mv = registry_call(f"{settings.model_name}@{alias}",
+                       lambda: client.get_model_version_by_alias(settings.model_name, alias))
+    return None if mv is None else str(mv.version)
+
+
+def gated_champion(client, settings: Settings) -> str | None:
+    """The champion's version, refused when that version never passed its gate.
+
+    The alias can be moved by hand in the MLflow UI; scoring and drift trust the gate, not the
+    alias. ``PIPELINE_ALLOW_UNGATED_CHAMPION=true`` overrides, loudly, for emergencies.
+    """
+    version = alias_version(client, settings, settings.champion_alias)
+    if version is None:
         return None
+    mv = registry_call(f"{settings.model_name} v{version}",
+                       lambda: client.get_model_version(settings.model_name, version))
+    if mv is None:
+        return None
+    if mv.tags.get("gate_passed") != "true":
+        why = (f"@{settings.champion_alias} points at {settings.model_name} v{version}, which "
+               f"{'failed' if mv.tags.get('gate_passed') == 'false' else 'never passed'} its gate "
+               f"({mv.tags.get('gate_verdict') or 'no gate verdict recorded'})")
+        if not settings.allow_ungated_champion:
+            raise UngatedChampion(f"{why}: refusing to use it. Promote a gated version (train_model), roll back "
+                                  "(rollback_model), or set PIPELINE_ALLOW_UNGATED_CHAMPION=true for an emergency.")
+        log.warning("OVERRIDE (PIPELINE_ALLOW_UNGATED_CHAMPION=true): %s; using it anyway", why)
+    return version
 
 
 @dataclass
@@ -102,6 +168,12 @@ def load_bundle(client, settings: Settings, version: str, providers: list[str] |
     pre_file = mlflow.artifacts.download_artifacts(
         run_id=mv.run_id, artifact_path=f"{BUNDLE_DIR}/preprocessing.json", dst_path=str(dest)
     )
+    expected_pre = mv.tags.get(PREPROCESSING_SHA_TAG)
+    if expected_pre is not None and file_sha256(Path(pre_file)) != expected_pre:
+        raise JobError(
+            f"preprocessing.json of {settings.model_name} v{version} does not match the sha256 recorded at "
+            f"training ({expected_pre}): refusing to score with a tampered or corrupt bundle"
+        )
     pre = Preprocessing(**json.loads(Path(pre_file).read_text()))
     wanted = providers or onnx_providers()
     session = ort.InferenceSession(str(onnx_path), providers=wanted)

@@ -7,7 +7,7 @@ import time
 
 from jobs import lake as lk
 from jobs import layout, links, unchanged
-from jobs.registry import alias_version, file_sha256, load_bundle, mlflow_client, read_gold
+from jobs.registry import file_sha256, gated_champion, load_bundle, mlflow_client, read_gold
 from jobs.result import MissingInput
 from jobs.settings import Settings
 
@@ -29,7 +29,7 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "",
     from jobs import tables
 
     client = mlflow_client(settings)
-    version = alias_version(client, settings, settings.champion_alias)
+    version = gated_champion(client, settings)  # refuses a champion that never passed its gate
     if version is None:
         raise MissingInput(f"no @{settings.champion_alias} for {settings.model_name}: train and promote a model first")
     bundle = load_bundle(client, settings, version)  # verifies the ONNX hash before any row is scored

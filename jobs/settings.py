@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     experiment_name: str = "fraud-detection"
     champion_alias: str = "champion"
     previous_champion_alias: str = "previous-champion"
+    # Emergency only: let scoring and the drift monitor use a champion whose version never passed
+    # its gate (an alias moved by hand). Every use is logged as an override.
+    allow_ungated_champion: bool = False
     train_window_days: int = 30  # history a model is fitted on
     holdout_days: int = 5  # most recent days, never seen in fitting: the time-based holdout
     seed: int = 42
@@ -118,6 +121,9 @@ class Settings(BaseSettings):
     # A challenger may be at most this much worse (PR-AUC) than the champion and still win,
     # so that retraining on fresh data is not blocked by noise.
     non_inferiority_margin: float = 0.01
+    # The challenger may also not fall more than the margin below the best of the last K champions
+    # (on the same holdout): no slow ratchet down through a chain of "almost as good" promotions.
+    recent_champions: int = Field(default=3, ge=0)
     onnx_parity_tolerance: float = 1e-4
     bootstrap_resamples: int = 300  # paired resamples for the challenger-vs-champion interval
     # Batch scoring must keep up with a day of transactions on one CPU core.

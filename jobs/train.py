@@ -21,7 +21,7 @@ from jobs import lake as lk
 from jobs import layout, links, unchanged
 from jobs.features import FEATURE_COLUMNS, LABEL, LOOKBACK_DAYS
 from jobs.model import Preprocessing, build_model, classification_metrics
-from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, file_sha256, mlflow_client, read_gold
+from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, PREPROCESSING_SHA_TAG, file_sha256, mlflow_client, read_gold
 from jobs.result import JobError, MissingInput
 from jobs.settings import Settings
 
@@ -294,12 +294,18 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
             tmp = Path(tmp)
             onnx_path = tmp / "model.onnx"
             export_onnx(net, pre, onnx_path)
+            # The bytes the registry will hold (MLflow stores the model with onnx.save_model): checked
+            # for parity here, hashed here, and compared with what the registry gives back below.
+            exported = onnx.load(str(onnx_path))
+            onnx.save_model(exported, str(onnx_path))
+            exported_digest = file_sha256(onnx_path)
             session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
             numeric, categorical = pre.encode(holdout)
             onnx_scores = session.run(None, {"numeric": numeric, "categorical": categorical})[0]
             parity = float(np.max(np.abs(onnx_scores - torch_scores(net, pre, holdout))))
             log.info("ONNX parity on %d holdout rows: max |onnx - torch| = %.2e", len(holdout), parity)
             (tmp / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=2))
+            preprocessing_digest = file_sha256(tmp / "preprocessing.json")
             torch.save(net.state_dict(), tmp / "model_state.pt")
             reference = drift_reference(unsampled)
             sample = reference.sample(min(REFERENCE_ROWS, len(reference)), random_state=settings.seed)
@@ -310,13 +316,17 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
             mlflow.log_metrics({"onnx_max_abs_diff": parity, "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
                                 "epochs": len(history)})
             info = mlflow.onnx.log_model(
-                onnx.load(str(onnx_path)), name="model", registered_model_name=settings.model_name,
+                exported, name="model", registered_model_name=settings.model_name,
                 pip_requirements=["onnxruntime"], save_as_external_data=False,
             )
         version = str(info.registered_model_version)
         stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}"))
         digest = file_sha256(next(stored.rglob("*.onnx")))
-        for key, value in {**snapshots, ONNX_SHA_TAG: digest, "trigger": trigger, "logical_date": date,
+        if digest != exported_digest:
+            raise JobError(f"{settings.model_name} v{version}: the registry holds an ONNX file with sha256 {digest}, "
+                           f"not the exported {exported_digest}: refusing to tag it (upload corrupted?)")
+        for key, value in {**snapshots, ONNX_SHA_TAG: exported_digest, PREPROCESSING_SHA_TAG: preprocessing_digest,
+                           "trigger": trigger, "logical_date": date,
                            "train_window": f"{window[0]}..{window[-1]}", "code_version": settings.code_version,
                            "holdout_dates": ",".join(sorted(holdout["date"].unique())),
                            **airflow_tags(settings, airflow_run_id)}.items():

@@ -32,6 +32,21 @@ def test_onnx_parity_and_latency_are_gated():
     assert report.verdict == "keep the champion: failed onnx_parity, latency_ms_per_1k_rows"
 
 
+def test_no_ratchet_down_a_chain_of_almost_as_good_champions():
+    """Each challenger within the margin of the champion, but the champions slide: 0.70 -> 0.692 ->
+    0.684. Against the best of the recent champions (0.70 on the same holdout) the third is refused."""
+    champion = {"pr_auc": 0.692, "roc_auc": 0.97}
+    challenger = {"pr_auc": 0.684, "roc_auc": 0.97}
+    assert gate(challenger, champion).passed  # within the margin of the current champion alone
+    report = decide(challenger, champion, challenger_version="3", champion_version="2", onnx_max_abs_diff=1e-7,
+                    latency_ms=2.0, best_recent=("1", 0.70), **FLOORS)
+    assert not report.passed and report.verdict == "keep the champion: failed not_below_best_recent"
+    assert "best recent champion v1 0.7000" in report.to_markdown()
+    fine = decide({"pr_auc": 0.695, "roc_auc": 0.97}, champion, challenger_version="3", champion_version="2",
+                  onnx_max_abs_diff=1e-7, latency_ms=2.0, best_recent=("1", 0.70), **FLOORS)
+    assert fine.passed
+
+
 def test_bootstrap_interval_decides_against_the_champion():
     champion = {"pr_auc": 0.70, "roc_auc": 0.97}
     noisy = gate({"pr_auc": 0.71, "roc_auc": 0.97}, champion)
