@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from jobs import lake as lk
-from jobs import layout, links, unchanged
-from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, alias_version, load_bundle, mlflow_client, read_gold
+from jobs import layout, links, monitoring, unchanged
+from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, gated_champion, load_bundle, mlflow_client, read_gold
 from jobs.result import MissingInput
 from jobs.settings import Settings
 
@@ -102,7 +102,7 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1, for
     from jobs import tables
 
     client = mlflow_client(settings)
-    version = alias_version(client, settings, settings.champion_alias)
+    version = gated_champion(client, settings)  # refuses a champion that never passed its gate
     if version is None:
         raise MissingInput(f"no @{settings.champion_alias} for {settings.model_name}: nothing to compare drift against")
     mv = client.get_model_version(settings.model_name, version)
@@ -116,8 +116,8 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1, for
               "settings": {k: getattr(settings, k) for k in (
                   "drift_share_threshold", "max_pr_auc_drop", "retrain_cooldown_days", "max_retrains_per_window",
                   "retrain_window_days")},
-              # A request this check wrote itself is its output, not an input of the next check.
-              "retrain_requests": sorted(d for d in earlier if d != date)}
+              # Only earlier days' requests decide (retraining_decision); this day's is its own output.
+              "retrain_requests": sorted(d for d in earlier if d < date)}
     done = None if force else unchanged.previous(lake, "drift", key, inputs, _outputs(lake, date))
     if done is not None:
         return unchanged.skipped(done, "drift", key)
@@ -166,6 +166,7 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1, for
         with mlflow.start_run(run_id=mv.run_id):
             mlflow.log_artifact(str(html), artifact_path=f"drift/{date}")
             mlflow.log_dict(summary, f"drift/{date}/drift.json")
+        monitor_run = monitoring.log_day(client, settings, date, summary)  # the trend, one point per day
     log.info("drift %s vs v%s reference: share %.2f (threshold %.2f) -> %s; drifted columns: %s",
              summary["window"], version, share or 0.0, settings.drift_share_threshold,
              "DRIFT" if drifted else "no drift", ", ".join(drifted_cols) or "none")
@@ -175,7 +176,9 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1, for
               "report_html": lake.uri_of(layout.drift_report(date, "html")),
               "report_json": lake.uri_of(layout.drift_report(date, "json")),
               "links": {links.DRIFT_REPORT: links.report(layout.drift_report(date, "html")),
-                        links.MODEL_VERSION: links.model_version(settings.model_name, summary["model_version"])}}
+                        links.MODEL_VERSION: links.model_version(settings.model_name, summary["model_version"]),
+                        links.DRIFT_TREND: links.drift_trend()},
+              "monitor_run_id": monitor_run}
     unchanged.remember(lake, "drift", key, inputs, result, "", _outputs(lake, date))
     return result
 

@@ -8,7 +8,8 @@ Airflow's own login, under :data:`PREFIX`:
   reports, validation reports, Data Docs pages);
 - ``/pipeline/docs/<validation run id>``: the Data Docs site of one validation run (its current
   version: Data Docs are published as a whole);
-- ``/pipeline/mlflow/runs/<id>`` and ``/pipeline/mlflow/models/<name>/versions/<n>``: redirects to
+- ``/pipeline/mlflow/runs/<id>``, ``/pipeline/mlflow/models/<name>/versions/<n>`` and
+  ``/pipeline/mlflow/drift-trend`` (the drift monitor's charts, ``jobs.monitoring``): redirects to
   the MLflow UI the API server is configured with (``PIPELINE_MLFLOW_UI_URL``), so a link recorded
   today stays valid when MLflow moves;
 - ``/pipeline/``: an index of the newest reports.
@@ -32,7 +33,8 @@ MODEL_VERSION = "Model version"
 GATE_REPORT = "Gate report"
 DRIFT_REPORT = "Drift report"
 DATA_DOCS = "Data Docs"
-NAMES = (MLFLOW_RUN, MODEL_VERSION, GATE_REPORT, DRIFT_REPORT, DATA_DOCS)
+DRIFT_TREND = "Drift trend"
+NAMES = (MLFLOW_RUN, MODEL_VERSION, GATE_REPORT, DRIFT_REPORT, DATA_DOCS, DRIFT_TREND)
 
 # Zones of the lake the report view may serve: reports only, never data.
 SERVED_ZONES = (layout.REPORTS,)
@@ -53,6 +55,11 @@ def mlflow_run(run_id: str) -> str:
 
 def model_version(name: str, version: str | int) -> str:
     return f"{PREFIX}/mlflow/models/{quote(name, safe='')}/versions/{quote(str(version), safe='')}"
+
+
+def drift_trend() -> str:
+    """The drift monitor's charts in the MLflow UI (``jobs.monitoring``): every day's figures."""
+    return f"{PREFIX}/mlflow/drift-trend"
 
 
 def index() -> str:

@@ -77,7 +77,8 @@ def build_summary(lake: lk.Lake, date: str, settings: Settings) -> dict:
                   **({links.MLFLOW_RUN: links.mlflow_run(champion_run),
                       links.MODEL_VERSION: links.model_version(settings.model_name, champion)} if champion else {}),
                   **({links.GATE_REPORT: links.report(gate["key"].removesuffix(".json") + ".html")} if gate else {}),
-                  **({links.DRIFT_REPORT: links.report(layout.drift_report(date, "html"))} if drift else {})},
+                  **({links.DRIFT_REPORT: links.report(layout.drift_report(date, "html")),
+                      links.DRIFT_TREND: links.drift_trend()} if drift else {})},
         "airflow_ui_url": settings.airflow_ui_url,
     }
     out = settings.state_dir / "run-summary.json"

@@ -43,6 +43,7 @@ case "${1:-}" in
     echo "Airflow UI  http://127.0.0.1:$AIRFLOW_PORT   login: admin / $(python -c "import json,sys; print(json.load(open(sys.argv[1]))['admin'])" "$password_file" 2>/dev/null || echo "see $password_file")"
     echo "MLflow UI   http://127.0.0.1:$MLFLOW_PORT"
     echo "Reports     http://127.0.0.1:$AIRFLOW_PORT/pipeline/   (gate and drift reports, Data Docs; also under Browse)"
+    echo "Drift trend http://127.0.0.1:$AIRFLOW_PORT/pipeline/mlflow/drift-trend   (every day's drift figures, MLflow charts)"
     if [[ -f "$PIPELINE_STATE_DIR/run-summary.json" ]]; then  # the last `make run`'s links, on this UI
       echo "Last run:"
       python -c "import json, sys; from jobs.links import render; \

@@ -1,5 +1,5 @@
 """Extra links on every job task: the MLflow run, the model version, the gate report, the drift
-report and the Data Docs a task produced or used, as buttons on the task instance in the Airflow UI.
+report, the drift trend and the Data Docs a task produced or used, as buttons on the task instance in the Airflow UI.
 
 A job puts the paths of its reports in its result (``links``, see ``jobs/links.py``); when the task
 ends (success, skip or failure), Airflow asks each link for its URL and keeps it in XCom, and the UI
@@ -55,4 +55,9 @@ class DataDocsLink(JobResultLink):
     name = links.DATA_DOCS
 
 
-JOB_LINKS = (MlflowRunLink(), ModelVersionLink(), GateReportLink(), DriftReportLink(), DataDocsLink())
+class DriftTrendLink(JobResultLink):
+    name = links.DRIFT_TREND
+
+
+JOB_LINKS = (MlflowRunLink(), ModelVersionLink(), GateReportLink(), DriftReportLink(), DataDocsLink(),
+             DriftTrendLink())

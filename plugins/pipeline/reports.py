@@ -99,6 +99,23 @@ def model_version(name: str, version: str, _: Authorized) -> Response:
     return RedirectResponse(f"{_mlflow_ui()}/#/models/{name}/versions/{version}")
 
 
+@app.get("/mlflow/drift-trend")
+def drift_trend(_: Authorized) -> Response:
+    """The drift monitor's run in the MLflow UI: each daily check's figures as charts over days."""
+    from mlflow import MlflowClient
+
+    from jobs.monitoring import monitoring_run
+    from jobs.settings import get_settings
+
+    settings = get_settings()
+    client = MlflowClient(tracking_uri=settings.resolved_tracking_uri, registry_uri=settings.resolved_tracking_uri)
+    run_id = monitoring_run(client, settings, create=False)
+    if run_id is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no drift check has been logged yet")
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return RedirectResponse(f"{_mlflow_ui()}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics")
+
+
 def newest_reports(lake, limit: int = _NEWEST) -> dict[str, list[tuple[str, str]]]:
     """(title, path) of the newest gate reports, drift reports and Data Docs sites."""
     keys = lake.list
@@ -124,5 +141,6 @@ def index(_: Authorized) -> str:
         sections.append(f"<h2>{escape(title)}</h2><ul>{rows or '<li>none yet</li>'}</ul>")
     return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Pipeline reports</title></head>"
             f"<body style=\"font-family: system-ui, sans-serif; margin: 2rem\"><h1>Pipeline reports</h1>"
-            f"<p>Lake: <code>{escape(lake.uri)}</code> &middot; <a href=\"{escape(_mlflow_ui())}\">MLflow UI</a></p>"
+            f"<p>Lake: <code>{escape(lake.uri)}</code> &middot; <a href=\"{escape(_mlflow_ui())}\">MLflow UI</a>"
+            f" &middot; <a href=\"{links.drift_trend()}\">Drift trend</a> (every day's drift figures)</p>"
             + "".join(sections) + "</body></html>")

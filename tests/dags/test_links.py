@@ -14,7 +14,7 @@ from pipeline.links import JOB_LINKS, ui_address
 from jobs import links
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = {"MLflow run", "Model version", "Gate report", "Drift report", "Data Docs"}
+NAMES = {"MLflow run", "Model version", "Gate report", "Drift report", "Data Docs", "Drift trend"}
 
 
 @pytest.mark.parametrize("runner", ["local", "docker", "kubernetes"])
@@ -43,7 +43,7 @@ def test_a_link_is_what_the_job_result_names(monkeypatch):
     got = {link.name: link.get_link(Task(), ti_key=None) for link in JOB_LINKS}
     assert got == {"Gate report": "/pipeline/lake/reports/gate/date=2026-06-20/v3.html",
                    "Model version": "/pipeline/mlflow/models/fraud-detector/versions/3",
-                   "MLflow run": "", "Drift report": "", "Data Docs": ""}  # empty: the UI hides it
+                   "MLflow run": "", "Drift report": "", "Data Docs": "", "Drift trend": ""}  # empty: hidden
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/")
     assert ui_address() == "https://airflow.example.com/"
     assert JOB_LINKS[1].get_link(Task(), ti_key=None) == \

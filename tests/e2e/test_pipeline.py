@@ -188,14 +188,15 @@ def test_every_report_opens_from_its_task_in_a_browser(env, chain, tmp_path):
         version = api.call("GET", f"/api/v2/dags/train_model/dagRuns/{runs['train_model']}/taskInstances/train/"
                                   "xcomEntries/return_value")["value"]["model_version"]
         shows = {"Data Docs": "Validation Results", "Gate report": f"Gate report: challenger v{version}",
-                 "Drift report": "Dataset Drift", "MLflow run": f"train-{END}", "Model version": f"Version {version}"}
+                 "Drift report": "Dataset Drift", "MLflow run": f"train-{END}", "Model version": f"Version {version}",
+                 "Drift trend": "drift_share"}
         expected = {
             ("ingest_transactions", "validate"): {"Data Docs"},
             ("train_model", "train"): {"MLflow run", "Model version"},
             ("train_model", "evaluate"): {"Gate report", "MLflow run", "Model version"},
             ("train_model", "promote"): {"Model version"},
             ("score_transactions", "score"): {"Model version"},
-            ("monitor_drift", "drift"): {"Drift report", "Model version"},
+            ("monitor_drift", "drift"): {"Drift report", "Model version", "Drift trend"},
         }
         hrefs = {}
         for (dag, task), names in expected.items():
@@ -228,7 +229,8 @@ def test_every_report_opens_from_its_task_in_a_browser(env, chain, tmp_path):
                     href = follow_extra_link(page, proc.api_url, dag, runs[dag], task, name)
                     assert href == hrefs[(dag, task, name)]
                     page.get_by_text(shows[name]).first.wait_for(timeout=60_000)
-                    target = mlflow_url if name in ("MLflow run", "Model version") else f"{proc.api_url}/pipeline/"
+                    target = (mlflow_url if name in ("MLflow run", "Model version", "Drift trend")
+                              else f"{proc.api_url}/pipeline/")
                     assert page.url.startswith(target), (dag, task, name, page.url)
             page.goto(f"{proc.api_url}/pipeline/")  # the index the UI's navigation and `make up` point at
             page.get_by_role("link", name=f"date={END}/v{version}.html").click()

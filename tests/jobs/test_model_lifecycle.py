@@ -228,6 +228,121 @@ def test_unchanged_inputs_are_skipped_and_force_runs_anyway(gold_lake):
     rechecked, _ = job("drift", "--date", END, "--force")
     assert not rechecked.get("skipped")
 
+    # Drift over time: each checked day is one point of the monitor run's metrics (MLflow charts);
+    # the forced re-check of the same day added no second point.
+    from datetime import date
+
+    step = (date.fromisoformat(END) - date(1970, 1, 1)).days
+    monitor = rechecked["monitor_run_id"]
+    assert [(m.step, m.value) for m in client.get_metric_history(monitor, "drift_share")] == \
+        [(step, checked["drift_share"])]
+    day_before, _ = job("drift", "--date", "2026-03-13")
+    assert day_before["monitor_run_id"] == monitor
+    assert sorted(m.step for m in client.get_metric_history(monitor, "drift_share")) == [step - 1, step]
+    metrics = client.get_run(monitor).data.metrics
+    assert {"prediction_drift_score", "champion_version", "drifted_columns"} <= set(metrics)
+    assert any(name.startswith("feature_drift.") for name in metrics)
+
+
+def test_the_registry_fails_closed(gold_lake, tmp_path):
+    """Only "the model or the alias does not exist" means no champion. A registry that answers 503
+    or drops the connection (a fault proxy in front of a real MLflow server) fails scoring, the
+    gate and promotion as retryable (exit 1) and changes nothing: no "no champion", no first-model
+    gate, no compare-and-set that passes. A champion alias moved by hand to a version that never
+    passed its gate is refused by scoring and drift (exit 4) unless the logged override is set, and
+    a bundle whose preprocessing file changed is refused. Through the real command line."""
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    from faultproxy import FaultProxy
+
+    from jobs import layout, tables
+    from jobs.lake import LocalLake
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(state_dir=gold_lake)
+    client = mlflow_client(settings)  # the registry itself, for the test's own reads and hand edits
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    with FaultProxy(f"http://127.0.0.1:{port}") as proxy:
+        proxy_port = proxy.url.rsplit(":", 1)[-1]
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", settings.resolved_tracking_uri,
+             "--default-artifact-root", settings.mlflow_artifact_root,
+             "--allowed-hosts", f"127.0.0.1:{port},127.0.0.1:{proxy_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"})
+        try:
+            for _ in range(120):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")},
+                   "PIPELINE_STATE_DIR": str(gold_lake), "PIPELINE_HOLDOUT_DAYS": "4",
+                   "PIPELINE_BOOTSTRAP_RESAMPLES": "50", "PIPELINE_MLFLOW_TRACKING_URI": proxy.url,
+                   "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+            def job(*args, **extra):
+                return subprocess.run([sys.executable, "-m", "jobs", *args], env={**env, **extra},
+                                      capture_output=True, text=True)
+
+            champion = alias_version(client, settings, "champion")
+            versions = client.search_model_versions("name='fraud-detector'")
+            challenger = str(max((mv for mv in versions if mv.tags.get("gate_passed") == "true"
+                                  and str(mv.version) != champion), key=lambda mv: int(mv.version)).version)
+            ungated = [str(mv.version) for mv in versions if mv.tags.get("gate_passed") != "true"]
+            assert champion and ungated
+            ok = job("champion")
+            assert ok.returncode == 0, ok.stderr[-2000:]  # through the proxy, all is well
+
+            predictions = tables.version(lake, layout.PREDICTIONS)
+            tags_before = client.get_model_version("fraud-detector", challenger).tags
+            for action in (503, "reset"):
+                proxy.clear()
+                proxy.fail("GET", r"/registered-models/alias", action)
+                for args in (["score", "--date", END, "--force"], ["drift", "--date", END, "--force"],
+                             ["evaluate", "--date", END, "--model-version", challenger, "--force"],
+                             ["promote", "--model-version", challenger]):
+                    out = job(*args)
+                    assert out.returncode == 1, (action, args, out.returncode, out.stderr[-2000:])
+                    assert "model registry" in out.stderr, out.stderr[-2000:]
+            proxy.clear()
+            assert tables.version(lake, layout.PREDICTIONS) == predictions  # nothing scored
+            assert alias_version(client, settings, "champion") == champion  # nothing promoted
+            after = client.get_model_version("fraud-detector", challenger).tags
+            assert {t: after.get(t) for t in ("gate_passed", "gate_verdict", "gate_champion_version")} == \
+                {t: tags_before.get(t) for t in ("gate_passed", "gate_verdict", "gate_champion_version")}
+
+            # The alias moved by hand to a version that never passed its gate.
+            client.set_registered_model_alias("fraud-detector", "champion", ungated[-1])
+            for args in (["score", "--date", END, "--force"], ["drift", "--date", END, "--force"]):
+                out = job(*args)
+                assert out.returncode == 4 and "its gate" in out.stderr, (args, out.stderr[-2000:])
+            out = job("score", "--date", END, "--force", PIPELINE_ALLOW_UNGATED_CHAMPION="true")
+            assert out.returncode == 0 and "OVERRIDE" in out.stderr, out.stderr[-2000:]
+            client.set_registered_model_alias("fraud-detector", "champion", champion)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    # The bundle's preprocessing file changed behind the registry's back: refused, like the ONNX file.
+    run_id = client.get_model_version("fraud-detector", champion).run_id
+    pre_file = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "bundle" / "preprocessing.json"
+    original = pre_file.read_text()
+    pre_file.write_text(original + " ")  # one byte more: same content to a JSON reader, another file
+    try:
+        out = job("score", "--date", END, "--force", PIPELINE_MLFLOW_TRACKING_URI="")
+        assert out.returncode == 1 and "preprocessing.json" in out.stderr and "tampered" in out.stderr, \
+            out.stderr[-2000:]
+    finally:
+        pre_file.write_text(original)
+
 
 def test_scoring_refuses_a_tampered_onnx_file(gold_lake):
     from jobs.lake import LocalLake
