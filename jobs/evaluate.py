@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs import calibration, layout, links, modelcard, unchanged
 from jobs import lake as lk
-from jobs import layout, links, unchanged
 from jobs.features import LABEL
 from jobs.gate import decide, render_html, render_slices
 from jobs.model import classification_metrics, paired_bootstrap, slice_metrics
@@ -86,7 +86,8 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
               "code_version": settings.code_version,
               "gate": {k: getattr(settings, k) for k in (
                   "min_pr_auc", "min_roc_auc", "non_inferiority_margin", "onnx_parity_tolerance",
-                  "latency_budget_ms", "bootstrap_resamples", "seed", "recent_champions")},
+                  "latency_budget_ms", "bootstrap_resamples", "seed", "recent_champions",
+                  "min_threshold_precision", "min_threshold_recall")},
               # the promotion history behind the best-recent-champion check
               "promotions": sorted((str(v.version), v.tags["promoted_at"]) for v in client.search_model_versions(
                   f"name='{settings.model_name}'") if v.tags.get("promoted_at"))}
@@ -107,7 +108,7 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
     challenger_scores = challenger.predict(holdout)
     challenger_metrics = classification_metrics(y, challenger_scores)
     slices = {"challenger": slice_metrics(holdout, challenger_scores)}
-    champion_metrics = comparison = None
+    champion_metrics = comparison = champion_scores = None
     if champion_version is not None and champion_version != str(model_version):
         champion_scores = load_bundle(client, settings, champion_version).predict(holdout)
         champion_metrics = classification_metrics(y, champion_scores)
@@ -121,30 +122,52 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
     best_recent = best_recent_champion(client, settings, holdout, y, exclude={str(model_version), champion_version})
     parity = client.get_run(mv.run_id).data.metrics["onnx_max_abs_diff"]
     latency = scoring_latency_ms(challenger, holdout)
+    operating_point = ({"threshold": challenger.threshold,
+                        **calibration.at_threshold(y, challenger_scores, challenger.threshold)}
+                       if challenger.decision else None)
     report = decide(
         challenger_metrics, champion_metrics, challenger_version=str(model_version),
         champion_version=champion_version, onnx_max_abs_diff=parity, latency_ms=latency,
         min_pr_auc=settings.min_pr_auc, min_roc_auc=settings.min_roc_auc,
         non_inferiority_margin=settings.non_inferiority_margin,
         onnx_parity_tolerance=settings.onnx_parity_tolerance, latency_budget_ms=settings.latency_budget_ms,
-        comparison=comparison, best_recent=best_recent,
+        comparison=comparison, best_recent=best_recent, operating_point=operating_point,
+        min_threshold_precision=settings.min_threshold_precision, min_threshold_recall=settings.min_threshold_recall,
     )
     payload = {**report.to_dict(), "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
                "comparison": comparison, "slices": slices, "holdout_dates": holdout_dates, "logical_date": date,
-               "trigger": mv.tags.get("trigger", "")}
+               "trigger": mv.tags.get("trigger", ""), "operating_point": operating_point,
+               "decision": challenger.decision}
+    interval = modelcard.bootstrap_interval(y, challenger_scores, settings.bootstrap_resamples, settings.seed)
+    payload["challenger_pr_auc_interval"] = list(interval)
     markdown = (report.to_markdown() + f"\nTrigger of the training run: **{payload['trigger'] or 'unknown'}**\n"
                 + render_slices(slices))
+    html_key = layout.gate_report(date, model_version, "html")
+    plots_key = html_key.removesuffix(".html")  # the card's plots, beside the report that embeds them
+    figures = "\n## Plots (holdout)\n\n" + "\n\n".join(
+        f"![{title}](v{model_version}/{name})" for name, title in modelcard.PLOTS.items()
+        if champion_scores is not None or name != "challenger_vs_champion.png") + "\n"
     lake.write_json(layout.gate_report(date, model_version, "json"), payload)
     lake.write_bytes(layout.gate_report(date, model_version, "md"), markdown.encode())
-    html_key = layout.gate_report(date, model_version, "html")
-    lake.write_bytes(html_key, render_html(f"Gate report v{model_version} ({date})", markdown).encode())
-    with mlflow.start_run(run_id=mv.run_id):
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in challenger_metrics.items()})
-        mlflow.log_metric("scoring_latency_ms_per_1k", latency)
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        written = modelcard.plots(Path(tmp) / "card", y, challenger_scores, champion_scores,
+                                  f"challenger v{model_version}", f"champion v{champion_version}")
+        for png in written:
+            lake.write_bytes(f"{plots_key}/{png.name}", png.read_bytes())
+        lake.write_bytes(html_key, render_html(f"Gate report v{model_version} ({date})", markdown + figures).encode())
+        with mlflow.start_run(run_id=mv.run_id):
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in challenger_metrics.items()})
+            mlflow.log_metric("scoring_latency_ms_per_1k", latency)
             (Path(tmp) / "gate_report.md").write_text(markdown)
             mlflow.log_artifact(str(Path(tmp) / "gate_report.md"), artifact_path="gate")
-        mlflow.log_dict(payload, "gate/gate_report.json")
+            mlflow.log_dict(payload, "gate/gate_report.json")
+            mlflow.log_artifacts(str(Path(tmp) / "card"), artifact_path="card")
+    client.update_model_version(settings.model_name, str(model_version), description=modelcard.description(
+        name=settings.model_name, version=str(model_version), tags=mv.tags, metrics=challenger_metrics,
+        interval=interval, holdout_rows=len(holdout), champion_version=champion_version, comparison=comparison,
+        gate_markdown=report.to_markdown(), verdict=report.verdict, passed=report.passed,
+        decision=challenger.decision, operating_point=operating_point, slices_markdown=render_slices(slices),
+        report_path=links.absolute(settings.airflow_ui_url, links.report(html_key))))
     client.set_model_version_tag(settings.model_name, model_version, "gate_passed", str(report.passed).lower())
     client.set_model_version_tag(settings.model_name, model_version, "gate_verdict", report.verdict)
     client.set_model_version_tag(settings.model_name, model_version, "gate_champion_version", champion_version or "")

@@ -58,6 +58,9 @@ def decide(
     latency_budget_ms: float,
     comparison: dict | None = None,
     best_recent: tuple[str, float] | None = None,
+    operating_point: dict | None = None,
+    min_threshold_precision: float = 0.0,
+    min_threshold_recall: float = 0.0,
 ) -> GateReport:
     """Gate a challenger: floors, ONNX parity, latency, and not worse than the champion.
 
@@ -70,6 +73,9 @@ def decide(
     ``best_recent``: (version, PR-AUC on this holdout) of the best of the last K champions. The
     challenger may not fall more than the margin below it either, so a chain of promotions, each
     a little worse than the last within the margin, cannot ratchet the model down.
+
+    ``operating_point``: the challenger's decision threshold with its precision and recall on the
+    holdout (``jobs.calibration.at_threshold``): the decisions scoring will write must hold up.
     """
     checks = [
         Check("pr_auc_floor", challenger["pr_auc"], min_pr_auc, ">=", challenger["pr_auc"] >= min_pr_auc),
@@ -93,6 +99,14 @@ def decide(
                                 f"low end of the 95% CI of PR-AUC challenger - champion: delta "
                                 f"{comparison['delta']:+.4f} [{low:+.4f}, {comparison['ci_high']:+.4f}], "
                                 f"{comparison['resamples']} paired bootstrap resamples"))
+    if operating_point is not None:
+        t = operating_point["threshold"]
+        checks.append(Check("threshold_precision", operating_point["precision"], min_threshold_precision, ">=",
+                            operating_point["precision"] >= min_threshold_precision,
+                            f"precision of the decisions at threshold {t:.4f} ({operating_point['flagged']} flagged)"))
+        checks.append(Check("threshold_recall", operating_point["recall"], min_threshold_recall, ">=",
+                            operating_point["recall"] >= min_threshold_recall,
+                            f"share of the holdout's frauds flagged at threshold {t:.4f}"))
     if best_recent is not None:
         best_version, best_pr_auc = best_recent
         drop = challenger["pr_auc"] - best_pr_auc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from jobs import links
+from jobs import links, modelcard
 from jobs.registry import alias_version, mlflow_client
 from jobs.result import JobError
 from jobs.settings import Settings
@@ -63,6 +63,11 @@ def promote(settings: Settings, model_version: str) -> dict:
     # The promotion history the gate reads (the best of the last K champions, jobs.evaluate).
     client.set_model_version_tag(settings.model_name, str(model_version), PROMOTED_AT_TAG,
                                  datetime.now(UTC).isoformat(timespec="seconds"))
+    replaced = f"v{current}" if current else "none"
+    modelcard.add_decision(client, settings.model_name, str(model_version),
+                           f"promoted to @{settings.champion_alias} (replacing {replaced}; gate: "
+                           f"{mv.tags.get('gate_verdict', '?')}); Airflow run "
+                           f"{settings.airflow_run_id or 'none (CLI)'}")
     log.info("promoted %s v%s to @%s (previous: %s)", settings.model_name, model_version,
              settings.champion_alias, current)
     return {"champion_version": str(model_version), "previous_champion_version": current, "changed": True}
@@ -114,6 +119,11 @@ def rollback(settings: Settings, expected: str | None = None, reason: str = "", 
             client.set_model_version_tag(settings.model_name, previous, f"rollback_{key}", value)
             if current is not None:
                 client.set_model_version_tag(settings.model_name, current, f"rolled_back_{key}", value)
+    modelcard.add_decision(client, settings.model_name, previous, f"restored as @{settings.champion_alias} by a "
+                           f"rollback from v{current} by {actor or 'unknown'}: {why}")
+    if current is not None:
+        modelcard.add_decision(client, settings.model_name, current, f"rolled back to v{previous} by "
+                               f"{actor or 'unknown'}: {why}")
     log.info("rolled back @%s from v%s to v%s by %s: %s", settings.champion_alias, current, previous,
              actor or "unknown", why)
     return {"champion_version": previous, "previous_champion_version": current, "changed": True,
@@ -145,6 +155,9 @@ def record_decision(settings: Settings, model_version: str, decision: str, by: s
     for tag, value in record.items():
         if value:
             client.set_model_version_tag(settings.model_name, str(model_version), tag, value)
+    modelcard.add_decision(client, settings.model_name, str(model_version),
+                           f"{DECISIONS[key]}: decided by {record['decided_by']} in the approval form: "
+                           f"{record['decision_reason']}")
     log.info("%s v%s: %s decided by %s: %s", settings.model_name, model_version, DECISIONS[key], record["decided_by"],
              record["decision_reason"])
     return {"model_version": str(model_version), **record}

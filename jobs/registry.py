@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 BUNDLE_DIR = "bundle"  # run artifacts that travel with a model version
 ONNX_SHA_TAG = "onnx_sha256"
 PREPROCESSING_SHA_TAG = "preprocessing_sha256"
+DECISION_SHA_TAG = "decision_sha256"
+LEGACY_THRESHOLD = 0.5  # versions trained before calibration (no bundle/decision.json) decide at 0.5
 
 
 def mlflow_client(settings: Settings):
@@ -134,11 +136,26 @@ class ModelBundle:
     preprocessing: object
     onnx_path: Path
     providers: list[str]
+    decision: dict | None = None  # calibration + operating threshold (jobs.calibration)
 
-    def predict(self, frame):
-        """Fraud probability for each row of a gold features frame."""
+    def raw_scores(self, frame):
+        """The network's scores (ONNX output) for each row of a gold features frame."""
         numeric, categorical = self.preprocessing.encode(frame)
         return self.session.run(None, {"numeric": numeric, "categorical": categorical})[0]
+
+    def predict(self, frame):
+        """Calibrated fraud probability for each row of a gold features frame."""
+        from jobs.calibration import apply
+
+        scores = self.raw_scores(frame)
+        if not self.decision:
+            return scores
+        return apply(self.decision["calibration"], scores).astype(scores.dtype)
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold: a transaction with probability >= it is flagged."""
+        return float(self.decision["threshold"]) if self.decision else LEGACY_THRESHOLD
 
 
 def load_bundle(client, settings: Settings, version: str, providers: list[str] | None = None) -> ModelBundle:
@@ -175,12 +192,26 @@ def load_bundle(client, settings: Settings, version: str, providers: list[str] |
             f"training ({expected_pre}): refusing to score with a tampered or corrupt bundle"
         )
     pre = Preprocessing(**json.loads(Path(pre_file).read_text()))
+    decision = None
+    expected_decision = mv.tags.get(DECISION_SHA_TAG)
+    if expected_decision is not None:
+        decision_file = Path(mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id, artifact_path=f"{BUNDLE_DIR}/decision.json", dst_path=str(dest)))
+        if file_sha256(decision_file) != expected_decision:
+            raise JobError(
+                f"decision.json (calibration, threshold) of {settings.model_name} v{version} does not match the "
+                f"sha256 recorded at training ({expected_decision}): refusing a tampered or corrupt bundle"
+            )
+        decision = json.loads(decision_file.read_text())
+    else:
+        log.warning("%s v%s has no calibration and threshold (trained before they existed): raw scores, "
+                    "threshold %.2f", settings.model_name, version, LEGACY_THRESHOLD)
     wanted = providers or onnx_providers()
     session = ort.InferenceSession(str(onnx_path), providers=wanted)
     used = session.get_providers()
     log.info("model v%s loaded; onnxruntime providers in use: %s", version, used)
     return ModelBundle(version=str(version), run_id=mv.run_id, session=session, preprocessing=pre,
-                       onnx_path=onnx_path, providers=used)
+                       onnx_path=onnx_path, providers=used, decision=decision)
 
 
 def cuda_driver_present() -> bool:

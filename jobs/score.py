@@ -13,11 +13,10 @@ from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ALERT_THRESHOLD = 0.5  # probability above which a transaction is counted as flagged in the summary
-
 
 def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "", force: bool = False) -> dict:
-    """Replace ``predictions`` for ``dates`` with the champion's fraud probability per transaction.
+    """Replace ``predictions`` for ``dates`` with the champion's calibrated fraud probability and its
+    decision (``is_flagged``: probability >= the model's operating threshold) per transaction.
 
     All scored dates are published in one commit of the predictions table. Skipped when the gold
     files, the champion (version and ONNX hash), the code version and the predictions it wrote are
@@ -54,10 +53,13 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "",
         started = time.perf_counter()
         features = read_gold(lake, [date], version=gold_version)
         out = features[["transaction_id", "card_id", "timestamp", "date"]].copy()
-        out["fraud_probability"] = bundle.predict(features).astype("float64")
+        out["fraud_probability"] = bundle.predict(features).astype("float64")  # calibrated
+        # The decision at the model's operating threshold (chosen on validation, jobs.calibration).
+        out["is_flagged"] = out["fraud_probability"] >= bundle.threshold
+        out["decision_threshold"] = bundle.threshold
         out["model_name"] = settings.model_name
         out["model_version"] = str(version)
-        n_flagged = int((out["fraud_probability"] > ALERT_THRESHOLD).sum())
+        n_flagged = int(out["is_flagged"].sum())
         seconds = time.perf_counter() - started
         log.info("scored %d transactions for %s with v%s on %s; %d flagged (%.1f s, %.0f rows/s)", len(out), date,
                  version, bundle.providers[0], n_flagged, seconds, len(out) / max(seconds, 1e-9))
@@ -68,8 +70,10 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "",
     scored["timestamp"] = scored["timestamp"].astype("datetime64[us]")
     predictions_version = tables.replace_partitions(
         lake, layout.PREDICTIONS, pa.Table.from_pandas(scored, preserve_index=False), present,
-        metadata={"run_id": run_id, "model_version": version, "gold_version": gold_version})
+        metadata={"run_id": run_id, "model_version": version, "gold_version": gold_version},
+        evolve_schema=True)  # lakes scored before the decision columns existed gain them
     result = {"dates": present, "rows": len(scored), "flagged": flagged, "model_version": version,
+              "decision_threshold": bundle.threshold,
               "provider": bundle.providers[0], "predictions": lake.uri_of(layout.PREDICTIONS),
               "predictions_version": predictions_version, "gold_version": gold_version,
               "links": {links.MODEL_VERSION: links.model_version(settings.model_name, version)}}

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     bootstrap_resamples: int = 300  # paired resamples for the challenger-vs-champion interval
     # Batch scoring must keep up with a day of transactions on one CPU core.
     latency_budget_ms: float = 50.0
+    # The operating point (jobs.calibration): the threshold is chosen on validation rows for this
+    # precision; on the holdout, the gate requires at least these precision and recall at it.
+    decision_precision_target: float = Field(default=0.9, gt=0.0, lt=1.0)
+    min_threshold_precision: float = 0.5
+    min_threshold_recall: float = 0.2
 
     # --- drift --------------------------------------------------------------------------
     # Share of monitored columns that must drift before the data set counts as drifted.

@@ -298,10 +298,12 @@ def merge_new_rows(lake: Lake, name: str, data, keys: list[str], app_id: str | N
                              "in a row; retry the task")
 
 
-def replace_partitions(lake: Lake, name: str, data, dates: Iterable[str], metadata: dict | None = None) -> int:
+def replace_partitions(lake: Lake, name: str, data, dates: Iterable[str], metadata: dict | None = None,
+                       evolve_schema: bool = False) -> int:
     """Replace the ``dates`` partitions with ``data`` (a pyarrow Table or RecordBatchReader) in one commit.
 
     Dates in ``dates`` without rows in ``data`` end up empty. Returns the new table version.
+    ``evolve_schema``: new columns of ``data`` are added to the table (older rows read them as null).
     """
     from deltalake import write_deltalake
     from deltalake.exceptions import CommitFailedError, DeltaError
@@ -316,7 +318,8 @@ def replace_partitions(lake: Lake, name: str, data, dates: Iterable[str], metada
         _ensure(lake, name, data.schema)
         try:
             write_deltalake(uri, data, mode="overwrite", predicate=predicate, partition_by=[column],
-                            storage_options=options, commit_properties=_commit_properties(None, metadata))
+                            storage_options=options, commit_properties=_commit_properties(None, metadata),
+                            schema_mode="merge" if evolve_schema else None)
         except CommitFailedError as exc:
             if not hasattr(data, "num_rows"):  # a stream cannot be replayed: let the task retry
                 raise StorageUnavailable(f"replacing {dates} of {lake.uri_of(name)} conflicted with a concurrent "

@@ -17,11 +17,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from jobs import calibration, layout, links, unchanged
 from jobs import lake as lk
-from jobs import layout, links, unchanged
 from jobs.features import FEATURE_COLUMNS, LABEL, LOOKBACK_DAYS
 from jobs.model import Preprocessing, build_model, classification_metrics
-from jobs.registry import BUNDLE_DIR, ONNX_SHA_TAG, PREPROCESSING_SHA_TAG, file_sha256, mlflow_client, read_gold
+from jobs.registry import (
+    BUNDLE_DIR,
+    DECISION_SHA_TAG,
+    ONNX_SHA_TAG,
+    PREPROCESSING_SHA_TAG,
+    file_sha256,
+    mlflow_client,
+    read_gold,
+)
 from jobs.result import JobError, MissingInput
 from jobs.settings import Settings
 
@@ -238,6 +246,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
     import onnx
     import onnxruntime as ort
     import torch
+    from mlflow.models import infer_signature
 
     end = Date.fromisoformat(date)
     window = [(end - timedelta(days=i)).isoformat() for i in range(settings.train_window_days)][::-1]
@@ -311,13 +320,32 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
             sample = reference.sample(min(REFERENCE_ROWS, len(reference)), random_state=settings.seed)
             mlflow.log_param("reference_window", f"{reference['date'].min()}..{reference['date'].max()}")
             sample.to_parquet(tmp / "reference.parquet", index=False)
-            for name in ("preprocessing.json", "model_state.pt", "reference.parquet"):
+            # Calibration and the operating threshold, from the validation rows (jobs.calibration).
+            val_numeric, val_categorical = pre.encode(val_rows)
+            raw_val = session.run(None, {"numeric": val_numeric, "categorical": val_categorical})[0]
+            decision = calibration.decision(val_rows[LABEL].to_numpy(), raw_val, settings.decision_precision_target)
+            checked = decision["validation"]
+            log.info("calibration (Platt) on %d validation rows: Brier %.4f -> %.4f, ECE %.4f -> %.4f; threshold "
+                     "%.4f for precision >= %.2f: precision %.3f, recall %.3f%s", checked["rows"],
+                     checked["brier_raw"], checked["brier_calibrated"], checked["ece_raw"], checked["ece_calibrated"],
+                     decision["threshold"], settings.decision_precision_target, checked["precision"],
+                     checked["recall"], "" if checked["target_met"] else " (target not reached: best F1 instead)")
+            mlflow.log_metrics({f"val_{k}": float(v) for k, v in checked.items() if k not in ("rows", "frauds")})
+            mlflow.log_metric("decision_threshold", decision["threshold"])
+            (tmp / "decision.json").write_text(json.dumps(decision, indent=2))
+            decision_digest = file_sha256(tmp / "decision.json")
+            for name in ("preprocessing.json", "decision.json", "model_state.pt", "reference.parquet"):
                 mlflow.log_artifact(str(tmp / name), artifact_path=BUNDLE_DIR)
             mlflow.log_metrics({"onnx_max_abs_diff": parity, "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
                                 "epochs": len(history)})
+            # The model card's signature and input example: the ONNX inputs (raw features, encoded by
+            # the bundle's preprocessing) and the fraud probability out.
+            example = {"numeric": numeric[:5], "categorical": categorical[:5]}
+            signature = infer_signature(example, onnx_scores[:5])
             info = mlflow.onnx.log_model(
                 exported, name="model", registered_model_name=settings.model_name,
                 pip_requirements=["onnxruntime"], save_as_external_data=False,
+                signature=signature, input_example=example,
             )
         version = str(info.registered_model_version)
         stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}"))
@@ -326,6 +354,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
             raise JobError(f"{settings.model_name} v{version}: the registry holds an ONNX file with sha256 {digest}, "
                            f"not the exported {exported_digest}: refusing to tag it (upload corrupted?)")
         for key, value in {**snapshots, ONNX_SHA_TAG: exported_digest, PREPROCESSING_SHA_TAG: preprocessing_digest,
+                           DECISION_SHA_TAG: decision_digest, "decision_threshold": f"{decision['threshold']:.6f}",
                            "trigger": trigger, "logical_date": date,
                            "train_window": f"{window[0]}..{window[-1]}", "code_version": settings.code_version,
                            "holdout_dates": ",".join(sorted(holdout["date"].unique())),
@@ -336,7 +365,8 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
         "device": device, "world_size": world, "epochs": len(history),
         "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
         "onnx_max_abs_diff": parity, "onnx_sha256": digest, "fit_rows": len(fit_rows),
-        "holdout_rows": len(holdout),
+        "holdout_rows": len(holdout), "decision_threshold": decision["threshold"],
+        "calibration": decision["validation"],
         "links": {links.MLFLOW_RUN: links.mlflow_run(run.info.run_id),
                   links.MODEL_VERSION: links.model_version(settings.model_name, version)},
     }

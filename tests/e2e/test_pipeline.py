@@ -120,8 +120,21 @@ def test_a_champion_is_registered(env, chain):
     client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
     champion = client.get_model_version_by_alias("fraud-detector", "champion")
     assert champion.tags["gate_passed"] == "true"
-    assert len(champion.tags["onnx_sha256"]) == 64
+    assert len(champion.tags["onnx_sha256"]) == 64 and len(champion.tags["preprocessing_sha256"]) == 64
     assert "Gate verdict for v1: promote" in chain["train"]
+    # Its model card: the description in the registry, the plots with the run, a signature.
+    card = champion.description
+    for part in ("model card", "Intended use", "PR-AUC **", "95 % bootstrap interval", "## Gate: PASS",
+                 "## Decisions it makes", "Platt scaling", "## Slices (holdout)", "flagged at probability >=",
+                 "| threshold_precision |",
+                 "## Decisions", "promoted to @champion"):
+        assert part in card, (part, card)
+    plots = {a.path for a in client.list_artifacts(champion.run_id, "card")}
+    assert plots == {"card/pr_curve.png", "card/calibration.png", "card/score_distribution.png"}
+    from mlflow.models import get_model_info
+
+    info = get_model_info(f"models:/fraud-detector/{champion.version}")
+    assert info.signature is not None and {i.name for i in info.signature.inputs} == {"numeric", "categorical"}
 
 
 def test_onnx_scores_equal_pytorch_scores(env, chain):
@@ -156,6 +169,17 @@ def test_predictions_landed_with_the_model_version(env, chain):
     assert len(predictions) == len(features) > 0
     assert set(predictions["model_version"]) == {"1"}
     assert predictions["fraud_probability"].between(0, 1).all()
+    # Calibrated probabilities and the decision at the model's operating threshold (chosen on validation).
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    threshold = float(client.get_model_version("fraud-detector", "1").tags["decision_threshold"])
+    assert np.allclose(predictions["decision_threshold"], threshold)
+    assert (predictions["is_flagged"] == (predictions["fraud_probability"] >= threshold)).all()
+    assert 0 < predictions["is_flagged"].sum() < len(predictions)
+    labels = features.set_index("transaction_id")["is_fraud"]
+    flagged = predictions[predictions["is_flagged"]]
+    assert labels.loc[flagged["transaction_id"]].mean() > 0.5  # most flagged transactions are frauds
 
 
 def test_undrifted_data_is_not_flagged(env, chain):
@@ -229,6 +253,10 @@ def test_every_report_opens_from_its_task_in_a_browser(env, chain, tmp_path):
                     href = follow_extra_link(page, proc.api_url, dag, runs[dag], task, name)
                     assert href == hrefs[(dag, task, name)]
                     page.get_by_text(shows[name]).first.wait_for(timeout=60_000)
+                    if name == "Gate report":  # the model card's plots, embedded and served from the lake
+                        page.wait_for_load_state("load")
+                        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+                        assert len(widths) >= 3 and all(w > 0 for w in widths), widths
                     target = (mlflow_url if name in ("MLflow run", "Model version", "Drift trend")
                               else f"{proc.api_url}/pipeline/")
                     assert page.url.startswith(target), (dag, task, name, page.url)
