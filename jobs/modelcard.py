@@ -161,7 +161,7 @@ def description(*, name: str, version: str, tags: dict, metrics: dict, interval:
                      f"(95 % paired interval {comparison['ci_low']:+.4f} to {comparison['ci_high']:+.4f})")
     if slices_markdown:
         lines += [slices_markdown.rstrip("\n")]
-    lines += ["", f"## Gate: {'PASS' if passed else 'FAIL'}", "", verdict, "", gate_markdown.split("\n", 2)[-1],
+    lines += ["", f"## Gate: {'PASS' if passed else 'FAIL'}", "", gate_markdown.split("\n", 2)[-1],
               f"Gate report with plots (PR curve, calibration, score distribution, challenger vs champion): "
               f"{report_path}", "", "## Decisions", ""]
     return "\n".join(lines)

@@ -131,8 +131,11 @@ def test_a_champion_is_registered(env, chain):
         assert part in card, (part, card)
     plots = {a.path for a in client.list_artifacts(champion.run_id, "card")}
     assert plots == {"card/pr_curve.png", "card/calibration.png", "card/score_distribution.png"}
+    import mlflow
     from mlflow.models import get_model_info
 
+    mlflow.set_tracking_uri(f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
     info = get_model_info(f"models:/fraud-detector/{champion.version}")
     assert info.signature is not None and {i.name for i in info.signature.inputs} == {"numeric", "categorical"}
 
