@@ -424,11 +424,16 @@ def _in_child(fn, *args):
     before the Delta commits, which need memory of their own. Forked where the platform forks
     safely (Linux: the child starts with the modules already imported), spawned elsewhere.
     """
+    import gc
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     method = "fork" if sys.platform == "linux" else "spawn"
+    # Garbage holding native thread pools (an onnxruntime session, say) is freed here, where its
+    # threads live: collected in a forked child, its destructor would join threads that the child
+    # does not have, and hang (seen in a test process that had scored before validating).
+    gc.collect()
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(method),
                              initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         try:
@@ -439,8 +444,12 @@ def _in_child(fn, *args):
 
 
 def _die_with_parent(parent: int) -> None:
-    """In the child: be killed when the job process dies (a killed task leaves no orphan working on)."""
+    """In the child: be killed when the job process dies (a killed task leaves no orphan working on),
+    and never collect what it inherited (see :func:`_in_child`)."""
+    import gc
     import signal
+
+    gc.freeze()
 
     if sys.platform == "linux":
         pr_set_pdeathsig = 1

@@ -140,6 +140,21 @@ def test_a_champion_is_registered(env, chain):
     assert info.signature is not None and {i.name for i in info.signature.inputs} == {"numeric", "categorical"}
 
 
+def test_the_run_summary_names_what_happened_and_links_to_it(env, chain):
+    """`make run`'s last step: counts, the champion, the gate and drift, and the same links the tasks
+    carry, under the Airflow UI's address (`make up` serves them)."""
+    out = sh(env, f"python -m jobs summary --date {END}").stdout
+    summary = json.loads((Path(env["PIPELINE_STATE_DIR"]) / "run-summary.json").read_text())
+    assert summary["ingestion"]["rows_delivered"] == summary["ingestion"]["rows_silver"] + \
+        summary["ingestion"]["rows_quarantined"]
+    assert summary["model"]["champion_version"] == "1" and summary["gate"]["passed"]
+    links = summary["links"]
+    assert set(links) == {"Reports", "MLflow run", "Model version", "Gate report", "Drift report", "Drift trend"}
+    assert links["Gate report"] == f"/pipeline/lake/reports/gate/date={END}/v1.html"
+    for name, path in links.items():
+        assert f"http://127.0.0.1:8080{path}" in out, (name, out)
+
+
 def test_onnx_scores_equal_pytorch_scores(env, chain):
     import mlflow
     import onnxruntime as ort
