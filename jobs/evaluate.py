@@ -14,6 +14,7 @@ from jobs import lake as lk
 from jobs.features import LABEL
 from jobs.gate import decide, render_html, render_slices
 from jobs.model import classification_metrics, paired_bootstrap, slice_metrics
+from jobs.promote import PROMOTED_AT_TAG
 from jobs.registry import ONNX_SHA_TAG, alias_version, load_bundle, mlflow_client, read_gold
 from jobs.result import JobError
 from jobs.settings import Settings
@@ -42,8 +43,6 @@ GATE_TAGS = ("gate_passed", "gate_verdict", "gate_champion_version", "gate_repor
 def best_recent_champion(client, settings: Settings, holdout, y, exclude: set) -> tuple[str, float] | None:
     """(version, PR-AUC on ``holdout``) of the best of the last ``recent_champions`` promoted versions
     other than ``exclude`` (the challenger; the champion is compared on its own), or None."""
-    from jobs.promote import PROMOTED_AT_TAG
-
     if settings.recent_champions <= 0:
         return None
     versions = client.search_model_versions(f"name='{settings.model_name}'")
@@ -89,8 +88,8 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
                   "latency_budget_ms", "bootstrap_resamples", "seed", "recent_champions",
                   "min_threshold_precision", "min_threshold_recall")},
               # the promotion history behind the best-recent-champion check
-              "promotions": sorted((str(v.version), v.tags["promoted_at"]) for v in client.search_model_versions(
-                  f"name='{settings.model_name}'") if v.tags.get("promoted_at"))}
+              "promotions": sorted((str(v.version), v.tags[PROMOTED_AT_TAG]) for v in client.search_model_versions(
+                  f"name='{settings.model_name}'") if v.tags.get(PROMOTED_AT_TAG))}
     key = f"v{model_version}"
     outputs = {"tags": {t: mv.tags.get(t) for t in GATE_TAGS},
                "report": lake.exists(layout.gate_report(date, model_version, "html"))}
@@ -165,7 +164,7 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
     client.update_model_version(settings.model_name, str(model_version), description=modelcard.description(
         name=settings.model_name, version=str(model_version), tags=mv.tags, metrics=challenger_metrics,
         interval=interval, holdout_rows=len(holdout), champion_version=champion_version, comparison=comparison,
-        gate_markdown=report.to_markdown(), verdict=report.verdict, passed=report.passed,
+        gate_markdown=report.to_markdown(), passed=report.passed,
         decision=challenger.decision, operating_point=operating_point, slices_markdown=render_slices(slices),
         report_path=links.absolute(settings.airflow_ui_url, links.report(html_key))))
     client.set_model_version_tag(settings.model_name, model_version, "gate_passed", str(report.passed).lower())

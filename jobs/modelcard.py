@@ -120,7 +120,7 @@ def _save(fig, path: Path) -> Path:
 
 def description(*, name: str, version: str, tags: dict, metrics: dict, interval: tuple[float, float],
                 holdout_rows: int, champion_version: str | None, comparison: dict | None, gate_markdown: str,
-                verdict: str, passed: bool, report_path: str, decision: dict | None = None,
+                passed: bool, report_path: str, decision: dict | None = None,
                 operating_point: dict | None = None, slices_markdown: str = "") -> str:
     """The version's description in the registry (Markdown)."""
     low, high = interval

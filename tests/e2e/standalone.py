@@ -31,27 +31,27 @@ def airflow_standalone(env: dict[str, str], log_path: Path) -> Iterator[subproce
 
     The process gets an ``api_url`` attribute (the API server's base URL).
     """
-    port = free_port()
-    env = {**env, "AIRFLOW__API__PORT": str(port),
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(["bash", "-c", "source scripts/env.sh && exec airflow standalone"], cwd=ROOT,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.api_url = f"http://127.0.0.1:{port}"
-    try:
+    with _airflow(env, log_path, "standalone") as proc:
         yield proc
-    finally:
-        _stop(proc)
 
 
 @contextmanager
 def airflow_api_server(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
     """Only Airflow's API server (UI, REST API, plugins) on the state of ``env``, on a free port:
     for tests of what a person sees, with no scheduler starting runs meanwhile."""
+    with _airflow(env, log_path, "api-server") as proc:
+        yield proc
+
+
+@contextmanager
+def _airflow(env: dict[str, str], log_path: Path, command: str) -> Iterator[subprocess.Popen]:
+    """``airflow <command>`` on a free port, its output in ``log_path``; stopped (process group) after."""
     port = free_port()
+    env = {**env, "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(["bash", "-c", f"source scripts/env.sh && exec airflow api-server --port {port}"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(["bash", "-c", f"source scripts/env.sh && exec airflow {command}"], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     proc.api_url = f"http://127.0.0.1:{port}"
     try:
         yield proc
