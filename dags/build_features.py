@@ -45,7 +45,7 @@ with DAG(
     },
 ) as dag:
 
-    @task
+    @task(multiple_outputs=True)
     def plan_dates(**context) -> dict:
         """Decides which dates to build: the form's range, else the run's partition key."""
         return planned_range(context)

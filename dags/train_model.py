@@ -115,7 +115,7 @@ with DAG(
 
         from jobs.promote import DECISIONS
 
-        approve = HITLOperator(
+        approve_promotion = HITLOperator(
             task_id="approve_promotion",
             subject="Promote fraud-detector v{{ ti.xcom_pull(task_ids='train')['model_version'] }} to champion?",
             body="The challenger passed its gate. "
@@ -172,7 +172,7 @@ with DAG(
             outlets=[CHAMPION_MODEL],
             doc_md="A person rolled the champion back to the previous one (compare-and-set, reason recorded).",
         )
-        decision >> [approve, keep_champion]
-        approve >> record >> route_decision() >> [promote, keep_by_decision, rollback_champion]
+        decision >> [approve_promotion, keep_champion]
+        approve_promotion >> record >> route_decision() >> [promote, keep_by_decision, rollback_champion]
     else:
         decision >> [promote, keep_champion]
