@@ -8,7 +8,10 @@ A feature of a transaction at time ``t`` only sees the same card's transactions 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
+import subprocess
 import tempfile
 import time
 from datetime import date as Date
@@ -43,8 +46,47 @@ LABEL = "is_fraud"
 FEATURE_COLUMNS = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 
 
+MIN_JAVA = 17  # Spark 4 runs on Java 17 or 21
+JAVA_FIX = ("install a Java 17+ runtime (Debian/Ubuntu: apt-get install openjdk-17-jre-headless; macOS: "
+            "brew install openjdk@17) or point JAVA_HOME at one")
+
+
+def java_major(version_output: str) -> int | None:
+    """The major version in ``java -version`` output: 'version "17.0.13"' -> 17, '"1.8.0_401"' -> 8."""
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
+    if match is None:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def require_java() -> str:
+    """The ``java`` that Spark will start (JAVA_HOME's, else PATH's), checked to be 17+.
+
+    Raises :class:`MissingRuntime` (not retried) instead of letting Spark die with a gateway traceback.
+    """
+    from jobs.result import MissingRuntime
+
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    where = f"JAVA_HOME={home}" if home else "PATH"
+    if not java or not os.access(java, os.X_OK):
+        raise MissingRuntime(f"Spark needs Java {MIN_JAVA}+, and no java was found on {where}: {JAVA_FIX}")
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MissingRuntime(f"Spark needs Java {MIN_JAVA}+, and {java} -version failed ({exc}): {JAVA_FIX}") from exc
+    major = java_major(out.stderr + out.stdout)
+    if major is None or major < MIN_JAVA:
+        first = (out.stderr + out.stdout).strip().splitlines()[:1]
+        raise MissingRuntime(f"Spark needs Java {MIN_JAVA}+, and {java} (from {where}) is "
+                             f"{first[0] if first else 'unreadable'}: {JAVA_FIX}")
+    return java
+
+
 def spark_session(master: str, driver_memory: str = "1g", app_name: str = "fraud-features"):
-    """A Spark session in UTC with small-data friendly defaults."""
+    """A Spark session in UTC with small-data friendly defaults (after checking for Java 17+)."""
+    require_java()
     from pyspark.sql import SparkSession
 
     spark = (

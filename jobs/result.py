@@ -42,7 +42,17 @@ class MissingInput(JobError):
     exit_code = 4
 
 
-NOT_RETRYABLE = frozenset({DataRejected.exit_code, MissingInput.exit_code})
+class MissingRuntime(JobError):
+    """The host lacks a runtime the job needs (Java 17+ for Spark).
+
+    A retry on the same host or image meets the same lack: runners fail the task at once, with the
+    message saying what to install.
+    """
+
+    exit_code = 5
+
+
+NOT_RETRYABLE = frozenset({DataRejected.exit_code, MissingInput.exit_code, MissingRuntime.exit_code})
 
 
 def emit(result: dict) -> dict:
