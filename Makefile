@@ -6,22 +6,29 @@ BIN := $(VENV)/bin
 # pip takes the CPU build from a local wheel cache when it has one; on a GPU host set e.g.
 # TORCH_SPEC='torch==2.13.0' with a CUDA index (PIP_EXTRA_INDEX_URL) for a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# onnxruntime's build: cpu (onnxruntime) or gpu (onnxruntime-gpu, CUDA 13 + cuDNN 9), never both.
+ORT_EXTRA ?= cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup browser run test test-fast up down lint lock clean
+.PHONY: help preflight setup browser run test test-fast up down lint lock clean
 help:
 	@echo "make run    - set up, generate data, run the whole pipeline through Airflow, print a summary"
 	@echo "make test   - set up and run every test (DAG integrity, jobs, end-to-end)"
+	@echo "make preflight - check Python 3.11, Java 17+ (and for the tests PostgreSQL), with a fix for each"
 	@echo "make up     - start the Airflow UI (standalone) and the MLflow UI on the local state"
 	@echo "make down   - stop them"
 	@echo "make lint   - ruff"
 
-setup: $(STAMP)
+# What the machine must have before anything is installed; each missing piece with its one-line fix.
+preflight:
+	@scripts/preflight.sh "$(PYTHON)"
+
+setup: preflight $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt
-	@test -n "$(PYTHON)" || { echo "Python 3.11 is required"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt "$(TORCH_SPEC)" -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt "$(TORCH_SPEC)" -e ".[dev,$(ORT_EXTRA)]"
+	@scripts/preflight.sh --venv $(VENV)
 	touch $(STAMP)
 
 run: setup
@@ -38,6 +45,7 @@ browser:
 	    || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
 	else echo "no Chromium here: the UI tests will skip (Debian/Ubuntu: sudo apt-get install chromium)"; fi
 
+test: export PREFLIGHT_TESTS := 1
 test: setup browser
 	$(BIN)/ruff check dags plugins jobs tests bench
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --durations=15
@@ -58,10 +66,13 @@ lint: setup
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade "pip>=25"
-	.venv-lock/bin/python -m pip install --quiet "$(TORCH_SPEC)" -e ".[dev]"
+	.venv-lock/bin/python -m pip install --quiet "$(TORCH_SPEC)" -e ".[dev,cpu]"
 	{ echo "# Fully pinned environment (pip freeze, Python 3.11, x86_64). Regenerate with 'make lock'."; \
 	  echo "# torch is pinned apart (TORCH_SPEC in the Makefile) so GPU hosts can choose a build."; \
-	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -vE '^torch=='; } > requirements/constraints.txt
+	  echo "# onnxruntime-gpu (the gpu extra) is pinned beside onnxruntime; an environment has one of the two."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -vE '^torch=='; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | sed -n 's/^onnxruntime==/onnxruntime-gpu==/p'; \
+	  } > requirements/constraints.txt
 	rm -rf .venv-lock
 
 clean:

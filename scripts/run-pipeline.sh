@@ -7,11 +7,13 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 
-END_DATE="${PIPELINE_DEMO_END_DATE:-$(date -u -d yesterday +%F)}"
+# Date arithmetic in Python (the venv's), not GNU date: the same on Linux and macOS.
+days_before() { python -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) - d.timedelta(days=int(sys.argv[2])))' "$1" "$2"; }
+END_DATE="${PIPELINE_DEMO_END_DATE:-$(python -c 'import datetime as d; print(d.datetime.now(d.timezone.utc).date() - d.timedelta(days=1))')}"
 DAYS="${PIPELINE_DEMO_DAYS:-30}"
 ROWS_PER_DAY="${PIPELINE_DEMO_ROWS_PER_DAY:-3400}"
-START_DATE="$(date -u -d "$END_DATE - $((DAYS - 1)) days" +%F)"
-SCORE_FROM="$(date -u -d "$END_DATE - 6 days" +%F)"
+START_DATE="$(days_before "$END_DATE" $((DAYS - 1)))"
+SCORE_FROM="$(days_before "$END_DATE" 6)"
 
 step() { printf '\n==> %s\n' "$*"; }
 dag() {

@@ -14,13 +14,14 @@ start() {  # name, command...: start in its own process group, remember the grou
   if [[ -f "$RUN_DIR/$name.pid" ]] && kill -0 -- "-$(cat "$RUN_DIR/$name.pid")" 2>/dev/null; then
     echo "$name already running (process group $(cat "$RUN_DIR/$name.pid"))"; return
   fi
-  setsid "$@" >"$RUN_DIR/$name.log" 2>&1 < /dev/null &
+  # A new session (setsid(2) through Python: macOS has no setsid command), so `down` stops the group.
+  python -c 'import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])' "$@" >"$RUN_DIR/$name.log" 2>&1 < /dev/null &
   echo $! >"$RUN_DIR/$name.pid"
 }
 
 wait_http() {  # url, seconds
   for _ in $(seq "$2"); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1" 2>/dev/null && return 0
     sleep 1
   done
   return 1

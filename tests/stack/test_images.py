@@ -188,9 +188,10 @@ def test_installs_the_project_from_the_lock(dockerfile):
     installs = [args for stage in stages for args in stage.all("RUN") if "pip install" in args and "-c " in args]
     assert installs, "the project must be installed with the constraints"
     assert any(
-        "requirements/constraints.txt" in args and '"$TORCH_SPEC"' in args and re.search(r"\s\.(\s|$)", args)
+        "requirements/constraints.txt" in args and '"$TORCH_SPEC"' in args
+        and re.search(r'\s"\.\[(cpu|gpu)\]"(\s|$)', args)
         for args in installs
-    ), "pip install -c requirements/constraints.txt \"$TORCH_SPEC\" . (the project and torch, together)"
+    ), 'pip install -c requirements/constraints.txt "$TORCH_SPEC" ".[cpu]" (the project, torch and onnxruntime)'
     makefile_torch = re.search(r"^TORCH_SPEC \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert arg_default(stages, "TORCH_SPEC") == makefile_torch, "same torch as the development environment"
 
@@ -247,7 +248,7 @@ def test_gpu_image_is_cuda_torch_and_onnxruntime_gpu():
     assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", final.base), final.base
     assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", arg_default(stages, "TORCH_INDEX_URL"))
     installs = " ".join(args for stage in stages for args in stage.all("RUN") if "pip install" in args)
-    assert "onnxruntime-gpu" in installs and '"$TORCH_INDEX_URL"' in installs
+    assert '".[gpu]"' in installs and '"$TORCH_INDEX_URL"' in installs  # the gpu extra: onnxruntime-gpu
     checks = " ".join(args for stage in stages for args in stage.all("RUN"))
     assert "'+cu' in v" in checks, "the build must refuse a CPU-only torch"
     assert "CUDAExecutionProvider" in checks, "the build must refuse an onnxruntime without CUDA"
@@ -258,12 +259,3 @@ def test_cpu_image_is_cpu_torch_with_java():
     _, stages = parse(CPU)
     assert arg_default(stages, "TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
     assert any("openjdk-17-jre-headless" in args for args in stages[-1].all("RUN")), "Spark needs Java 17"
-
-
-def test_onnxruntime_gpu_is_the_pinned_runtime():
-    """The constraints pin onnxruntime-gpu, and never onnxruntime beside it (they must not coexist)."""
-    pins = dict(
-        line.split("==", 1) for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines()
-        if "==" in line and not line.startswith("#")
-    )
-    assert "onnxruntime-gpu" in pins and "onnxruntime" not in pins
