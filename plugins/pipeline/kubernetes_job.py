@@ -7,6 +7,13 @@ settings are passed as environment; credentials never are: they come from the Ku
 named in ``PIPELINE_K8S_ENV_SECRETS`` (``envFrom``). The job writes its result to
 ``/airflow/xcom/return.json``, which the provider's XCom sidecar returns. Failed pods are kept
 for ``kubectl describe``/``logs``; succeeded pods are deleted.
+
+Every pod passes the ``restricted`` Pod Security Standard that deploy/kubernetes/pipeline-rbac.yaml
+enforces on the namespace: it runs as the image's non-root user with the runtime's default seccomp
+profile, and each container (the job and the XCom sidecar) has no privilege escalation, no
+capabilities and a read-only root filesystem; the job writes only to its ``emptyDir`` volumes,
+``/tmp`` (also ``HOME``) and the state folder. No service account token is mounted: jobs do not
+call the Kubernetes API.
 """
 
 from __future__ import annotations
@@ -25,10 +32,30 @@ from pipeline.runners import Resources, RunnerSettings, forwarded_env
 
 XCOM_RESULT_FILE = "/airflow/xcom/return.json"  # read by the provider's XCom sidecar
 STATE_DIR = "/data/state"  # scratch space of a pod (the lake and MLflow are remote)
+TMP_DIR = "/tmp"  # the only other writable place: Spark's, torch's and tempfile's scratch, and HOME
 
 
 def _pairs(spec: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in filter(None, (p.strip() for p in spec.split(","))))
+
+
+def container_security(read_only_root: bool) -> k8s.V1SecurityContext:
+    """What the ``restricted`` Pod Security Standard asks of every container, and a read-only root."""
+    return k8s.V1SecurityContext(
+        allow_privilege_escalation=False,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        read_only_root_filesystem=read_only_root,
+        run_as_non_root=True,
+    )
+
+
+def pod_security(settings: RunnerSettings) -> k8s.V1PodSecurityContext:
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=settings.k8s_run_as_user,
+        run_as_group=settings.k8s_run_as_group,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
 
 
 def pod_resources(resources: Resources, gpu: bool) -> k8s.V1ResourceRequirements:
@@ -51,8 +78,10 @@ class KubernetesJobOperator(JobTask, KubernetesPodOperator):
                  env: dict[str, str] | None = None, **kwargs):
         settings = RunnerSettings()
         gpu = settings.uses_gpu(job_resources)
-        volumes = [k8s.V1Volume(name="state", empty_dir=k8s.V1EmptyDirVolumeSource())]
-        mounts = [k8s.V1VolumeMount(name="state", mount_path=STATE_DIR)]
+        volumes = [k8s.V1Volume(name="state", empty_dir=k8s.V1EmptyDirVolumeSource()),
+                   k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=settings.k8s_tmp_size))]
+        mounts = [k8s.V1VolumeMount(name="state", mount_path=STATE_DIR),
+                  k8s.V1VolumeMount(name="tmp", mount_path=TMP_DIR)]
         if gpu or job_resources.processes > 1:  # torch data loading / NCCL need a real /dev/shm
             volumes.append(k8s.V1Volume(name="shm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")))
             mounts.append(k8s.V1VolumeMount(name="shm", mount_path="/dev/shm"))
@@ -73,6 +102,10 @@ class KubernetesJobOperator(JobTask, KubernetesPodOperator):
             volumes=volumes,
             volume_mounts=mounts,
             labels={"app.kubernetes.io/part-of": "fraud-pipeline", "fraud-pipeline/step": step},
+            security_context=pod_security(settings),
+            container_security_context=container_security(settings.k8s_read_only_root),
+            xcom_sidecar_container_security_context=container_security(True),
+            automount_service_account_token=False,
             do_xcom_push=True,
             get_logs=True,
             on_finish_action="delete_succeeded_pod",
@@ -93,7 +126,9 @@ class KubernetesJobOperator(JobTask, KubernetesPodOperator):
         if secret:
             self.log.info("not passed to the pod (provide them through PIPELINE_K8S_ENV_SECRETS): %s",
                           ", ".join(sorted(secret)))
-        env = {**plain, "PIPELINE_STATE_DIR": STATE_DIR, RESULT_FILE_ENV: XCOM_RESULT_FILE, "PYTHONUNBUFFERED": "1"}
+        env = {**plain, "PIPELINE_STATE_DIR": STATE_DIR, RESULT_FILE_ENV: XCOM_RESULT_FILE, "PYTHONUNBUFFERED": "1",
+               # The image's home is on the read-only root: caches and configs (matplotlib, torch) go to /tmp.
+               "HOME": TMP_DIR, "TMPDIR": TMP_DIR}
         self.env_vars = [k8s.V1EnvVar(name=k, value=v) for k, v in sorted(env.items())]
 
     def execute(self, context):

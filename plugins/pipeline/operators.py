@@ -9,10 +9,10 @@
 All three run ``python -m jobs <step> --date <date> [--run-id <run>] <arguments>``, turn the job's
 JSON result into the task's XCom ``return_value`` and the extra of every asset event the task
 emits, skip the task when the job found its inputs unchanged (``force`` in the trigger form
-re-runs), and fail without retries when the job rejected its data (exit code 3), found no
-input (exit code 4) or found its host without a runtime it needs (exit code 5: Java for Spark). Each shows the links of its job's result (``pipeline.links``: MLflow run,
-model version, gate report, drift report, Data Docs) on the task instance. The DAG files never
-change when the runner does.
+re-runs), and fail without retries when the job rejected its data (exit code 3), found no input
+(exit code 4) or found its host without a runtime it needs (exit code 5: Java for Spark). Each shows
+the links of its job's result (``pipeline.links``: MLflow run, model version, gate report, drift
+report, Data Docs) on the task instance. The DAG files never change when the runner does.
 """
 
 from __future__ import annotations

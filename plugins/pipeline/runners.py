@@ -56,6 +56,12 @@ class RunnerSettings(BaseSettings):
     k8s_gpu_node_selector: str = "nvidia.com/gpu.present=true"  # "key=value,...", GPU jobs only
     k8s_gpu_tolerations: str = "nvidia.com/gpu"  # taint keys tolerated by GPU jobs (NoSchedule)
     k8s_image_pull_policy: str = "IfNotPresent"
+    # The job images' user (jobs/Dockerfile: uid 50000, gid 0, as Airflow's images); pods run as it, never root.
+    k8s_run_as_user: int = 50000
+    k8s_run_as_group: int = 0
+    # Read-only root filesystem: jobs write only to /tmp and the state folder (emptyDir volumes).
+    k8s_read_only_root: bool = True
+    k8s_tmp_size: str = "8Gi"  # the /tmp emptyDir's size limit (Spark's and torch's scratch)
     # --- links (the API server's report view, pipeline.reports) ---
     # The MLflow UI as a browser reaches it; empty: the tracking server when it is one (http[s]://),
     # else the one `make up` starts.

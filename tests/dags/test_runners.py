@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.docker.operators.docker import DockerOperator
+from kubernetes.client import ApiClient
 from pipeline.operators import JobTask, LocalJobOperator, job_task
 from pipeline.runners import forwarded_env
 
@@ -29,6 +30,53 @@ WORKER_ENV = {
     "HOME": "/home/airflow",
 }
 SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AIRFLOW_CONN_LAKE_S3"}
+
+
+# The volume types the `restricted` Pod Security Standard allows
+# (https://kubernetes.io/docs/concepts/security/pod-security-standards/).
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
+                      "secret"}
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    """Where a pod (API JSON) breaks the `restricted` Pod Security Standard, the baseline's rules included."""
+    spec, found = pod["spec"], []
+    pod_ctx = spec.get("securityContext") or {}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            found.append(f"spec.{key}")
+    for volume in spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {kinds - RESTRICTED_VOLUMES}")
+    if pod_ctx.get("sysctls"):
+        found.append("pod sysctls")
+    for container in [*(spec.get("initContainers") or []), *spec["containers"]]:
+        name, ctx = container["name"], container.get("securityContext") or {}
+
+        def either(key, ctx=ctx):
+            return ctx.get(key, pod_ctx.get(key))
+
+        if ctx.get("privileged"):
+            found.append(f"{name}: privileged")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation must be false")
+        caps = ctx.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            found.append(f"{name}: capabilities must drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities added {caps['add']}")
+        if either("runAsNonRoot") is not True:
+            found.append(f"{name}: runAsNonRoot must be true")
+        if either("runAsUser") == 0:
+            found.append(f"{name}: runAsUser 0")
+        if ((either("seccompProfile") or {}).get("type")) not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+        if any(p.get("hostPort") for p in container.get("ports") or []):
+            found.append(f"{name}: hostPort")
+        if ctx.get("procMount") not in (None, "Default"):
+            found.append(f"{name}: procMount")
+    return found
 
 
 def job_tasks(monkeypatch, runner: str, **env):
@@ -131,6 +179,14 @@ def test_kubernetes_runner_renders_every_pod(monkeypatch, processes):
         assert not SECRETS & set(env), "credentials come from Secrets, never from the pod spec"
         assert [s.secret_ref.name for s in container.env_from] == ["lake-credentials", "mlflow-credentials"]
         assert any(c.name == "airflow-xcom-sidecar" for c in pod.spec.containers)  # returns the result file
+        as_json = ApiClient().sanitize_for_serialization(pod)
+        assert restricted_violations(as_json) == [], task.task_id
+        assert pod.spec.security_context.run_as_user == 50000 and pod.spec.automount_service_account_token is False
+        for each in pod.spec.containers:  # the job and the sidecar
+            assert each.security_context.read_only_root_filesystem is True, each.name
+        writable = {m.mount_path for m in container.volume_mounts}
+        assert {"/tmp", "/data/state", "/airflow/xcom"} <= writable
+        assert env["HOME"] == env["TMPDIR"] == "/tmp"
         resources = task.job_resources
         assert container.resources.requests == {"cpu": f"{resources.cpu:g}", "memory": f"{resources.memory_gb:g}Gi"}
         assert container.resources.limits["memory"] == f"{resources.memory_gb:g}Gi"
@@ -169,3 +225,19 @@ def test_dag_files_stay_light_under_the_container_runners(runner):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PIPELINE_JOB_RUNNER": runner})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_restricted_check_catches_what_it_must():
+    """The checker above, on a pod that breaks each rule once (so a passing pod means something)."""
+    bad = {"spec": {
+        "hostNetwork": True,
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        "securityContext": {},
+        "containers": [{"name": "job", "securityContext": {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]},
+                                                          "runAsUser": 0},
+                        "ports": [{"containerPort": 80, "hostPort": 80}]}],
+    }}
+    found = "\n".join(restricted_violations(bad))
+    for rule in ("spec.hostNetwork", "volume root", "privileged", "allowPrivilegeEscalation", "drop ALL",
+                 "capabilities added", "runAsNonRoot", "runAsUser 0", "seccompProfile", "hostPort"):
+        assert rule in found, rule
