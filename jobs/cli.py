@@ -359,5 +359,27 @@ def summary(date: DateOpt):
     return build_summary(_lake(), date, _settings())
 
 
+@app.command("mlflow-access")
+@step
+def mlflow_access(
+    pipeline_password: Annotated[str, typer.Option(
+        envvar="MLFLOW_PIPELINE_PASSWORD", show_default=False,
+        help="Password of the jobs' identity (from the environment, never the command line).")],
+    promoter_password: Annotated[str, typer.Option(
+        envvar="MLFLOW_PROMOTER_PASSWORD", show_default=False,
+        help="Password of the promotion identity (from the environment).")],
+    pipeline_user: Annotated[str, typer.Option(help="The jobs' MLflow user.")] = "pipeline",
+    promoter_user: Annotated[str, typer.Option(help="The MLflow user that moves aliases.")] = "promoter",
+):
+    """Create the MLflow users of a server run with --app-name fraud-auth (as an admin; idempotent)."""
+    from jobs.mlflow_auth import setup_access
+
+    settings = _settings()
+    uri = settings.resolved_tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        raise JobError(f"mlflow-access needs a tracking server (http[s]://), not {uri}")
+    return setup_access(uri, settings.model_name, pipeline_user, pipeline_password, promoter_user, promoter_password)
+
+
 def main() -> None:
     app()

@@ -6,7 +6,7 @@ import functools
 import logging
 
 from jobs import links, modelcard
-from jobs.registry import alias_version, mlflow_client
+from jobs.registry import alias_version, mlflow_client, use_promotion_identity
 from jobs.result import JobError
 from jobs.settings import Settings
 
@@ -36,7 +36,9 @@ def promote(settings: Settings, model_version: str) -> dict:
     with a given champion (tag ``gate_champion_version``); if the champion moved since, the
     comparison is stale and the promotion is refused. With the ``model_promotion`` pool of one
     slot around this step, two promotions can neither interleave nor overwrite each other.
+    Signs in as the promotion identity when one is configured (only it may move aliases).
     """
+    use_promotion_identity(settings)
     client = mlflow_client(settings)
     mv = client.get_model_version(settings.model_name, model_version)
     if mv.tags.get("gate_passed") != "true":
@@ -94,6 +96,7 @@ def rollback(settings: Settings, expected: str | None = None, reason: str = "", 
     """
     from datetime import UTC, datetime
 
+    use_promotion_identity(settings)
     client = mlflow_client(settings)
     previous = alias_version(client, settings, settings.previous_champion_alias)
     current = alias_version(client, settings, settings.champion_alias)

@@ -22,6 +22,21 @@ DECISION_SHA_TAG = "decision_sha256"
 LEGACY_THRESHOLD = 0.5  # versions trained before calibration (no bundle/decision.json) decide at 0.5
 
 
+def use_promotion_identity(settings: Settings) -> str | None:
+    """Sign this process in to MLflow as the promotion identity, when one is configured.
+
+    MLflow's client reads MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD on every request, so
+    the promote and rollback jobs (one process each) switch before their first call.
+    """
+    username = settings.promotion_mlflow_username
+    if not username:
+        return None
+    os.environ["MLFLOW_TRACKING_USERNAME"] = username
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = settings.promotion_mlflow_password.get_secret_value()
+    log.info("signed in to MLflow as the promotion identity %r", username)
+    return username
+
+
 def mlflow_client(settings: Settings):
     """An MLflow client on the configured store, with the project's experiment created."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

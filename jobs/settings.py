@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +34,14 @@ class Settings(BaseSettings):
         description="MLflow tracking URI; empty means sqlite:///<state_dir>/mlflow/mlflow.db.",
     )
     expectations_dir: Path = Field(default=PROJECT_ROOT / "expectations")
+
+    # --- MLflow identities: a tracking server with authentication (jobs/mlflow_auth.py) --------------
+    # Every job signs in as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (MLflow's own variables).
+    # The promote and rollback jobs, which move aliases, sign in as this identity instead; the runners
+    # give PIPELINE_PROMOTION_* to those two jobs only.
+    promotion_mlflow_username: str = Field(
+        default="", description="MLflow user of the promote and rollback jobs; empty: the jobs' own identity.")
+    promotion_mlflow_password: SecretStr = SecretStr("")
 
     # --- Airflow side of the lake ---------------------------------------------------------
     aws_conn_id: str = Field(default="lake_s3", description="Airflow connection the S3 sensor uses.")

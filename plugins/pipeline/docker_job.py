@@ -73,7 +73,7 @@ class DockerJobOperator(JobTask, DockerOperator):
         """Fill in the container's command line and environment for this run."""
         spec = self.build_spec(context)
         self.entrypoint, self.command = spec.command[:1], spec.command[1:]
-        plain, secret = forwarded_env(os.environ if environ is None else environ, spec.env)
+        plain, secret = forwarded_env(os.environ if environ is None else environ, spec.env, spec.step)
         self.environment = {**plain, "PYTHONUNBUFFERED": "1"}
         self._private_environment = secret
         self.labels = {**(self.labels or {}), "org.fraud-pipeline.dag": self.dag_id,

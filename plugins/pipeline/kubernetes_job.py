@@ -28,7 +28,7 @@ from kubernetes.client import models as k8s
 from jobs.result import RESULT_FILE_ENV
 from pipeline.links import JOB_LINKS
 from pipeline.operators import JobTask
-from pipeline.runners import Resources, RunnerSettings, forwarded_env
+from pipeline.runners import PROMOTION_STEPS, Resources, RunnerSettings, forwarded_env
 
 XCOM_RESULT_FILE = "/airflow/xcom/return.json"  # read by the provider's XCom sidecar
 STATE_DIR = "/data/state"  # scratch space of a pod (the lake and MLflow are remote)
@@ -37,6 +37,14 @@ TMP_DIR = "/tmp"  # the only other writable place: Spark's, torch's and tempfile
 
 def _pairs(spec: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in filter(None, (p.strip() for p in spec.split(","))))
+
+
+def env_secrets(settings: RunnerSettings, step: str) -> list[str]:
+    """The Secrets a job's pod gets as environment: everyone's, and for promote/rollback the promotion identity."""
+    names = settings.k8s_env_secrets.split(",")
+    if step in PROMOTION_STEPS:
+        names += settings.k8s_promotion_env_secrets.split(",")
+    return [name.strip() for name in names if name.strip()]
 
 
 def container_security(read_only_root: bool) -> k8s.V1SecurityContext:
@@ -98,7 +106,7 @@ class KubernetesJobOperator(JobTask, KubernetesPodOperator):
             tolerations=[k8s.V1Toleration(key=key, operator="Exists", effect="NoSchedule")
                          for key in settings.k8s_gpu_tolerations.split(",") if key.strip()] if gpu else None,
             env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name.strip()))
-                      for name in settings.k8s_env_secrets.split(",") if name.strip()],
+                      for name in env_secrets(settings, step)],
             volumes=volumes,
             volume_mounts=mounts,
             labels={"app.kubernetes.io/part-of": "fraud-pipeline", "fraud-pipeline/step": step},
@@ -121,7 +129,7 @@ class KubernetesJobOperator(JobTask, KubernetesPodOperator):
         """Fill in the pod's command line and environment for this run (credentials excluded)."""
         spec = self.build_spec(context)
         self.cmds, self.arguments = spec.command[:1], spec.command[1:]
-        plain, secret = forwarded_env(os.environ if environ is None else environ, spec.env)
+        plain, secret = forwarded_env(os.environ if environ is None else environ, spec.env, spec.step)
         plain.pop("PIPELINE_STATE_DIR", None)  # the worker's path means nothing in the pod
         if secret:
             self.log.info("not passed to the pod (provide them through PIPELINE_K8S_ENV_SECRETS): %s",

@@ -53,6 +53,8 @@ class RunnerSettings(BaseSettings):
     k8s_in_cluster: bool = True
     k8s_config_file: str = ""
     k8s_env_secrets: str = ""  # Secrets whose keys become the pod's environment (envFrom), comma-separated
+    # Secrets for the promote and rollback pods only: the promotion identity (PIPELINE_PROMOTION_*).
+    k8s_promotion_env_secrets: str = ""
     k8s_gpu_node_selector: str = "nvidia.com/gpu.present=true"  # "key=value,...", GPU jobs only
     k8s_gpu_tolerations: str = "nvidia.com/gpu"  # taint keys tolerated by GPU jobs (NoSchedule)
     k8s_image_pull_policy: str = "IfNotPresent"
@@ -91,18 +93,25 @@ _FORWARDED_PREFIXES = ("PIPELINE_", "AWS_", "MLFLOW_", "AIRFLOW_CONN_")
 _RUNNER_ONLY = re.compile(r"^(PIPELINE_(JOB_(RUNNER|IMAGE|IMAGE_GPU|GPUS|RESULT_FILE)|DOCKER_\w+|K8S_\w+|NOTIFY_\w+|"
                           r"PREDICTIONS_DEADLINE_MINUTES)|AIRFLOW_CONN_SMTP\w*)$")
 _SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|^AIRFLOW_CONN_")
+# The promotion identity (the MLflow user allowed to move aliases) goes to these jobs only.
+PROMOTION_STEPS = frozenset({"promote", "rollback"})
+_PROMOTION_ONLY = re.compile(r"^PIPELINE_PROMOTION_")
 _SECRET_IN_URI = re.compile(r"://[^/@\s]*:[^/@\s]*@")  # scheme://user:password@host
 
 
-def forwarded_env(environ: Mapping[str, str], extra: Mapping[str, str] = ()) -> tuple[dict, dict]:
-    """The worker variables a job container gets, split into (plain, secret).
+def forwarded_env(environ: Mapping[str, str], extra: Mapping[str, str] = (), step: str | None = None
+                  ) -> tuple[dict, dict]:
+    """The worker variables the job ``step`` gets, split into (plain, secret).
 
     Secret ones (credentials, connection URIs, URIs with a password) must never be written
-    into a rendered template, an operator's fields or a pod spec in clear.
+    into a rendered template, an operator's fields or a pod spec in clear. The promotion
+    identity (``PIPELINE_PROMOTION_*``) reaches the promote and rollback jobs only.
     """
     plain, secret = {}, {}
     for key, value in {**environ, **dict(extra)}.items():
         if not key.startswith(_FORWARDED_PREFIXES) or _RUNNER_ONLY.match(key):
+            continue
+        if _PROMOTION_ONLY.match(key) and step not in PROMOTION_STEPS:
             continue
         target = secret if _SECRET_NAME.search(key) or _SECRET_IN_URI.search(value) else plain
         target[key] = value
@@ -166,7 +175,9 @@ class LocalRunner:
     def run(self, spec: JobSpec, log) -> dict:
         with tempfile.TemporaryDirectory(prefix=f"job-{spec.step}-") as tmp:
             result_file = os.path.join(tmp, "result.json")
-            env = {**os.environ, **spec.env, RESULT_FILE_ENV: result_file, "PYTHONUNBUFFERED": "1"}
+            env = {k: v for k, v in {**os.environ, **spec.env}.items()  # the promotion identity: its jobs only
+                   if not _PROMOTION_ONLY.match(k) or spec.step in PROMOTION_STEPS}
+            env.update({RESULT_FILE_ENV: result_file, "PYTHONUNBUFFERED": "1"})
             cmd = [sys.executable, *spec.command[1:]]
             log.info("local runner: %s (resources %s; a local process uses what the host has)",
                      " ".join(spec.command), spec.resources)

@@ -60,8 +60,12 @@ def _airflow(env: dict[str, str], log_path: Path, command: str) -> Iterator[subp
 
 
 @contextmanager
-def mlflow_ui(state_dir: str | Path, log_path: Path) -> Iterator[str]:
-    """The MLflow UI over the local registry of a state folder (as `make up` starts it); yields its URL."""
+def mlflow_ui(state_dir: str | Path, log_path: Path, args: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> Iterator[str]:
+    """The MLflow UI over the local registry of a state folder (as `make up` starts it); yields its URL.
+
+    ``args`` and ``env`` add to the server's command line and environment (``--app-name``, say).
+    """
     port = free_port()
     state = Path(state_dir)
     with open(log_path, "w") as log:
@@ -69,8 +73,9 @@ def mlflow_ui(state_dir: str | Path, log_path: Path) -> Iterator[str]:
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
              "--workers", "1",
              "--backend-store-uri", f"sqlite:///{state}/mlflow/mlflow.db",
-             "--default-artifact-root", f"file://{state}/mlflow/artifacts"],
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
+             "--default-artifact-root", f"file://{state}/mlflow/artifacts", *args],
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+                 **(env or {})},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
