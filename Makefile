@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: help preflight setup browser run test test-fast up down lint lock clean
+.PHONY: help preflight setup browser run test test-fast up down lint lock clean env
 help:
 	@echo "make run    - set up, generate data, run the whole pipeline through Airflow, print a summary"
 	@echo "make test   - set up and run every test (DAG integrity, jobs, end-to-end)"
@@ -18,6 +18,7 @@ help:
 	@echo "make up     - start the Airflow UI (standalone) and the MLflow UI on the local state"
 	@echo "make down   - stop them"
 	@echo "make lint   - ruff"
+	@echo "make env    - write .env for docker compose, every secret generated (scripts/make_env.py)"
 
 # What the machine must have before anything is installed; each missing piece with its one-line fix.
 preflight:
@@ -74,6 +75,10 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | sed -n 's/^onnxruntime==/onnxruntime-gpu==/p'; \
 	  } > requirements/constraints.txt
 	rm -rf .venv-lock
+
+# The compose stack's .env: every secret generated at random, owner-only; values already there are kept.
+env:
+	@$(or $(PYTHON),python3) scripts/make_env.py
 
 clean:
 	rm -rf .state .pytest_cache

@@ -1,2 +1,4 @@
--- The MLflow backend store lives beside Airflow's metadata database.
+-- The MLflow backend store and MLflow's users and permissions (--app-name fraud-auth) live beside
+-- Airflow's metadata database.
 CREATE DATABASE mlflow;
+CREATE DATABASE mlflow_auth;
