@@ -50,7 +50,7 @@ def test_every_pipeline_variable_is_read_by_the_code():
 
 def test_no_credentials_in_the_values():
     for key, value in values_env().items():
-        if key != "PIPELINE_K8S_ENV_SECRETS":  # names the Secrets, holds none
+        if key not in ("PIPELINE_K8S_ENV_SECRETS", "PIPELINE_K8S_PROMOTION_ENV_SECRETS"):  # names Secrets, holds none
             assert not any(word in key for word in ("SECRET", "PASSWORD", "ACCESS_KEY", "TOKEN")), key
         assert "@" not in value, f"{key} looks like a URI with credentials"
 
@@ -62,7 +62,8 @@ def test_values_name_what_the_manifests_define():
     assert ("Namespace", env["PIPELINE_K8S_NAMESPACE"]) in kinds
     assert ("ServiceAccount", env["PIPELINE_K8S_SERVICE_ACCOUNT"]) in kinds
     secrets = {d["metadata"]["name"] for d in documents("secrets.example.yaml") if d["kind"] == "Secret"}
-    assert set(env["PIPELINE_K8S_ENV_SECRETS"].split(",")) == secrets
+    named = set(env["PIPELINE_K8S_ENV_SECRETS"].split(",")) | set(env["PIPELINE_K8S_PROMOTION_ENV_SECRETS"].split(","))
+    assert named == secrets
     cluster_scoped = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")  # bound to the namespace
     assert all(d["metadata"].get("namespace", d["metadata"]["name"]) == env["PIPELINE_K8S_NAMESPACE"]
                for d in rbac if d["kind"] not in cluster_scoped)
@@ -158,10 +159,14 @@ def rendered_pod(monkeypatch, step: str = "train") -> dict:
 
 def test_the_rendered_job_pods_are_admitted(monkeypatch):
     create = policies()["fraud-pipeline-job-pods"]
-    for step in ("train", "score"):
+    for step in ("train", "score", "promote"):
         pod = rendered_pod(monkeypatch, step)
         assert admit(create, pod) == [], step
         assert {c["name"] for c in pod["spec"]["containers"]} == {"base", "airflow-xcom-sidecar"}
+        (job,) = [c for c in pod["spec"]["containers"] if c["name"] == "base"]
+        secrets = [source["secretRef"]["name"] for source in job["envFrom"]]
+        promotion = ["mlflow-promotion-credentials"] if step == "promote" else []
+        assert secrets == ["lake-credentials", "mlflow-credentials", *promotion], step
 
 
 def test_other_pods_from_the_workers_are_refused(monkeypatch):
