@@ -1,11 +1,14 @@
-"""The compose stack's per-service storage identities, enforced by an S3-compatible server.
+"""The compose stack's per-service storage identities, enforced by an S3-compatible server, with
+every job on a read-only root filesystem, as the Kubernetes runner's pods run them.
 
 moto's server with IAM enforcement on (``INITIAL_NO_AUTH_ACTION_COUNT``) evaluates the very policy
 documents that ``minio-init`` loads into MinIO (docker/minio/policies/*.json, AWS IAM syntax, which
 MinIO implements): the delivery identity adds to ``raw/``; the jobs' identity runs the whole job
 chain on the S3 lake, so the policy is proven sufficient, and is refused where the issue says it
 must be (deleting or overwriting ``raw/``, writing outside the lake's zones, destroying versions);
-the sensor's identity reads ``raw/`` only. moto does not evaluate the ``s3:prefix`` condition of a
+the sensor's identity reads ``raw/`` only. Each job runs in the pod's view (tests/podview.py: root
+read-only, a fresh /tmp, one writable state folder), so a job that writes anywhere else fails here
+too. moto does not evaluate the ``s3:prefix`` condition of a
 ListBucket statement, so the sensor's and the delivery identity's list restriction is checked by
 tests/stack/test_compose_static.py instead.
 """
@@ -19,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import podview
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,12 +98,14 @@ def job_env(url, key, state) -> dict[str, str]:
 
 
 def run_job(env, *args):
-    out = subprocess.run([sys.executable, "-m", "jobs", *args], env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, f"{args[0]} as this identity:\n{out.stderr[-3000:]}"
+    """``python -m jobs ...`` as the identity in ``env``, in the pod's view (read-only root)."""
+    out = podview.run(Path(env["PIPELINE_STATE_DIR"]), sys.executable, "-m", "jobs", *args, env=env)
+    assert out.returncode == 0, f"{args[0]} as this identity, on a read-only root:\n{out.stderr[-3000:]}"
     return out
 
 
 def test_each_identity_can_do_its_work_and_no_more(lake_server, tmp_path):
+    podview.require()
     url, keys = lake_server
     state = tmp_path / "state"
     state.mkdir()
