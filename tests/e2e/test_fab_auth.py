@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from browser import browser
-from standalone import airflow_api_server
+from standalone import airflow_api_server, wait_for_api
 
 ROOT = Path(__file__).resolve().parents[2]
 FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
@@ -61,15 +60,7 @@ def fab_api(tmp_path_factory):
     assert "already exist" in again.stdout
     airflow(env, "users", "reset-password", "--username", ADMIN, "--password", PASSWORD)
     with airflow_api_server(env, state / "api-server.log") as proc:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{proc.api_url}/api/v2/version", timeout=2)
-                break
-            except OSError:
-                time.sleep(2)
-        else:
-            pytest.fail("the API server did not start: " + (state / "api-server.log").read_text()[-3000:])
+        wait_for_api(proc)
         yield proc.api_url
 
 
