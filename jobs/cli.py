@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from jobs.result import JobError, emit
+from jobs.result import JobError, MissingInput, emit
 
 app = typer.Typer(
     help="Fraud-detection pipeline jobs. Each step takes the logical --date it works on.",
@@ -122,8 +122,19 @@ def ingest(date: DateOpt, run_id: RunIdOpt):
     from jobs.ingest import ingest as run
 
     s = _settings()
+    not_after = _not_after(s)
+    if Date.fromisoformat(date) > not_after.date():
+        raise MissingInput(f"--date {date} is later than now ({not_after:%Y-%m-%d %H:%M} UTC with the allowed clock "
+                           f"skew of {s.clock_skew_minutes} min): nothing can have been delivered for it yet")
     return run(_lake(), date, run_id, s.claim_ttl_hours, s.max_object_mb << 20, s.max_decompressed_mb << 20,
-               s.batch_rows)
+               s.batch_rows, not_after=not_after)
+
+
+def _not_after(s):
+    """The latest moment a delivery may name: the clock at the job's start plus the allowed skew (UTC, naive)."""
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(minutes=s.clock_skew_minutes)).replace(tzinfo=None)
 
 
 @app.command()
@@ -141,7 +152,8 @@ def validate(
     s = _settings()
     return {"date": date, **validate_batch(_lake(), run_id, s.expectations_dir, s.max_bad_row_share,
                                            contract_parameters(s.max_delivery_lag_days, s.clock_skew_minutes),
-                                           fail_on_rejection=fail_on_rejection, batch_rows=s.batch_rows)}
+                                           fail_on_rejection=fail_on_rejection, batch_rows=s.batch_rows,
+                                           not_after=_not_after(s))}
 
 
 @app.command()
@@ -160,7 +172,7 @@ def features(
     if start:
         _check_date(start)
     return build_gold(_lake(), start or date, date, s.spark_master, s.spark_driver_memory, s.expectations_dir,
-                      s.spark_staging_dir, run_id=run_id, code_version=s.code_version, force=force)
+                      s.spark_staging_dir, run_id=run_id, code_version=s.resolved_code_version, force=force)
 
 
 @app.command()

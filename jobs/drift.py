@@ -111,7 +111,7 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1, for
     earlier = [layout.retrain_request_date(k) for k in lake.list(layout.RETRAIN_REQUESTS)]
     key = date if days == 1 else f"{window[0]}..{date}"
     inputs = {"window": window, "model_version": str(version), "onnx_sha256": mv.tags.get(ONNX_SHA_TAG, ""),
-              "code_version": settings.code_version,
+              "code_version": settings.resolved_code_version,
               "gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, window),
               "settings": {k: getattr(settings, k) for k in (
                   "drift_share_threshold", "max_pr_auc_drop", "retrain_cooldown_days", "max_retrains_per_window",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import tempfile
 import time
@@ -82,7 +83,7 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
               "champion_version": champion_version,
               "champion_onnx_sha256": champion_mv.tags.get(ONNX_SHA_TAG, "") if champion_mv else None,
               "holdout": tables.snapshot_of(lake, layout.GOLD_FEATURES, holdout_dates),
-              "code_version": settings.code_version,
+              "code_version": settings.resolved_code_version,
               "gate": {k: getattr(settings, k) for k in (
                   "min_pr_auc", "min_roc_auc", "non_inferiority_margin", "onnx_parity_tolerance",
                   "latency_budget_ms", "bootstrap_resamples", "seed", "recent_champions",
@@ -143,9 +144,6 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
                 + render_slices(slices))
     html_key = layout.gate_report(date, model_version, "html")
     plots_key = html_key.removesuffix(".html")  # the card's plots, beside the report that embeds them
-    figures = "\n## Plots (holdout)\n\n" + "\n\n".join(
-        f"![{title}](v{model_version}/{name})" for name, title in modelcard.PLOTS.items()
-        if champion_scores is not None or name != "challenger_vs_champion.png") + "\n"
     lake.write_json(layout.gate_report(date, model_version, "json"), payload)
     lake.write_bytes(layout.gate_report(date, model_version, "md"), markdown.encode())
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,6 +151,10 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
                                   f"challenger v{model_version}", f"champion v{champion_version}")
         for png in written:
             lake.write_bytes(f"{plots_key}/{png.name}", png.read_bytes())
+        # Embedded in the page (the report view serves it sandboxed: it loads nothing from the server).
+        figures = "\n## Plots (holdout)\n\n" + "\n\n".join(
+            f"![{modelcard.PLOTS[png.name]}](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})"
+            for png in written) + "\n"
         lake.write_bytes(html_key, render_html(f"Gate report v{model_version} ({date})", markdown + figures).encode())
         with mlflow.start_run(run_id=mv.run_id):
             mlflow.log_metrics({f"holdout_{k}": v for k, v in challenger_metrics.items()})

@@ -194,11 +194,13 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
 
     from jobs import tables
 
+    # One silver version is read, and recorded, from start to end: rows a validation commits
+    # meanwhile are in neither the build nor its skip records, so the next run builds them.
     silver_version = tables.version(lake, layout.SILVER_TRANSACTIONS)
-    silver_dates = tables.partitions(lake, layout.SILVER_TRANSACTIONS)
+    silver_dates = tables.partitions(lake, layout.SILVER_TRANSACTIONS, silver_version)
     history_start = (Date.fromisoformat(start) - timedelta(days=LOOKBACK_DAYS)).isoformat()
     available = [d for d in silver_dates if history_start <= d <= end]
-    targets, inputs = _build_inputs(lake, start, end, code_version, silver_dates)
+    targets, inputs = _build_inputs(lake, start, end, code_version, silver_dates, silver_version)
     if not targets:
         return {"dates": [], "rows": 0, "gold": lake.uri_of(layout.GOLD_FEATURES),
                 "note": f"no silver partitions in [{start}, {end}]"}
@@ -240,24 +242,24 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
     result = {"dates": targets, "rows": int(built.num_rows), "gold": lake.uri_of(layout.GOLD_FEATURES),
               "rows_by_date": counts, "gold_version": gold_version, "silver_version": silver_version}
     unchanged.remember(lake, "features", key, inputs, result, run_id,
-                       {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, targets)})
+                       {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, targets, gold_version)})
     if len(targets) > 1:  # so that a later run of one day (a partition's run) finds it built too
         for day in targets:
-            day_inputs = _build_inputs(lake, day, day, code_version, silver_dates)[1]
+            day_inputs = _build_inputs(lake, day, day, code_version, silver_dates, silver_version)[1]
             unchanged.remember(lake, "features", day, day_inputs,
                                {**result, "dates": [day], "rows": counts.get(day, 0)}, run_id,
-                               {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, [day])})
+                               {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, [day], gold_version)})
     return result
 
 
 def _build_inputs(lake: lk.Lake, start: str, end: str, code_version: str,
-                  silver_dates: list[str]) -> tuple[list[str], dict]:
+                  silver_dates: list[str], silver_version: int | None) -> tuple[list[str], dict]:
     """The dates a build of [start, end] makes and what they are built from (``jobs.unchanged``):
-    the silver files of the range and its look-back window, and the code version."""
+    the silver files of the range and its look-back window in the version read, and the code version."""
     from jobs import tables
 
     history_start = (Date.fromisoformat(start) - timedelta(days=LOOKBACK_DAYS)).isoformat()
     available = [d for d in silver_dates if history_start <= d <= end]
     targets = [d for d in date_range(start, end) if d in available]
     return targets, {"dates": targets, "code_version": code_version,
-                     "silver": tables.snapshot_of(lake, layout.SILVER_TRANSACTIONS, available)}
+                     "silver": tables.snapshot_of(lake, layout.SILVER_TRANSACTIONS, available, silver_version)}

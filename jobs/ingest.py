@@ -13,6 +13,7 @@ import logging
 import tempfile
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,6 +56,104 @@ MALFORMED = "_malformed"  # why such a line cannot be read as a row (null for ev
 BRONZE_EXTRA = [RAW_LINE, MALFORMED]
 MAX_MALFORMED_LINES = 10_000  # more than this many malformed lines: the file, not the rows, is broken
 DEFAULT_BATCH_ROWS = 125_000
+# Identifier columns: kept as the exact text delivered; a float type cannot hold every id exactly.
+ID_COLUMNS = ["transaction_id", "card_id", "customer_id", "merchant_id"]
+QUOTING_RULE = "malformed_quoting"  # a CSV line whose quotes do not close on the line
+JSON_RULE = "malformed_json"  # a JSON line that is not one JSON object
+MAX_NAMED_LINES = 20  # line numbers named in a reason or a ledger detail; the rest are counted
+SCAN_CHUNK = 16 << 20
+
+
+@dataclass
+class LineScan:
+    """What the raw bytes say, before any parser: how many records, and which lines are broken.
+
+    ``records`` counts the non-empty lines after the header (CSV) or the non-blank lines (JSON
+    lines): a record is a line, since no contract value may hold a line break. ``broken`` maps
+    the physical line number (1-based, the header is line 1) of each CSV line whose quoting does
+    not close on that line to why; such a line would swallow the lines after it into one value.
+    """
+
+    records: int = 0
+    broken: dict[int, tuple[str, str]] = field(default_factory=dict)  # line -> (text, why)
+
+
+def _quoting_error(text: str) -> str | None:
+    """Why one CSV line's quotes are malformed (unclosed, or text after a closing quote), else None."""
+    import csv
+
+    try:
+        list(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        why = str(exc)
+        return f"{why} (an unclosed quote)" if why == "unexpected end of data" else why
+    return None
+
+
+def scan_lines(path: Path, csv_quotes: bool, chunk: int = SCAN_CHUNK) -> LineScan:
+    """Count the records of a CSV (``csv_quotes``) or JSON-lines file from its bytes, in bounded memory.
+
+    Vectorised over chunks of ``chunk`` bytes (numpy): only lines that hold a quote character
+    are looked at one by one, with Python's strict CSV reader (the common file has none).
+    """
+    import numpy as np
+
+    scan = LineScan()
+    carry = b""
+    lines_before = 0  # physical lines in the chunks already scanned
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            data = carry + block
+            if not data:
+                break
+            if block:
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                    continue
+                data, carry = data[:cut + 1], data[cut + 1:]
+            else:
+                carry = b""
+            if lines_before == 0:
+                data = data.removeprefix(UTF8_BOM)
+            arr = np.frombuffer(data, dtype=np.uint8)
+            ends = np.flatnonzero(arr == 10)
+            if not data.endswith(b"\n"):
+                ends = np.append(ends, len(arr))
+            starts = np.concatenate(([0], ends[:-1] + 1))
+            lengths = ends - starts
+            empty = (lengths == 0) | ((lengths == 1) & (arr[np.minimum(starts, len(arr) - 1)] == 13))
+            if not csv_quotes:  # JSON lines: whitespace-only lines hold no record either
+                for i in np.flatnonzero(~empty & (lengths < 16)):
+                    empty[i] = not data[starts[i]:ends[i]].strip()
+            numbers = np.arange(lines_before + 1, lines_before + 1 + len(ends))
+            counted = ~empty & (numbers > 1) if csv_quotes else ~empty  # a CSV's line 1 is its header
+            scan.records += int(np.count_nonzero(counted))
+            if csv_quotes:
+                quoted = np.unique(np.searchsorted(ends, np.flatnonzero(arr == 34)))
+                for i in quoted[numbers[quoted] > 1]:
+                    text = data[starts[i]:ends[i]].rstrip(b"\r").decode("utf-8", errors="replace")
+                    why = _quoting_error(text)
+                    if why is not None:
+                        scan.broken[int(numbers[i])] = (text, why)
+            lines_before += len(ends)
+            if not block:
+                break
+    return scan
+
+
+def named_lines(lines: list[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:MAX_NAMED_LINES])
+    return shown + (f" and {len(lines) - MAX_NAMED_LINES:,} more" if len(lines) > MAX_NAMED_LINES else "")
+
+
+def _without_lines(path: Path, dest: Path, lines: set[int]) -> None:
+    """A copy of a text file without the given physical lines (1-based)."""
+    with open(path, "rb") as src, open(dest, "wb") as out:
+        for n, line in enumerate(src, start=1):
+            if n not in lines:
+                out.write(line)
 
 
 def detect_format(name: str, head: bytes, tail: bytes = b"") -> str:
@@ -79,9 +178,26 @@ def detect_format(name: str, head: bytes, tail: bytes = b"") -> str:
     raise FileRejected("unknown_format", f"cannot tell the format of {name!r} from its name or content")
 
 
-def _as_strings(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.astype(object).where(frame.notna(), None)
-    return frame.apply(lambda col: col.map(lambda v: None if v is None else str(v)))
+def _arrow_strings(name: str, column):
+    """One typed Parquet column as the text of its values, by Arrow's own casts (exact for integers,
+    UTF-8 checked for binary, ISO text for timestamps); a float-typed identifier column is refused."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column, kind = column.cast(kind.value_type), kind.value_type
+    if name in ID_COLUMNS and (pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+        raise FileRejected("float_id_column", f"column {name} is typed {kind} in the Parquet schema: an identifier "
+                                              "must be a string or an integer (a float cannot hold every id exactly)")
+    if pa.types.is_nested(kind):
+        raise FileRejected("unsupported_type", f"column {name} is typed {kind}: a contract column holds one value")
+    try:
+        return pc.cast(column, pa.string())
+    except pa.ArrowInvalid as exc:
+        if "UTF8" in str(exc) or "utf8" in str(exc).lower():
+            raise FileRejected("not_utf8", f"column {name} holds bytes that are not valid UTF-8") from exc
+        raise FileRejected("unsupported_type", f"column {name} ({kind}) has no text form: {exc}") from exc
 
 
 def check_header(columns: list[str]) -> None:
@@ -113,20 +229,17 @@ def _csv_fields(line: str) -> list[str]:
         return [line]
 
 
-def _jsonl_keys(lines: list[str]) -> None:
-    """Reject JSON objects that name a key twice (JSON parsers silently keep the last copy)."""
-    def no_duplicates(pairs):
-        keys = [k for k, _ in pairs]
-        check_header(keys)
-        return dict(pairs)
+def _json_text(value) -> str | None:
+    """A parsed JSON value as text: strings as they are, numbers as written, the rest as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
-    for n, line in enumerate(lines):
-        if line.strip():
-            try:
-                json.loads(line, object_pairs_hook=no_duplicates)
-            except ValueError:
-                if n == 0:
-                    raise FileRejected("unreadable_header", "the first JSON line is not an object") from None
+
+def _json_object(pairs: list) -> dict:
+    """One JSON object with its values as text; a key named twice rejects the file (parsers keep the last)."""
+    check_header([k for k, _ in pairs])
+    return {k: _json_text(v) for k, v in pairs}
 
 
 def gunzip_file(source: Path, dest: Path, limit: int, chunk: int = 1 << 20) -> None:
@@ -173,6 +286,14 @@ def gunzip_file(source: Path, dest: Path, limit: int, chunk: int = 1 << 20) -> N
 DEFAULT_MAX_DECOMPRESSED = 1024 << 20
 
 
+@dataclass
+class _BrokenLine:
+    """A CSV line kept out of the parse (its quoting is malformed), quarantined as delivered."""
+
+    text: str
+    why: str
+
+
 class RawFile:
     """One delivered object, read as a stream of Arrow record batches of strings, exactly as delivered.
 
@@ -195,7 +316,10 @@ class RawFile:
         self.batch_rows = batch_rows
         self.extra_columns: list[str] = []
         self.rows = 0
+        self.scan: LineScan | None = None  # the records counted from the bytes (CSV, JSON lines)
+        self.broken_lines: list[int] = []  # lines quarantined as malformed (quoting, JSON)
         self._tmp = None
+        self._tmp_copy = None
         with open(path, "rb") as f:
             magic = f.read(2)
         if magic == GZIP_MAGIC:
@@ -218,9 +342,10 @@ class RawFile:
         self._head = head
 
     def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        for tmp in (self._tmp, self._tmp_copy):
+            if tmp is not None:
+                tmp.cleanup()
+        self._tmp = self._tmp_copy = None
 
     def __enter__(self) -> RawFile:
         return self
@@ -246,6 +371,10 @@ class RawFile:
             raise FileRejected("unparseable", message) from exc
         if self.rows == 0:
             raise FileRejected("empty_file", "the object holds a header but no rows")
+        if self.scan is not None and self.rows != self.scan.records:  # accounting against the bytes
+            raise FileRejected("record_count_mismatch", f"the bytes hold {self.scan.records:,} records (non-empty "
+                                                        f"lines{' after the header' if self.format == 'csv' else ''}) "
+                                                        f"but {self.rows:,} rows were parsed")
 
     @staticmethod
     def _table(frame: pd.DataFrame, raw_line=None, malformed=None):
@@ -259,6 +388,7 @@ class RawFile:
         return pa.table(columns)
 
     def _parquet(self):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
@@ -269,35 +399,68 @@ class RawFile:
         if pf.metadata.num_rows == 0:
             raise FileRejected("empty_file", "the object holds a header but no rows")
         self.extra_columns = _check_columns(pf.schema_arrow.names)
+        for name in ID_COLUMNS:  # refused before a row is read
+            _arrow_strings(name, pa.array([], pf.schema_arrow.field(name).type))
         for batch in pf.iter_batches(batch_size=self.batch_rows, columns=RAW_COLUMNS):
-            yield self._table(_as_strings(batch.to_pandas()))
+            n = batch.num_rows
+            columns = {c: _arrow_strings(c, batch.column(c)) for c in RAW_COLUMNS}
+            columns[RAW_LINE] = pa.nulls(n, pa.string())
+            columns[MALFORMED] = pa.nulls(n, pa.string())
+            yield pa.table(columns)
 
     def _jsonl(self):
+        """JSON lines, one object a line, each value kept as its JSON text (numbers exactly as written)."""
+        self.scan = scan_lines(self.path, csv_quotes=False)
         columns: set[str] = set()
-        with open(self.path, encoding="utf-8-sig") as f:
-            lines: list[str] = []
-            checked = False
-            for line in f:
-                lines.append(line)
-                if len(lines) >= self.batch_rows:
-                    if not checked:
-                        _jsonl_keys(lines[:1000])
-                        checked = True
-                    yield self._json_chunk(lines, columns)
-                    lines = []
-            if lines and not checked:
-                _jsonl_keys(lines[:1000])
-            if any(ln.strip() for ln in lines):
-                yield self._json_chunk(lines, columns)
-        if self.rows or columns:
+        records: list[dict] = []
+        malformed: list[tuple[int, str, str]] = []
+        seen_object = False
+        with open(self.path, "rb") as f:
+            for number, raw_line in enumerate(f, start=1):
+                line = raw_line.decode("utf-8")  # invalid UTF-8: the file is rejected (not_utf8)
+                if number == 1:
+                    line = line.removeprefix("\ufeff")
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line, object_pairs_hook=_json_object, parse_int=str, parse_float=str,
+                                     parse_constant=str)
+                    if not isinstance(obj, dict):
+                        raise ValueError(f"a JSON {type(obj).__name__}, not an object")
+                except FileRejected:
+                    raise
+                except ValueError as exc:
+                    if not seen_object and not malformed:
+                        raise FileRejected("unreadable_header", f"the first JSON line is not an object ({exc})"
+                                           ) from None
+                    malformed.append((number, line.rstrip("\r\n"), f"{JSON_RULE}: line {number}: {exc}"))
+                    if len(malformed) > MAX_MALFORMED_LINES:
+                        raise FileRejected("unparseable", f"more than {MAX_MALFORMED_LINES:,} lines are not JSON "
+                                                          f"objects (first: line {malformed[0][0]})") from None
+                    continue
+                seen_object = True
+                columns.update(obj)
+                records.append(obj)
+                if len(records) >= self.batch_rows:
+                    yield self._json_rows(records)
+                    records = []
+        if records:
+            yield self._json_rows(records)
+        if seen_object:
             self.extra_columns = _check_columns(sorted(columns, key=lambda c: (c not in RAW_COLUMNS, c)))
+        if malformed:
+            self.broken_lines = [n for n, _, _ in malformed]
+            yield self._table(pd.DataFrame({c: [None] * len(malformed) for c in RAW_COLUMNS}),
+                              [t for _, t, _ in malformed], [w for _, _, w in malformed])
 
-    def _json_chunk(self, lines: list[str], columns: set[str]):
-        frame = pd.read_json(io.StringIO("".join(lines)), lines=True, dtype=False)
-        columns.update(str(c) for c in frame.columns)
-        if not set(RAW_COLUMNS) & set(frame.columns):
-            _check_columns(list(frame.columns))
-        return self._table(_as_strings(frame))
+    def _json_rows(self, records: list[dict]):
+        import pyarrow as pa
+
+        columns = {c: pa.array([r.get(c) for r in records], pa.string()) for c in RAW_COLUMNS}
+        n = len(records)
+        columns[RAW_LINE] = pa.nulls(n, pa.string())
+        columns[MALFORMED] = pa.nulls(n, pa.string())
+        return pa.table(columns)
 
     def _csv(self):
         import codecs
@@ -321,6 +484,19 @@ class RawFile:
         if not self._has_data_line():
             raise FileRejected("empty_file", "the object holds a header but no rows")
         self.extra_columns = _check_columns(header)
+        self.scan = scan_lines(self.path, csv_quotes=True)
+        broken = self.scan.broken
+        if len(broken) > MAX_MALFORMED_LINES:
+            raise FileRejected("unparseable", f"{len(broken):,} lines have quotes that do not close on the line "
+                                              f"(lines {named_lines(sorted(broken))})")
+        source = self.path
+        if broken:  # parsed without them: an unclosed quote would swallow the lines after it
+            self._tmp_copy = tempfile.TemporaryDirectory(prefix="raw-lines-")
+            source = Path(self._tmp_copy.name) / "content"
+            _without_lines(self.path, source, set(broken))
+            self.broken_lines = sorted(broken)
+            log.warning("%s: %d line(s) with malformed quoting are quarantined one by one: lines %s", self.name,
+                        len(broken), named_lines(self.broken_lines))
         invalid: list = []
 
         def keep_invalid(row) -> str:
@@ -333,7 +509,7 @@ class RawFile:
         line_bytes = max(16, len(first) + 1)
         block = min(64 << 20, max(1 << 20, line_bytes * 2 * self.batch_rows))
         reader = pcsv.open_csv(
-            self.path,
+            source,
             read_options=pcsv.ReadOptions(block_size=block, use_threads=True),
             parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep_invalid),
             convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header},
@@ -352,6 +528,10 @@ class RawFile:
             raise
         if invalid:
             yield self._invalid_rows(header, invalid)
+        if broken:
+            lines = sorted(broken)
+            yield self._invalid_rows(header, [_BrokenLine(broken[n][0], f"{QUOTING_RULE}: line {n}: {broken[n][1]}")
+                                              for n in lines])
 
     def _has_data_line(self) -> bool:
         with open(self.path, "rb") as f:
@@ -373,9 +553,12 @@ class RawFile:
             values = dict(zip(header, fields, strict=False))
             records.append({c: (values.get(c) or None) for c in RAW_COLUMNS})
             text.append(row.text)
-            why.append(None if row.actual_columns < row.expected_columns else
-                       f"malformed_row: the line has {row.actual_columns} fields, the header "
-                       f"{row.expected_columns}")
+            if isinstance(row, _BrokenLine):
+                why.append(row.why)
+            else:
+                why.append(None if row.actual_columns < row.expected_columns else
+                           f"malformed_row: the line has {row.actual_columns} fields, the header "
+                           f"{row.expected_columns}")
         return self._table(pd.DataFrame.from_records(records, columns=RAW_COLUMNS), text, why)
 
 
@@ -481,8 +664,11 @@ def claim(lake: lk.Lake, key: str, digest: str, run_id: str, ttl_hours: float) -
     return None if held["run_id"] == run_id else held["run_id"]
 
 
-def pending_objects(lake: lk.Lake, date: str) -> list[lk.ObjectInfo]:
+def pending_objects(lake: lk.Lake, date: str, not_after: datetime | None = None) -> list[lk.ObjectInfo]:
     """Raw objects delivered for ``date`` or earlier that the ledger has not seen.
+
+    With ``not_after`` (now plus the allowed clock skew), objects under a ``date=`` partition
+    later than that are pending too: they are refused, not left waiting for a day to come.
 
     Decided from the listing alone: an object whose key, size and version tag (S3 ETag, file
     mtime) match a ledger entry was ingested and is never downloaded again, so a run that finds
@@ -490,18 +676,25 @@ def pending_objects(lake: lk.Lake, date: str) -> list[lk.ObjectInfo]:
     """
     known = {(e["key"], e.get("size"), e.get("tag")) for e in read_ledger(lake)}
     pending = []
+    markers = 0
     for info in lake.list_objects(layout.RAW_TRANSACTIONS):
+        if layout.is_marker(info.key):
+            markers += 1
+            continue
         d = key_date(info.key)
-        if d is not None and d > date:
+        if d is not None and d > date and not (not_after is not None and d > not_after.date().isoformat()):
             continue
         if (info.key, info.size, info.tag) not in known:
             pending.append(info)
+    if markers:
+        log.info("skipped %d marker, checksum or folder-placeholder object(s) (_SUCCESS, .crc, .../): not deliveries",
+                 markers)
     return pending
 
 
 def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
            max_object_bytes: int = 256 << 20, max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED,
-           batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
+           batch_rows: int = DEFAULT_BATCH_ROWS, not_after: datetime | None = None) -> dict:
     """Stage every pending raw object as a bronze batch; quarantine unusable files whole.
 
     Each new object is downloaded once as a stream (hashed on the way) into a local file and
@@ -515,7 +708,7 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
     import time
 
     batch_key = layout.bronze_batch(run_id)
-    pending = pending_objects(lake, date)
+    pending = pending_objects(lake, date, not_after)
     log.info("%d new object(s) in %s up to %s", len(pending), lake.uri_of(layout.RAW_TRANSACTIONS), date)
     manifest = {"run_id": run_id, "date": date, "objects": []}
     held_elsewhere = []
@@ -540,14 +733,19 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
             entry = {"key": key, "sha256": digest, "bytes": info.size, "size": info.size, "tag": info.tag,
                      "delivery_date": key_date(key) or date}
             part = f"part-{n:05d}.parquet"
+            future = not_after is not None and (key_date(key) or "") > not_after.date().isoformat()
             try:
+                if future:
+                    raise FileRejected("future_partition", f"delivered under date={key_date(key)}, later than now "
+                                                           f"({not_after:%Y-%m-%d %H:%M} UTC with the allowed "
+                                                           "clock skew): a wrong partition or a wrong clock")
                 if oversized:
                     raise FileRejected("too_large", f"{info.size:,} bytes > {max_object_bytes:,} (the limit, "
                                                     "PIPELINE_MAX_OBJECT_MB); split the export, or raise the limit")
-                rows, extra = _stage(key, digest, local, folder / part, max_decompressed_bytes, batch_rows)
+                rows, extra, broken = _stage(key, digest, local, folder / part, max_decompressed_bytes, batch_rows)
             except FileRejected as exc:
                 (folder / part).unlink(missing_ok=True)
-                qkey = layout.quarantined_file(run_id, key.rsplit("/", 1)[-1])
+                qkey = layout.quarantined_file(run_id, key, digest)
                 if oversized:  # not copied: it stays in raw, never modified
                     quarantine = lake.uri_of(key)
                 else:
@@ -561,7 +759,8 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
                              quarantine=quarantine)
                 log.warning("rejected %s: %s", lake.uri_of(key), exc)
             else:
-                entry.update(status="staged", rows_delivered=rows, bronze_part=part, extra_columns=extra)
+                entry.update(status="staged", rows_delivered=rows, bronze_part=part, extra_columns=extra,
+                             broken_lines=broken)
                 seconds = time.perf_counter() - started
                 log.info("staged %s: %d rows in %.1f s (%.0f rows/s)%s", lake.uri_of(key), rows, seconds,
                          rows / max(seconds, 1e-9), f" (extra columns ignored: {extra})" if extra else "")
@@ -586,8 +785,11 @@ def bronze_schema():
 
 
 def _stage(key: str, digest: str, local: Path, out: Path, max_decompressed: int, batch_rows: int
-           ) -> tuple[int, list[str]]:
-    """Stream one object into a bronze Parquet file, batch by batch; returns (rows, extra columns)."""
+           ) -> tuple[int, list[str], list[int]]:
+    """Stream one object into a bronze Parquet file, batch by batch.
+
+    Returns the rows, the extra columns ignored and the lines quarantined as malformed.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -604,7 +806,7 @@ def _stage(key: str, digest: str, local: Path, out: Path, max_decompressed: int,
             if rows >= next_log:
                 log.info("%s: %d rows parsed", key, rows)
                 next_log += 1_000_000
-        return rows, raw.extra_columns
+        return rows, raw.extra_columns, raw.broken_lines
 
 
 def _count_lines(path: Path, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> int | None:

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -54,6 +55,36 @@ class StorageUnavailable(LakeError):
 
     Never read as "absent": the job fails and its task is retried.
     """
+
+
+# Answers a retry of the same request cannot change: a person (or a policy change) must act first.
+DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+                          "AccountProblem", "InvalidObjectState", "ExpiredToken", "InvalidToken"})
+_KNOWN_CODES = sorted(DENIED_CODES) + ["SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+                                       "PreconditionFailed", "NoSuchBucket"]
+_S3_CODE = re.compile(r"<Code>([A-Za-z]+)</Code>|\b(" + "|".join(_KNOWN_CODES) + r")\b")
+_HTTP_STATUS = re.compile(r"(?:status(?: code)?\b[^0-9]{0,40}?|HTTP )([1-5]\d\d)\b", re.IGNORECASE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def storage_failure(message: str, status: int | None = None, code: str | None = None) -> tuple[str, str]:
+    """``(what the store answered, what to do)`` for a storage error's full message.
+
+    The HTTP status and the S3 error code are found in the whole message (delta-rs puts them
+    below its first line); a denied or archived object is not worth a blind retry.
+    """
+    message = _ANSI.sub("", message)
+    if code is None and (m := _S3_CODE.search(message)):
+        code = m.group(1) or m.group(2)
+    if status is None and (m := _HTTP_STATUS.search(message)):
+        status = int(m.group(1))
+    answered = " ".join(p for p in (f"HTTP {status}" if status else "", code or "") if p)
+    if code == "InvalidObjectState":
+        return answered, "the object is archived (restore it first, then clear the task)"
+    if status == 403 or code in DENIED_CODES:
+        return answered, ("access denied: this identity's policy does not allow it; a retry cannot help until the "
+                          "permission is granted (then clear the task)")
+    return answered, "retry the task"
 
 
 def _hidden(key: str) -> bool:
@@ -477,9 +508,10 @@ class S3Lake(Lake):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in _ABSENT_CODES or (status == 404 and code not in ("NoSuchBucket",)):
                 raise ObjectMissing(f"{self.uri_of(key)} does not exist") from exc
+            answered, advice = storage_failure(str(exc), status, code or None)
             raise StorageUnavailable(
-                f"S3 {action} of {self.uri_of(key)} failed: {code or status} "
-                f"({exc.response.get('Error', {}).get('Message', '')}); not treated as absent, retry the task"
+                f"S3 {action} of {self.uri_of(key)} failed: {answered or code or status} "
+                f"({exc.response.get('Error', {}).get('Message', '')}); not treated as absent, {advice}"
             ) from exc
         except BotoCoreError as exc:  # connection reset, timeout, incomplete read
             raise StorageUnavailable(

@@ -8,12 +8,13 @@ raw/transactions/date=YYYY-MM-DD/<object>   as delivered, never modified or dele
 bronze/batches/<run id>/                    typed-as-delivered batch of one ingestion run
 silver/transactions/                        Delta table, partitioned by date (MERGE on transaction_id)
 quarantine/rows/                            Delta table of rejected rows as delivered, with reasons
-quarantine/files/<run id>/<object>          unusable files, whole, with <object>.reason.json
+quarantine/files/<run id>/<id>-<object>     unusable files, whole (named per object), with .reason.json
 gold/features/                              Delta table, partitioned by date (predicate overwrite)
 predictions/                                Delta table, partitioned by date (predicate overwrite)
 reports/...                                 validation, gate, drift reports and Data Docs
 _ledger/objects/                            Delta table: one row per ingested object (key + sha256)
 _ledger/claims/                             one create-only claim per object being ingested
+_ledger/transaction_ids/                    Delta table: who owns each id in silver (by id hash bucket)
 ```
 """
 
@@ -36,6 +37,8 @@ LEDGER = "_ledger/objects"
 # Per step and partition: the inputs and outputs of its last success (see jobs/unchanged.py).
 STEP_RECORDS = "_ledger/steps"
 CLAIMS = "_ledger/claims"
+# Every transaction id in silver, whatever its date, with its owner (see jobs/id_index.py).
+ID_INDEX = "_ledger/transaction_ids"
 
 # The Delta tables of the lake, and the column each one is partitioned by (None: unpartitioned).
 TABLES: dict[str, str | None] = {
@@ -44,6 +47,7 @@ TABLES: dict[str, str | None] = {
     GOLD_FEATURES: "date",
     PREDICTIONS: "date",
     LEDGER: None,
+    ID_INDEX: "bucket",
 }
 
 _DATE_IN_KEY = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})(?:/|$)")
@@ -74,9 +78,26 @@ def bronze_batch(run_id: str) -> str:
     return f"{BRONZE_BATCHES}/{run_id}"
 
 
-def quarantined_file(run_id: str, name: str) -> str:
-    """Where an unusable delivered file is kept whole (its reason: ``+ '.reason.json'``)."""
-    return f"{QUARANTINE_FILES}/{run_id}/{name}"
+def quarantined_files(run_id: str) -> str:
+    """The folder of the unusable files one ingestion run kept."""
+    return f"{QUARANTINE_FILES}/{run_id}"
+
+
+def quarantined_file(run_id: str, key: str, sha256: str) -> str:
+    """Where an unusable delivered object is kept whole (its reason: ``+ '.reason.json'``).
+
+    Named per object (key + content), so two rejected ``export.csv`` of two days never overwrite
+    each other; the delivered name stays at the end, readable.
+    """
+    return f"{quarantined_files(run_id)}/{object_id(key, sha256)}-{key.rsplit('/', 1)[-1]}"
+
+
+# Zero-information objects that writers leave beside data (Hadoop/Spark markers, checksums, folder
+# placeholders): never deliveries. Hidden names (leading "_" or ".") follow Hadoop's convention.
+def is_marker(key: str) -> bool:
+    """Whether a raw key is a marker, a checksum or a folder placeholder, not a delivery."""
+    name = key.rsplit("/", 1)[-1]
+    return key.endswith("/") or not name or name.startswith(("_", ".")) or name.endswith(".crc")
 
 
 def claim(key: str, sha256: str) -> str:

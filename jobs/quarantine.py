@@ -16,7 +16,7 @@ def quarantine_report(lake: lk.Lake, run_id: str | None = None) -> dict:
     from jobs import tables
 
     files = []
-    for key in lake.list(layout.quarantined_file(run_id, "") if run_id else layout.QUARANTINE_FILES):
+    for key in lake.list(layout.quarantined_files(run_id) if run_id else layout.QUARANTINE_FILES):
         if key.endswith(".reason.json"):
             reason = lake.read_json(key)
             run = key.removeprefix(layout.QUARANTINE_FILES + "/").split("/", 1)[0]

@@ -32,8 +32,9 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "",
     if version is None:
         raise MissingInput(f"no @{settings.champion_alias} for {settings.model_name}: train and promote a model first")
     bundle = load_bundle(client, settings, version)  # verifies the ONNX hash before any row is scored
+    # One gold version is read and recorded: features rebuilt meanwhile are scored by the next run.
     gold_version = tables.version(lake, layout.GOLD_FEATURES)
-    present = [d for d in tables.partitions(lake, layout.GOLD_FEATURES) if d in set(dates)]
+    present = [d for d in tables.partitions(lake, layout.GOLD_FEATURES, gold_version) if d in set(dates)]
     if not present:
         raise MissingInput(f"no gold features for {dates[0]}..{dates[-1]} in {lake.uri_of(layout.GOLD_FEATURES)}")
     key = present[0] if len(present) == 1 else f"{present[0]}..{present[-1]}"
@@ -41,7 +42,8 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "",
 
     def inputs_of(days: list[str]) -> dict:
         return {"dates": days, "model_version": str(version), "onnx_sha256": onnx_sha256,
-                "code_version": settings.code_version, "gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, days)}
+                "code_version": settings.resolved_code_version,
+                "gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, days, gold_version)}
 
     inputs = inputs_of(present)
     done = None if force else unchanged.previous(
@@ -78,12 +80,13 @@ def score(lake: lk.Lake, dates: list[str], settings: Settings, run_id: str = "",
               "predictions_version": predictions_version, "gold_version": gold_version,
               "links": {links.MODEL_VERSION: links.model_version(settings.model_name, version)}}
     unchanged.remember(lake, "score", key, inputs, result, run_id,
-                       {"predictions": tables.snapshot_of(lake, layout.PREDICTIONS, present)})
+                       {"predictions": tables.snapshot_of(lake, layout.PREDICTIONS, present, predictions_version)})
     if len(present) > 1:  # so that a later run of one day (a partition's run) finds it scored too
         by_date = scored.groupby("date").size().to_dict()
         for day in present:
             unchanged.remember(lake, "score", day, inputs_of([day]),
                                {**result, "dates": [day], "rows": int(by_date.get(day, 0)),
                                 "flagged": flagged_by_date.get(day, 0)}, run_id,
-                               {"predictions": tables.snapshot_of(lake, layout.PREDICTIONS, [day])})
+                               {"predictions": tables.snapshot_of(lake, layout.PREDICTIONS, [day],
+                                                                 predictions_version)})
     return result

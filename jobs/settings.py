@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     seed: int = 42
     device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
     code_version: str = Field(
-        default="dev", description="Code version recorded with every model (git sha in CI/images)."
+        default="", description="A release name or git sha recorded with every model (images set it); the "
+                                "recorded version always ends with a fingerprint of the code itself."
     )
     # Set by the Airflow task that runs the job (pipeline.operators): the real run id and the
     # task instance's URL, recorded on MLflow runs and model versions so each links back.
@@ -155,6 +156,16 @@ class Settings(BaseSettings):
     retrain_window_days: int = 14
 
     @property
+    def resolved_code_version(self) -> str:
+        """What skip records and models record as the code: the setting (if any) and the source's fingerprint.
+
+        Derived from the code itself, so changed code never matches a record of the old code and
+        never skips, whatever the setting says.
+        """
+        fingerprint = f"src-{source_fingerprint(self.expectations_dir)}"
+        return f"{self.code_version}+{fingerprint}" if self.code_version else fingerprint
+
+    @property
     def resolved_lake_uri(self) -> str:
         """Lake root as a URI; defaults to a folder inside the state directory."""
         if self.lake_uri:
@@ -172,6 +183,21 @@ class Settings(BaseSettings):
     def mlflow_artifact_root(self) -> str:
         """Where MLflow artifacts go for experiments this project creates."""
         return (self.state_dir.resolve() / "mlflow" / "artifacts").as_uri()
+
+
+@lru_cache(maxsize=4)
+def source_fingerprint(expectations_dir: Path) -> str:
+    """SHA-256 (12 hex digits) of the job package's Python sources and the data contracts, by path."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")) + sorted(Path(expectations_dir).glob("*.json")):
+        digest.update(path.name.encode() if path.suffix == ".json" else path.relative_to(package).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
 
 
 @lru_cache(maxsize=1)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 
 from jobs import faults
-from jobs.lake import Lake, LakeError, StorageUnavailable
+from jobs.lake import Lake, LakeError, StorageUnavailable, storage_failure
 from jobs.layout import TABLES
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,11 @@ def _partition_column(name: str) -> str | None:
 
 
 def _storage_error(lake: Lake, name: str, action: str, exc: Exception) -> StorageUnavailable:
-    return StorageUnavailable(f"{action} of Delta table {lake.uri_of(name)} failed: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}; retry the task")
+    """The error a job raises: the table, the store's answer (HTTP status, S3 code) and what to do."""
+    answered, advice = storage_failure(str(exc))
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return StorageUnavailable(f"{action} of Delta table {lake.uri_of(name)} failed: "
+                              f"{answered + ': ' if answered else ''}{type(exc).__name__}: {first}; {advice}")
 
 
 def open_table(lake: Lake, name: str, version: int | None = None):
@@ -169,9 +172,9 @@ def count(lake: Lake, name: str, dates: Iterable[str] | None = None) -> int:
     return _dataset(table, name, dates).count_rows(**SCAN)
 
 
-def partitions(lake: Lake, name: str) -> list[str]:
-    """Values of the partition column present in the latest version, sorted."""
-    table = open_table(lake, name)
+def partitions(lake: Lake, name: str, version: int | None = None) -> list[str]:
+    """Values of the partition column present in one version (the latest by default), sorted."""
+    table = open_table(lake, name, version)
     if table is None:
         return []
     column = _partition_column(name)
@@ -198,13 +201,14 @@ def files(lake: Lake, name: str, dates: Iterable[str], version: int | None = Non
     return [u.removeprefix("file://") if u.startswith("file://") else u for u in sorted(out)]
 
 
-def snapshot_of(lake: Lake, name: str, dates: Iterable[str]) -> list[str]:
-    """The ``dates``' files of the latest version, relative to the table: what they hold right now.
+def snapshot_of(lake: Lake, name: str, dates: Iterable[str], version: int | None = None) -> list[str]:
+    """The ``dates``' files of one version (the latest by default), relative to the table.
 
     Delta never rewrites a file in place, so an equal list means equal rows (what
-    ``jobs.unchanged`` compares); a compaction or rebuild gives a new list.
+    ``jobs.unchanged`` compares); a compaction or rebuild gives a new list. A step records the
+    version it read, never a later one: rows committed while it ran are not in its record.
     """
-    uris = files(lake, name, dates)
+    uris = files(lake, name, dates, version)
     return [u.split(f"/{name}/", 1)[-1] for u in uris]
 
 

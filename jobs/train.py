@@ -226,7 +226,7 @@ def torch_scores(net, pre: Preprocessing, frame: pd.DataFrame) -> np.ndarray:
 def training_inputs(window: list[str], feature_snapshot: str, settings: Settings, permute_labels: bool) -> dict:
     """Everything a trained model depends on: the exact feature rows, the code and the parameters."""
     return {"window": [window[0], window[-1]], "feature_snapshot": feature_snapshot,
-            "code_version": settings.code_version, "permute_labels": permute_labels,
+            "code_version": settings.resolved_code_version, "permute_labels": permute_labels,
             "params": {k: getattr(settings, k) for k in (
                 "seed", "max_epochs", "batch_size", "learning_rate", "negative_sample_rate", "holdout_days",
                 "train_window_days", "device")}, "features": list(FEATURE_COLUMNS)}
@@ -286,7 +286,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
     with mlflow.start_run(run_name=f"train-{date}") as run:
         mlflow.set_tags({**snapshots, "trigger": trigger, "logical_date": date,
                          **airflow_tags(settings, airflow_run_id), "device": device,
-                         "code_version": settings.code_version,
+                         "code_version": settings.resolved_code_version,
                          "labels": "permuted (baseline)" if permute_labels else "as delivered"})
         mlflow.log_params({
             "train_window": f"{window[0]}..{window[-1]}", "holdout_dates": ",".join(sorted(holdout["date"].unique())),
@@ -356,7 +356,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
         for key, value in {**snapshots, ONNX_SHA_TAG: exported_digest, PREPROCESSING_SHA_TAG: preprocessing_digest,
                            DECISION_SHA_TAG: decision_digest, "decision_threshold": f"{decision['threshold']:.6f}",
                            "trigger": trigger, "logical_date": date,
-                           "train_window": f"{window[0]}..{window[-1]}", "code_version": settings.code_version,
+                           "train_window": f"{window[0]}..{window[-1]}", "code_version": settings.resolved_code_version,
                            "holdout_dates": ",".join(sorted(holdout["date"].unique())),
                            **airflow_tags(settings, airflow_run_id)}.items():
             client.set_model_version_tag(settings.model_name, version, key, value)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from jobs import id_index, layout, links
 from jobs import lake as lk
-from jobs import layout, links
 from jobs.ingest import BATCH_MANIFEST, DEFAULT_BATCH_ROWS
 from jobs.result import DataRejected, JobError
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SUITE_FILE = "raw_transactions.json"
 ROW_ID = "_row_id"
 DUPLICATE_IN_SILVER = "transaction id already in silver (repeated delivery)"
+CONFLICT_IN_SILVER = "transaction id already in silver with other values (conflicting delivery)"
 
 
 def load_suite_json(expectations_dir: Path, name: str = SUITE_FILE) -> dict:
@@ -39,12 +40,14 @@ def load_suite_json(expectations_dir: Path, name: str = SUITE_FILE) -> dict:
 PARTITION_OFFSET = "_hours_from_partition"  # derived: timestamp minus the start of the delivery's date=
 
 
-def to_typed(raw: pd.DataFrame, delivery_date: str | None = None) -> pd.DataFrame:
+def to_typed(raw: pd.DataFrame, delivery_date: str | None = None, not_after=None) -> pd.DataFrame:
     """Cast as-delivered strings to contract types; unparseable values become null.
 
     With ``delivery_date`` (the ``date=`` partition the object was delivered under), adds
     ``_hours_from_partition``: how far each timestamp lies from the start of that day, which the
     contract bounds (late deliveries of a few days are normal, decades are not, the future is not).
+    With ``not_after`` (now plus the allowed clock skew), a timestamp later than that lies outside
+    every delivery window, whatever its partition.
     """
     typed = raw.copy()
     typed["amount"] = pd.to_numeric(raw["amount"], errors="coerce").astype("float64")
@@ -54,6 +57,8 @@ def to_typed(raw: pd.DataFrame, delivery_date: str | None = None) -> pd.DataFram
     if delivery_date is not None:
         start = pd.Timestamp(delivery_date)
         typed[PARTITION_OFFSET] = (typed["timestamp"] - start) / pd.Timedelta(hours=1)
+        if not_after is not None:
+            typed.loc[typed["timestamp"] > pd.Timestamp(not_after), PARTITION_OFFSET] = float("inf")
     return typed
 
 
@@ -330,7 +335,7 @@ class Checked:
 
 
 def check_object(obj: dict, bronze: Path, contract: Contract, parameters: dict, run_id: str, workdir: Path,
-                 batch_rows: int = DEFAULT_BATCH_ROWS) -> Checked:
+                 batch_rows: int = DEFAULT_BATCH_ROWS, not_after=None) -> Checked:
     """Run the contract over one staged object, batch by batch, into local staging files; commits nothing.
 
     The bronze file is read in batches of ``batch_rows``; each batch runs the contract, and its
@@ -362,7 +367,7 @@ def check_object(obj: dict, bronze: Path, contract: Contract, parameters: dict, 
     done = 0
     name = key.rsplit("/", 1)[-1]
     for n, raw in enumerate(_bronze_frames(pf, batch_rows), start=1):
-        typed = to_typed(raw, obj.get("delivery_date"))
+        typed = to_typed(raw, obj.get("delivery_date"), not_after)
         reasons, _ = contract.failures(typed, run_name=name if n == 1 else f"{name} batch {n}",
                                       parameters=parameters)
         source_rows = raw["_source_row"].to_numpy(dtype="int64")
@@ -400,7 +405,7 @@ def check_object(obj: dict, bronze: Path, contract: Contract, parameters: dict, 
 
 
 def check_objects(objects: list[tuple[dict, str, str]], expectations_dir: Path, docs_dir: Path | None,
-                  parameters: dict, run_id: str, batch_rows: int) -> list[Checked]:
+                  parameters: dict, run_id: str, batch_rows: int, not_after=None) -> list[Checked]:
     """:func:`check_object` for each ``(object, bronze path, work folder)`` with one contract (and its Data Docs).
 
     Runs in a child process (:func:`_in_child`), on the system allocator (as the job), so the
@@ -410,7 +415,7 @@ def check_objects(objects: list[tuple[dict, str, str]], expectations_dir: Path, 
 
     pa.set_memory_pool(pa.system_memory_pool())  # already so when forked; spawned, not
     contract = Contract(load_suite_json(expectations_dir), docs_dir=docs_dir)
-    checked = [check_object(obj, Path(bronze), contract, parameters, run_id, Path(workdir), batch_rows)
+    checked = [check_object(obj, Path(bronze), contract, parameters, run_id, Path(workdir), batch_rows, not_after)
                for obj, bronze, workdir in objects]
     contract.render_docs()
     return checked
@@ -499,20 +504,29 @@ def commit_object(lake: lk.Lake, obj: dict, bronze: Path, checked: Checked, max_
         why = f"delivery rejected: {bad_share:.1%} bad rows > {max_bad_share:.1%} allowed"
         _quarantine_rows_of(pf, ~bad, why, more_quarantine, rules, run_id, delivery_date, batch_rows)
         dates = set()
-    elif staged_silver.rows:
-        merged = tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, staged_silver.reader,
-                                       keys=["transaction_id", "date"], app_id=f"silver-{ident}",
-                                       partitions=dates, metadata={"run_id": run_id, "object": key,
-                                                                   "sha256": digest})
-        out.silver_version = merged["version"]
-        if merged["skipped"]:
-            log.info("%s: its rows were already merged into silver (a retry): not merged again", lake.uri_of(key))
+    claimed = None
+    if not rejected and staged_silver.rows:
+        # Ids are claimed in the index across every date first; only the rows that own their id go to silver.
+        claimed = id_index.claim(lake, staged_silver.path, total, key, digest, workdir, run_id)
+        if claimed.owned.any():
+            merged = tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, lambda: _owned(staged_silver,
+                                                                                           claimed.owned),
+                                           keys=["transaction_id", "date"], app_id=f"silver-{ident}",
+                                           partitions=dates, metadata={"run_id": run_id, "object": key,
+                                                                       "sha256": digest})
+            out.silver_version = merged["version"]
+            if merged["skipped"]:
+                log.info("%s: its rows were already merged into silver (a retry): not merged again",
+                         lake.uri_of(key))
     landed = landed_rows(lake, key, digest, dates)
-    if not rejected and len(landed) < staged_silver.rows:  # good rows whose id another object put in silver
+    if not rejected and len(landed) < staged_silver.rows:  # good rows whose id another row owns
         repeated = ~bad
         repeated[landed] = False
-        _quarantine_rows_of(pf, repeated, DUPLICATE_IN_SILVER, more_quarantine, rules, run_id, delivery_date,
+        conflicting = repeated & claimed.conflict if claimed is not None else repeated & False
+        _quarantine_rows_of(pf, conflicting, CONFLICT_IN_SILVER, more_quarantine, rules, run_id, delivery_date,
                             batch_rows)
+        _quarantine_rows_of(pf, repeated & ~conflicting, DUPLICATE_IN_SILVER, more_quarantine, rules, run_id,
+                            delivery_date, batch_rows)
     more_quarantine.close()
     quarantined = staged_quarantine.rows + more_quarantine.rows
     if quarantined:
@@ -523,17 +537,35 @@ def commit_object(lake: lk.Lake, obj: dict, bronze: Path, checked: Checked, max_
     out.rows_silver, out.rows_quarantined = len(landed), quarantined
     out.broken_rules = rules
     extra = obj.get("extra_columns") or []
+    broken = obj.get("broken_lines") or []
     if rejected:
         out.status = "rejected_rows"
         out.detail = f"{int(bad.sum())} of {total} rows break the contract"
     if extra:
         out.detail = "; ".join(filter(None, [out.detail, f"extra columns ignored: {', '.join(extra)}"]))
+    if broken:
+        from jobs.ingest import named_lines
+
+        out.detail = "; ".join(filter(None, [out.detail, f"malformed lines quarantined: {named_lines(broken)}"]))
     record_in_ledger(lake, [_ledger_entry(out, run_id)])
     seconds = time.perf_counter() - started
     log.info("%s: %d rows -> %d silver, %d quarantined%s (commits %.1f s, peak memory %.2f GiB)",
              lake.uri_of(key), out.rows_delivered, out.rows_silver, out.rows_quarantined,
              " (delivery rejected)" if rejected else "", seconds, _peak_gib())
     return out, dates if len(landed) else set()  # the dates that received rows
+
+
+def _owned(staged: _Staged, owned):
+    """A stream of the staged silver rows whose ``_source_row`` is set in the mask ``owned``."""
+    import pyarrow as pa
+
+    def batches():
+        for batch in staged.reader():
+            rows = batch.column("_source_row").to_numpy()
+            keep = owned[rows]
+            if keep.any():
+                yield batch.filter(pa.array(keep))
+    return pa.RecordBatchReader.from_batches(staged.schema, batches())
 
 
 def _chained(*staged: _Staged):
@@ -591,10 +623,15 @@ def _quarantine_rows_of(pf, wanted, reason: str, staged: _Staged, rules: dict[st
             _add_rules(rules, reasons)
 
 
+def rule_name(reason: str) -> str:
+    """The rule a reason names: a malformed line's reason also names its line (``malformed_json: line 7: ...``)."""
+    return reason.split(":", 1)[0] if reason.startswith("malformed_") else reason
+
+
 def _add_rules(counts: dict[str, int], reasons: pd.Series) -> None:
     for r, n in reasons.value_counts().items():
         for rule in str(r).split(" | "):
-            counts[rule] = counts.get(rule, 0) + int(n)
+            counts[rule_name(rule)] = counts.get(rule_name(rule), 0) + int(n)
 
 
 def _ledger_entry(out: ObjectOutcome, run_id: str) -> dict:
@@ -603,7 +640,7 @@ def _ledger_entry(out: ObjectOutcome, run_id: str) -> dict:
 
 def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_share: float,
                    parameters: dict | None = None, fail_on_rejection: bool = True,
-                   batch_rows: int = DEFAULT_BATCH_ROWS) -> dict:
+                   batch_rows: int = DEFAULT_BATCH_ROWS, not_after=None) -> dict:
     """Validate the bronze batch of ``run_id``: silver, quarantine, ledger, report, Data Docs.
 
     With ``fail_on_rejection`` a rejected object raises :class:`DataRejected` (exit code 3) after
@@ -640,7 +677,7 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
         # First the contract, over every object, in a child process that hands its memory back;
         # then the commits, object by object, in this one.
         checked = dict(zip(staged, _in_child(check_objects, list(staged.values()), expectations_dir, docs_dir,
-                                             parameters, run_id, batch_rows), strict=True)) if staged else {}
+                                             parameters, run_id, batch_rows, not_after), strict=True)) if staged else {}
         for n, obj in enumerate(manifest["objects"], start=1):
             log.info("object %d of %d: %s", n, len(manifest["objects"]), lake.uri_of(obj["key"]))
             if obj["status"] == "rejected_file":

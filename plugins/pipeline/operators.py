@@ -60,14 +60,20 @@ class JobTask:
         """The job's result becomes the extra of every asset event this task emits, and the dates
         it published (``dates``) the events' partition keys.
 
-        A job that found its inputs unchanged since its last success (``skipped`` in its result)
-        makes the task *skipped*: its result stays readable in XCom, no asset event is emitted
-        and nothing downstream runs, since nothing changed.
+        A job that found its inputs unchanged since the last success of *another* run (``skipped``
+        in its result) makes the task *skipped*: its result stays readable in XCom, no asset event
+        is emitted and nothing downstream runs, since nothing changed. When the work it found done
+        is this run's own (a retry after a crash past the job's commit, or a person clearing the
+        task), the events go out as they would have: downstream may never have heard of the work,
+        and decides for itself whether anything changed.
         """
         self.job_result = result
         if result.get("skipped"):
-            context["ti"].xcom_push(key="return_value", value=result)
-            raise AirflowSkipException(result.get("skip_reason") or "unchanged since the last success: skipped")
+            if result.get("unchanged_since") != str(context.get("run_id") or ""):
+                context["ti"].xcom_push(key="return_value", value=result)
+                raise AirflowSkipException(result.get("skip_reason") or "unchanged since the last success: skipped")
+            self.log.info("%s; the work is this run's own (an earlier try, or the task was cleared): its asset "
+                          "events go out again, so downstream hears of it", result.get("skip_reason", "done"))
         extra = {"step": self.step, **{k: v for k, v in result.items() if isinstance(v, _EXTRA_TYPES)}}
         for outlet in self.outlets:
             event = context["outlet_events"][outlet]

@@ -22,6 +22,17 @@ app = FastAPI(title="Fraud pipeline reports", docs_url=None, redoc_url=None, ope
 
 _TYPES = {".md": "text/plain; charset=utf-8", ".json": "application/json", ".html": "text/html; charset=utf-8"}
 _NEWEST = 20
+# Reports hold text that came from delivered files (Evidently writes category labels raw into a
+# <script>). Each one runs sandboxed: an opaque origin (no cookies, no Airflow API as the viewer),
+# no requests out, no forms; and the browser takes the declared type, never a sniffed one.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox; "
+                               "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
+                               "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; connect-src 'none'; "
+                               "form-action 'none'; base-uri 'none'; frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 def _authorized():
@@ -73,7 +84,7 @@ def lake_object(key: str, _: Authorized) -> Response:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{lake.uri_of(key)} does not exist") from None
     suffix = "." + key.rsplit(".", 1)[-1] if "." in key.rsplit("/", 1)[-1] else ""
     media = _TYPES.get(suffix) or mimetypes.guess_type(key)[0] or "application/octet-stream"
-    return Response(data, media_type=media, headers={"Cache-Control": "no-store"})
+    return Response(data, media_type=media, headers=REPORT_HEADERS)
 
 
 @app.get("/docs/{run_id}")

@@ -241,3 +241,35 @@ def test_the_restricted_check_catches_what_it_must():
     for rule in ("spec.hostNetwork", "volume root", "privileged", "allowPrivilegeEscalation", "drop ALL",
                  "capabilities added", "runAsNonRoot", "runAsUser 0", "seccompProfile", "hostPort"):
         assert rule in found, rule
+
+
+class _Event:
+    def __init__(self):
+        self.extra, self.partitions = None, []
+
+    def add_partitions(self, keys):
+        self.partitions += list(keys)
+
+
+class _Ti:
+    def __init__(self):
+        self.pushed = {}
+
+    def xcom_push(self, key, value):
+        self.pushed[key] = value
+
+
+def test_work_found_done_is_skipped_unless_it_is_this_runs_own_then_downstream_is_told():
+    from airflow.sdk import Asset
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    asset = Asset("gold_features_test", uri="file:///lake/gold/features")
+    task = LocalJobOperator(task_id="features", step="features", outlets=[asset])
+    found = {"dates": [DATE], "rows": 10, "skipped": True, "skip_reason": "unchanged", "unchanged_since": "other-run"}
+    events, ti = {asset: _Event()}, _Ti()
+    with pytest.raises(AirflowSkipException):  # another run did it: nothing changed, nothing to tell
+        task.publish(found, {"run_id": RUN_ID, "outlet_events": events, "ti": ti})
+    assert events[asset].partitions == [] and ti.pushed["return_value"] == found
+    own = {**found, "unchanged_since": RUN_ID}  # an earlier try of this run did it, or the task was cleared
+    assert task.publish(own, {"run_id": RUN_ID, "outlet_events": events, "ti": ti}) == own
+    assert events[asset].partitions == [DATE] and events[asset].extra["step"] == "features"

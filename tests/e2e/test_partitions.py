@@ -98,7 +98,8 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path, inbox)
         assert [built[d]["dates"] for d in DAYS] == [[d] for d in DAYS]  # each run built its own day
 
         # Clear one partition: its run is re-queued and runs again, and, its inputs unchanged, the
-        # features step skips (saying so) instead of rebuilding the same day.
+        # features step does not rebuild the same day (saying so); the work being this run's own,
+        # its asset event goes out again (downstream may never have heard of it).
         cleared = api.call("POST", "/api/v2/dags/build_features/clearDagRuns",
                            {"partition_key": DAYS[-1], "dry_run": False})
         assert cleared.get("total_entries", 0) >= 1, cleared
@@ -109,10 +110,15 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path, inbox)
                 "on r.run_id = t.run_id and r.dag_id = t.dag_id where t.dag_id = 'build_features' "
                 "and t.task_id = 'features' order by r.partition_key").fetchall()
 
-        after = poll_db(db, proc, retried, lambda rows: (DAYS[-1], 2, "skipped") in rows, timeout=300)
-        assert after == [(DAYS[0], 1, "success"), (DAYS[-1], 2, "skipped")], after
+        after = poll_db(db, proc, retried, lambda rows: (DAYS[-1], 2, "success") in rows, timeout=300)
+        assert after == [(DAYS[0], 1, "success"), (DAYS[-1], 2, "success")], after
         again = {key: json.loads(value) for key, value in gold_versions(conn=None, db=db)}
         assert "unchanged since run" in again[DAYS[-1]]["skip_reason"]
+        events = poll_db(db, proc, lambda c: c.execute(
+            "select e.partition_key from asset_event e join asset a on a.id = e.asset_id "
+            "where a.name = 'gold_features' and e.partition_key = ?", (DAYS[-1],)).fetchall(),
+            lambda rows: len(rows) == 2, timeout=60, every=1)
+        assert len(events) == 2, events  # the cleared run told downstream again
 
         # A backfill of the partitioned-asset DAG itself, forced (its conf): the day is rebuilt.
         api.call("POST", "/api/v2/backfills", {

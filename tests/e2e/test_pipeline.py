@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -281,6 +282,34 @@ def test_every_report_opens_from_its_task_in_a_browser(env, chain, tmp_path):
             page.goto(f"{proc.api_url}/pipeline/")  # the index the UI's navigation and `make up` point at
             page.get_by_role("link", name=f"date={END}/v{version}.html").click()
             page.get_by_text(shows["Gate report"]).first.wait_for(timeout=30_000)
+
+            # A report holds text from delivered files: served sandboxed, its scripts reach nothing as the viewer.
+            hostile = "reports/drift/date=2001-01-01/drift.html"
+            (lake(env) / hostile).parent.mkdir(parents=True)
+            (lake(env) / hostile).write_text(HOSTILE_REPORT)
+            try:
+                response = page.goto(f"{proc.api_url}/pipeline/lake/{hostile}")
+                assert "sandbox" in response.headers["content-security-policy"]
+                assert response.headers["x-content-type-options"] == "nosniff"
+                page.wait_for_function("document.getElementById('outcome').textContent.includes('api:')",
+                                       timeout=30_000)
+                outcome = page.inner_text("#outcome")
+                assert "script ran" in outcome and "cookie: refused" in outcome and "api: refused" in outcome, \
+                    outcome
+            finally:
+                shutil.rmtree(lake(env) / hostile.rsplit("/", 1)[0])
+
+
+# What a delivered category label could make Evidently write into a report's <script> block.
+HOSTILE_REPORT = """<!doctype html><html><body><p id="outcome">outcome: </p><script>
+const out = document.getElementById("outcome");
+out.textContent += "script ran; ";
+try { out.textContent += document.cookie ? "cookie: read; " : "cookie: empty; "; }
+catch (e) { out.textContent += "cookie: refused; "; }
+fetch("/api/v2/dags", {credentials: "include"}).then(r => { out.textContent += "api: " + r.status; })
+  .catch(e => { out.textContent += "api: refused"; });
+</script></body></html>"""
+
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -1,6 +1,7 @@
 """Raw -> bronze -> silver/quarantine on a temporary lake: nothing lost, nothing twice."""
 
 import gzip
+import hashlib
 
 import pandas as pd
 import pytest
@@ -93,8 +94,9 @@ def test_unusable_files_are_quarantined_whole(lake, name, data, rule):
     key = deliver(lake, data, name)
     with pytest.raises(DataRejected, match=rule):
         run(lake, "run1")
-    reason = lake.read_json(layout.quarantined_file("run1", name) + ".reason.json")
-    assert reason["rule"] == rule and lake.read_bytes(layout.quarantined_file("run1", name)) == data
+    kept = layout.quarantined_file("run1", key, hashlib.sha256(data).hexdigest())
+    reason = lake.read_json(kept + ".reason.json")
+    assert reason["rule"] == rule and lake.read_bytes(kept) == data
     assert lake.exists(key)
 
 
@@ -360,9 +362,10 @@ def test_oversized_objects_and_gzip_bombs_are_rejected_whole_without_exhausting_
     message = str(err.value)
     assert f"{len(big):,} bytes > {len(big) - 1:,} (the limit, PIPELINE_MAX_OBJECT_MB)" in message
     assert "decompresses to more than 8,388,608 bytes" in message
-    reason = lake.read_json(layout.quarantined_file("run1", "big.csv") + ".reason.json")
+    kept = layout.quarantined_file("run1", layout.raw_object(DATE, "big.csv"), hashlib.sha256(big).hexdigest())
+    reason = lake.read_json(kept + ".reason.json")
     assert reason["rule"] == "too_large" and reason["kept_at"] == lake.uri_of(layout.raw_object(DATE, "big.csv"))
-    assert not lake.exists(layout.quarantined_file("run1", "big.csv"))  # not copied: raw keeps it
+    assert not lake.exists(kept)  # not copied: raw keeps it
     by_key = {e["key"].rsplit("/", 1)[-1]: e for e in read_ledger(lake)}
     assert by_key["big.csv"]["sha256"] == __import__("hashlib").sha256(big).hexdigest()  # hashed as a stream
     assert by_key["small.csv.gz"]["rows_silver"] == 10
