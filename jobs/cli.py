@@ -127,7 +127,7 @@ def ingest(date: DateOpt, run_id: RunIdOpt):
         raise MissingInput(f"--date {date} is later than now ({not_after:%Y-%m-%d %H:%M} UTC with the allowed clock "
                            f"skew of {s.clock_skew_minutes} min): nothing can have been delivered for it yet")
     return run(_lake(), date, run_id, s.claim_ttl_hours, s.max_object_mb << 20, s.max_decompressed_mb << 20,
-               s.batch_rows, not_after=not_after)
+               s.batch_rows, not_after=not_after, max_read_attempts=s.max_read_attempts)
 
 
 def _not_after(s):

@@ -694,7 +694,8 @@ def pending_objects(lake: lk.Lake, date: str, not_after: datetime | None = None)
 
 def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
            max_object_bytes: int = 256 << 20, max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED,
-           batch_rows: int = DEFAULT_BATCH_ROWS, not_after: datetime | None = None) -> dict:
+           batch_rows: int = DEFAULT_BATCH_ROWS, not_after: datetime | None = None,
+           max_read_attempts: int = 3) -> dict:
     """Stage every pending raw object as a bronze batch; quarantine unusable files whole.
 
     Each new object is downloaded once as a stream (hashed on the way) into a local file and
@@ -703,7 +704,9 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
     is skipped; after claiming, the ledger is read again, so an object another run finished
     meanwhile is skipped too. An object larger than ``max_object_bytes`` (from the listing) is
     rejected whole without being copied: it is hashed as a stream and stays in raw, with its
-    reason in quarantine.
+    reason in quarantine. An object the store refuses to read is left for the next run, the
+    others go on; after ``max_read_attempts`` runs it is rejected with the store's answer
+    (:func:`_unreadable`). Listing and ledger errors still fail the run.
     """
     import time
 
@@ -711,14 +714,25 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
     pending = pending_objects(lake, date, not_after)
     log.info("%d new object(s) in %s up to %s", len(pending), lake.uri_of(layout.RAW_TRANSACTIONS), date)
     manifest = {"run_id": run_id, "date": date, "objects": []}
-    held_elsewhere = []
+    held_elsewhere, deferred = [], []
+    failed_before = set(lake.list(layout.UNREADABLE)) if pending else set()
     with lake.publish(batch_key) as folder, tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
         for n, info in enumerate(pending):
             key = info.key
             started = time.perf_counter()
             oversized = info.size > max_object_bytes
             local = Path(tmp) / f"object-{n:05d}"
-            digest = lake.stream_sha256(key) if oversized else lake.download(key, local)
+            try:
+                digest = lake.stream_sha256(key) if oversized else lake.download(key, local)
+            except lk.StorageUnavailable as exc:
+                entry = _unreadable(lake, info, exc, max_read_attempts, run_id)
+                if entry is None:
+                    deferred.append({"key": key, "error": str(exc)})
+                else:
+                    manifest["objects"].append(entry)
+                continue
+            if layout.read_attempts(key, info.tag) in failed_before:  # read at last: its failures are history
+                lake.remove(layout.read_attempts(key, info.tag))
             holder = claim(lake, key, digest, run_id, claim_ttl_hours)
             if holder is not None:
                 log.info("skipping %s: run %s is ingesting it", lake.uri_of(key), holder)
@@ -772,9 +786,37 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
         "run_id": run_id,
         "objects": len(manifest["objects"]),
         "skipped_claimed_elsewhere": len(held_elsewhere),
+        "unreadable_deferred": deferred,
         "rows_delivered": sum(o["rows_delivered"] or 0 for o in manifest["objects"]),
         "files_rejected": [o["key"] for o in manifest["objects"] if o["status"] == "rejected_file"],
     }
+
+
+def _unreadable(lake: lk.Lake, info: lk.ObjectInfo, exc: Exception, max_attempts: int, run_id: str) -> dict | None:
+    """Count one failed read of a raw object; its rejected manifest entry once ``max_attempts`` runs failed.
+
+    The count lives in the lake per listed object (key + version tag), so Airflow's retries and
+    the nightly runs all count; a new version of the object starts again at zero.
+    """
+    record_key = layout.read_attempts(info.key, info.tag)
+    try:
+        record = lake.read_json(record_key)
+    except lk.ObjectMissing:
+        record = {"key": info.key, "tag": info.tag, "attempts": []}
+    if not any(a["run_id"] == run_id for a in record["attempts"]):  # a task retry is the same attempt
+        record["attempts"].append({"run_id": run_id, "error": str(exc),
+                                   "at": datetime.now(UTC).isoformat(timespec="seconds")})
+        lake.write_json(record_key, record)
+    tried = len(record["attempts"])
+    if tried < max_attempts:
+        log.error("cannot read %s (%d of %d attempts; the other objects go on, the next run tries again): %s",
+                  lake.uri_of(info.key), tried, max_attempts, exc)
+        return None
+    log.error("rejecting %s: unreadable in %d runs: %s", lake.uri_of(info.key), tried, exc)
+    detail = f"the store refused to read it in {tried} runs: {exc}"
+    return {"key": info.key, "sha256": f"unreadable-{info.tag}", "bytes": info.size, "size": info.size,
+            "tag": info.tag, "delivery_date": key_date(info.key), "status": "rejected_file", "rule": "unreadable",
+            "detail": detail, "rows_delivered": None, "quarantine": lake.uri_of(info.key)}
 
 
 def bronze_schema():

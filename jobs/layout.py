@@ -105,6 +105,14 @@ def claim(key: str, sha256: str) -> str:
     return f"{CLAIMS}/{hashlib.sha256(key.encode()).hexdigest()[:24]}-{sha256[:24]}.json"
 
 
+UNREADABLE = "_ledger/unreadable"
+
+
+def read_attempts(key: str, tag: str | None) -> str:
+    """The failed-read record of one listed object (key + version tag): how often, and the last error."""
+    return f"{UNREADABLE}/{hashlib.sha256(f'{key}@{tag}'.encode()).hexdigest()[:32]}.json"
+
+
 def object_id(key: str, sha256: str) -> str:
     """A short, stable identity of one delivered object (key + content), used as a Delta app id."""
     return f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{sha256[:16]}"

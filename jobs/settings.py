@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # the delivered size (from the listing, before any download) and the size after gunzip.
     max_object_mb: int = 256
     max_decompressed_mb: int = 1024
+    # A raw object the store refuses to read (AccessDenied by a key policy, archived) is tried in
+    # this many ingestion runs, the others ingested meanwhile, then recorded as rejected with the
+    # store's answer (and people are told): one unreadable object never blocks the other days.
+    max_read_attempts: int = Field(default=3, ge=1)
     # Rows parsed and validated at a time: memory is bounded by this, whatever an object's size.
     # Larger batches cost fewer Great Expectations runs (each has a fixed cost, Data Docs included,
     # of about 0.3 s): at 1M rows, 250k batches check 170k rows/s in 1.0 GiB, 125k batches 128k

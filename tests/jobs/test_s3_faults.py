@@ -13,6 +13,7 @@ from jobs import layout, tables
 from jobs.generate import generate_day
 from jobs.ingest import ingest, read_ledger
 from jobs.lake import StorageUnavailable
+from jobs.result import DataRejected
 from jobs.settings import get_settings
 from jobs.validate import validate_batch
 
@@ -124,3 +125,37 @@ def test_only_not_found_means_absent(faulty_s3):
     proxy.fail("GET", r"_delta_log", 503)
     with pytest.raises(StorageUnavailable, match="silver/transactions"):
         tables.read(lake, layout.SILVER_TRANSACTIONS)  # no table yet, but the listing failed: not "empty"
+
+
+@pytest.mark.parametrize("fault", [403, 503])
+def test_one_unreadable_object_never_blocks_the_others(faulty_s3, fault):
+    """A key policy denies one raw object (or the store keeps failing on it): every run ingests the
+    others; after max_read_attempts runs the object is rejected with the store's answer, and the
+    next runs skip it. A failed listing still fails the run."""
+    lake, proxy = faulty_s3
+    deliver(lake, 50, "good-1.csv")
+    deliver(lake, 40, "denied.csv")
+    proxy.fail("GET", r"/raw/transactions/.*/denied\.csv", fault)
+    first = ingest(lake, DATE, "r1", max_read_attempts=3)
+    assert [d["key"].rsplit("/", 1)[-1] for d in first["unreadable_deferred"]] == ["denied.csv"]
+    assert str(fault) in first["unreadable_deferred"][0]["error"]
+    validate(lake, "r1")  # the good object lands; nothing is rejected yet
+    assert len(tables.read(lake, layout.SILVER_TRANSACTIONS)) == 50
+    assert ingest(lake, DATE, "r1", max_read_attempts=3)["objects"] == 0  # a task retry is the same attempt
+    deliver(lake, 30, "good-2.csv")
+    assert ingest(lake, DATE, "r2", max_read_attempts=3)["objects"] == 1
+    validate(lake, "r2")
+    third = ingest(lake, DATE, "r3", max_read_attempts=3)
+    assert third["files_rejected"] == [layout.raw_object(DATE, "denied.csv")]
+    with pytest.raises(DataRejected, match="unreadable") as err:
+        validate(lake, "r3")
+    assert f"HTTP {fault}" in str(err.value) and "in 3 runs" in str(err.value)
+    entries = {e["key"].rsplit("/", 1)[-1]: e for e in read_ledger(lake)}
+    assert entries["denied.csv"]["status"] == "rejected_file" and entries["denied.csv"]["broken_rules"] == \
+        {"unreadable": 0}
+    assert {k: e["rows_silver"] for k, e in entries.items()} == {"good-1.csv": 50, "good-2.csv": 30,
+                                                                 "denied.csv": 0}
+    assert ingest(lake, DATE, "r4")["objects"] == 0  # rejected once: never tried again
+    proxy.fail("GET", r"list-type=2", 500)
+    with pytest.raises(StorageUnavailable):  # listing errors still fail the run
+        ingest(lake, DATE, "r5")
