@@ -225,11 +225,15 @@ def rollback(
              "changes (default: the current champion).")] = None,
     reason: Annotated[str, typer.Option(help="Why: recorded on both model versions and in the log.")] = "",
     actor: Annotated[str, typer.Option(help="Who asked (recorded with the reason).")] = "",
+    restore_version: Annotated[Optional[str], typer.Option(
+        help="The version this rollback means to restore (pinned with --expected-version): when it already is the "
+             "champion, an earlier try swapped, and only a record cut short is completed.")] = None,
 ):
     """Restore the previous champion (compare-and-set on the expected champion)."""
     from jobs.promote import rollback as run
 
-    return run(_settings(), expected=expected_version, reason=reason, actor=actor or os.environ.get("USER", ""))
+    return run(_settings(), expected=expected_version, reason=reason, actor=actor or os.environ.get("USER", ""),
+               restore=restore_version or None, lake=_lake())
 
 
 @app.command()
@@ -248,11 +252,12 @@ def decision(
 
 @app.command()
 @step
-def champion():
+def champion(run_id: Annotated[str, typer.Option(
+        "--run-id", help="Pin the answer for this run: its later tries read the same versions.")] = ""):
     """Show which versions hold the champion and previous-champion aliases."""
     from jobs.promote import champion as run
 
-    return run(_settings())
+    return run(_settings(), _lake() if run_id else None, pin_run=run_id)
 
 
 @app.command()

@@ -113,6 +113,11 @@ def read_attempts(key: str, tag: str | None) -> str:
     return f"{UNREADABLE}/{hashlib.sha256(f'{key}@{tag}'.encode()).hexdigest()[:32]}.json"
 
 
+def champion_pin(run_id: str) -> str:
+    """What one Airflow run pinned as the champion it acts on (written once, create-only)."""
+    return f"_ledger/champion_pins/{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.json"
+
+
 def object_id(key: str, sha256: str) -> str:
     """A short, stable identity of one delivered object (key + content), used as a Delta app id."""
     return f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{sha256[:16]}"

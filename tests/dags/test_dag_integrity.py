@@ -21,7 +21,8 @@ EXPECTED_EDGES = {
     "train_model": {("train", "evaluate"), ("evaluate", "gate"), ("gate", "promote"), ("gate", "keep_champion")},
     "score_transactions": {("plan_dates", "score")},
     "monitor_drift": {("drift", "decide"), ("decide", "signal_retraining")},
-    "rollback_model": {("current_champion", "rollback")},
+    "rollback_model": {("current_champion", "rollback"), ("rollback", "stale_predictions"),
+                       ("stale_predictions", "rescore")},
     "maintain_lake": set(),
 }
 OPERATIONS_DAGS = {"rollback_model", "maintain_lake"}  # not about a date: no date in their forms

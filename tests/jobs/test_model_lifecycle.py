@@ -344,6 +344,76 @@ def test_the_registry_fails_closed(gold_lake, tmp_path):
         pre_file.write_text(original)
 
 
+def test_a_rollback_run_swaps_once_even_cleared_and_a_record_cut_short_is_completed(gold_lake):
+    """The run pins what it replaces and restores; a cleared re-run reads the pin, not the champion it
+    left; a try that died between the alias move and its record gets the record, not a second swap;
+    the days the replaced version scored are named for re-scoring."""
+    from jobs.lake import LocalLake
+    from jobs.promote import champion
+    from jobs.score import score
+
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    quick = Settings(state_dir=gold_lake, holdout_days=4, max_epochs=3, bootstrap_resamples=50,
+                     non_inferiority_margin=1.0)
+    client = mlflow_client(quick)
+    versions = []
+    for seed in (11, 12):
+        trained = train(lake, END, Settings(state_dir=gold_lake, holdout_days=4, max_epochs=3, seed=seed))
+        assert evaluate(lake, END, quick, trained["model_version"])["passed"]
+        promote(quick, trained["model_version"])
+        versions.append(trained["model_version"])
+    old, new = versions
+    assert score(lake, [END], quick)["model_version"] == new
+
+    run = Settings(**{**quick.model_dump(), "airflow_run_id": "manual__rb1"})
+    pin = champion(run, lake, pin_run="manual__rb1")
+    assert (pin["champion_version"], pin["previous_champion_version"]) == (new, old)
+    done = rollback(run, expected=pin["champion_version"], restore=pin["previous_champion_version"], reason="INC-8",
+                    lake=lake)
+    assert done["changed"] and (done["rescore_start"], done["rescore_end"]) == (END, END)
+    assert alias_version(client, run, "champion") == old
+
+    cleared = champion(run, lake, pin_run="manual__rb1")  # the whole run cleared and re-run
+    assert (cleared["champion_version"], cleared["previous_champion_version"]) == (new, old)
+    again = rollback(run, expected=cleared["champion_version"], restore=cleared["previous_champion_version"],
+                     reason="INC-8", lake=lake)
+    assert not again["changed"] and not again["record_completed"]
+    assert alias_version(client, run, "champion") == old  # never swapped back
+
+    # A second rollback run whose first try died right after moving the champion alias.
+    crashed = Settings(**{**quick.model_dump(), "airflow_run_id": "manual__rb2"})
+    pin = champion(crashed, lake, pin_run="manual__rb2")
+    assert (pin["champion_version"], pin["previous_champion_version"]) == (old, new)
+    client.set_registered_model_alias("fraud-detector", "champion", new)  # the swap's first write, then SIGKILL
+    retry = rollback(crashed, expected=old, restore=new, reason="INC-9", actor="oncall", lake=lake)
+    assert not retry["changed"] and retry["record_completed"]
+    assert (alias_version(client, crashed, "champion"), alias_version(client, crashed, "previous-champion")) == \
+        (new, old)
+    restored = client.get_model_version("fraud-detector", new).tags
+    assert (restored["rollback_reason"], restored["rollback_airflow_run_id"]) == ("INC-9", "manual__rb2")
+    assert client.get_model_version("fraud-detector", old).tags["rolled_back_airflow_run_id"] == "manual__rb2"
+
+
+def test_a_promotion_cut_short_after_the_alias_moved_is_recorded_by_its_retry(gold_lake):
+    from jobs.lake import LocalLake
+    from jobs.promote import PROMOTED_AT_TAG
+
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    quick = Settings(state_dir=gold_lake, holdout_days=4, max_epochs=3, bootstrap_resamples=50,
+                     non_inferiority_margin=1.0)
+    client = mlflow_client(quick)
+    trained = train(lake, END, Settings(state_dir=gold_lake, holdout_days=4, max_epochs=3, seed=21))
+    version = trained["model_version"]
+    assert evaluate(lake, END, quick, version)["passed"]
+    client.set_registered_model_alias("fraud-detector", "champion", version)  # the alias moved, then SIGKILL
+    assert PROMOTED_AT_TAG not in client.get_model_version("fraud-detector", version).tags
+    retry = promote(quick, version)
+    assert retry["record_completed"] and not retry["changed"]
+    mv = client.get_model_version("fraud-detector", version)
+    assert PROMOTED_AT_TAG in mv.tags and "promoted to @champion" in mv.description
+    assert "record_completed" not in promote(quick, version)  # recorded: a further retry is a plain no-op
+
+
 def test_scoring_refuses_a_tampered_onnx_file(gold_lake):
     from jobs.lake import LocalLake
     from jobs.score import score
