@@ -201,6 +201,13 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
     history_start = (Date.fromisoformat(start) - timedelta(days=LOOKBACK_DAYS)).isoformat()
     available = [d for d in silver_dates if history_start <= d <= end]
     targets, inputs = _build_inputs(lake, start, end, code_version, silver_dates, silver_version)
+    later = _stale_later_days(lake, end, code_version, silver_dates, silver_version) if targets else []
+    if later:  # late rows: the built days whose look-back window they fall in are stale too
+        log.info("%d later built day(s) read %s .. %s in their %d-day look-back and are stale (late rows?): "
+                 "building %s .. %s", len(later), targets[0], end, LOOKBACK_DAYS, start, later[-1])
+        end = later[-1]
+        targets, inputs = _build_inputs(lake, start, end, code_version, silver_dates, silver_version)
+        available = [d for d in silver_dates if history_start <= d <= end]
     if not targets:
         return {"dates": [], "rows": 0, "gold": lake.uri_of(layout.GOLD_FEATURES),
                 "note": f"no silver partitions in [{start}, {end}]"}
@@ -250,6 +257,27 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
                                {**result, "dates": [day], "rows": counts.get(day, 0)}, run_id,
                                {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, [day], gold_version)})
     return result
+
+
+def _stale_later_days(lake: lk.Lake, end: str, code_version: str, silver_dates: list[str],
+                      silver_version: int | None) -> list[str]:
+    """Built gold days after ``end`` whose look-back reaches ``end`` and whose inputs changed since their build.
+
+    A row that arrives late for day D changes the windows (1 h, 24 h, 7 d counts and sums, novelty)
+    of every day up to D + ``LOOKBACK_DAYS``: those days' silver inputs differ from what their
+    skip records say, so they are rebuilt with D, in the same commit.
+    """
+    from jobs import tables
+
+    last = (Date.fromisoformat(end) + timedelta(days=LOOKBACK_DAYS)).isoformat()
+    built = [d for d in tables.partitions(lake, layout.GOLD_FEATURES) if end < d <= last and d in set(silver_dates)]
+    stale = []
+    for day in built:
+        day_inputs = _build_inputs(lake, day, day, code_version, silver_dates, silver_version)[1]
+        outputs = {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, [day])}
+        if unchanged.previous(lake, "features", day, day_inputs, outputs) is None:
+            stale.append(day)
+    return stale
 
 
 def _build_inputs(lake: lk.Lake, start: str, end: str, code_version: str,

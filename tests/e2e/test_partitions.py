@@ -95,7 +95,9 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path, inbox)
 
         first = poll_db(db, proc, gold_versions, lambda rows: len(rows) == len(DAYS), timeout=30, every=1)
         built = {key: json.loads(value) for key, value in first}
-        assert [built[d]["dates"] for d in DAYS] == [[d] for d in DAYS]  # each run built its own day
+        # Each run built its own day (the first day's run also the second when that one was built before
+        # the first day's rows landed: its look-back was stale).
+        assert [built[d]["dates"][0] for d in DAYS] == DAYS and built[DAYS[-1]]["dates"] == [DAYS[-1]], built
 
         # Clear one partition: its run is re-queued and runs again, and, its inputs unchanged, the
         # features step does not rebuild the same day (saying so); the work being this run's own,
@@ -129,6 +131,37 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path, inbox)
         assert (DAYS[0], "backfill", "success") in final, final
         forced = poll_db(db, proc, retried, lambda rows: len(rows) == 3, timeout=30, every=1)
         assert (DAYS[0], 1, "success") in forced and forced.count((DAYS[0], 1, "success")) == 2, forced
+
+        # Late rows for the first day, for cards that spend on the second: ingesting them rebuilds the first
+        # day's features and the second's (its 24 h / 7 d windows hold them), and both days are scored again.
+        def seven_day_counts(day):
+            from deltalake import DeltaTable
+
+            gold = DeltaTable(str(state / "lake" / "gold" / "features")).to_pandas(filters=[("date", "=", day)])
+            return gold["card_txn_count_7d"].sum()
+
+        before = seven_day_counts(DAYS[-1])
+        score_keys = len(poll_db(db, proc, lambda c: runs(c, "score_transactions"), lambda r: True, timeout=5))
+        second = generate_day(DAYS[-1], 150)  # the same seed: the cards of the second day's delivery
+        late = generate_day(DAYS[0], 40, delivery="late")
+        late["card_id"] = second["card_id"].iloc[:40].to_numpy()
+        late.to_csv(raw / f"date={DAYS[0]}" / "late.csv", index=False)
+        api.call("POST", "/api/v2/dags/ingest_transactions/dagRuns",
+                 {"dag_run_id": "late_rows", "logical_date": None, "conf": {"date": DAYS[0]}})
+
+        def rebuilt(conn):
+            return conn.execute(
+                "select x.value from xcom x join dag_run r on r.id = x.dag_run_id where r.dag_id = 'build_features' "
+                "and x.task_id = 'features' and x.key = 'return_value' and r.partition_key = ? order by r.id",
+                (DAYS[0],)).fetchall()
+
+        after_late = poll_db(db, proc, rebuilt, lambda rows: len(rows) >= 3, timeout=300)
+        late_build = json.loads(after_late[-1][0])
+        assert late_build["dates"] == DAYS and not late_build.get("skipped"), late_build
+        assert seven_day_counts(DAYS[-1]) > before  # the second day's windows now hold the late rows
+        scored = poll_db(db, proc, lambda c: runs(c, "score_transactions"),
+                         lambda r: len(r) >= score_keys + 2 and settled(r), timeout=300)
+        assert {k for k, _, _ in scored[score_keys:]} == set(DAYS), scored  # both days sent to scoring again
 
         # The DeadlineAlert of the nightly run: mailed by the triggerer through the SMTP notifier.
         yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()

@@ -414,6 +414,50 @@ def test_a_promotion_cut_short_after_the_alias_moved_is_recorded_by_its_retry(go
     assert "record_completed" not in promote(quick, version)  # recorded: a further retry is a plain no-op
 
 
+def test_late_rows_rebuild_and_rescore_every_day_whose_look_back_holds_them(gold_lake):
+    """From the command line: a late delivery for END-2 rebuilds END-2 and the two built days after it
+    (their 24 h and 7 d windows hold the late rows), and scoring those days scores them again."""
+    import os
+
+    import pandas as pd
+
+    from jobs import layout, tables
+    from jobs.generate import generate_day
+    from jobs.lake import LocalLake
+
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    late_day, day_after = "2026-03-12", "2026-03-13"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")},
+           "PIPELINE_STATE_DIR": str(gold_lake), "TQDM_DISABLE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+    def job(*args):
+        out = subprocess.run([sys.executable, "-m", "jobs", *args], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        import json
+
+        return json.loads(out.stdout.strip().splitlines()[-1].split("::pipeline-result::")[-1])
+
+    assert job("score", "--start", late_day, "--date", END)["dates"] == [late_day, day_after, END]
+    before = tables.read(lake, layout.GOLD_FEATURES, dates=[day_after]).set_index("transaction_id")
+    scored_before = tables.read(lake, layout.PREDICTIONS, dates=[day_after]).set_index("transaction_id")
+    busy = before.sort_values("card_txn_count_24h").index[-20:]  # cards that spend on the day after
+    late = generate_day(late_day, 20, delivery="late")
+    late["card_id"] = before.loc[busy, "card_id"].to_numpy()
+    late["timestamp"] = f"{late_day}T23:30:00Z"
+    lake.write_bytes(layout.raw_object(late_day, "late.csv"), late.to_csv(index=False).encode())
+    job("ingest", "--date", END, "--run-id", "late")
+    assert job("validate", "--date", END, "--run-id", "late")["silver_dates"] == [late_day]
+    built = job("features", "--date", late_day)
+    assert built["dates"] == [late_day, day_after, END] and not built.get("skipped"), built
+    after = tables.read(lake, layout.GOLD_FEATURES, dates=[day_after]).set_index("transaction_id")
+    assert (after.loc[busy, "card_txn_count_7d"] > before.loc[busy, "card_txn_count_7d"]).all()
+    rescored = job("score", "--start", late_day, "--date", END)
+    assert not rescored.get("skipped") and rescored["dates"] == [late_day, day_after, END]
+    scored_after = tables.read(lake, layout.PREDICTIONS, dates=[day_after]).set_index("transaction_id")
+    changed = (scored_after.loc[busy, "fraud_probability"] - scored_before.loc[busy, "fraud_probability"]).abs()
+    assert (changed > 0).any() and pd.Index(scored_after.index).is_unique
+
+
 def test_scoring_refuses_a_tampered_onnx_file(gold_lake):
     from jobs.lake import LocalLake
     from jobs.score import score
