@@ -250,6 +250,17 @@ def decision(
     return record_decision(_settings(), model_version, decision, by, reason)
 
 
+@app.command("gate-keys")
+@step
+def gate_keys():
+    """Print a new Ed25519 key pair for the gate's verdicts: the private half for the evaluate job only
+    (PIPELINE_GATE_SIGNING_KEY), the public half for every job (PIPELINE_GATE_PUBLIC_KEY)."""
+    from jobs.verdict import generate_keypair
+
+    private, public = generate_keypair()
+    return {"PIPELINE_GATE_SIGNING_KEY": private, "PIPELINE_GATE_PUBLIC_KEY": public}
+
+
 @app.command()
 @step
 def champion(run_id: Annotated[str, typer.Option(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs import calibration, layout, links, modelcard, unchanged
+from jobs import calibration, layout, links, modelcard, unchanged, verdict
 from jobs import lake as lk
 from jobs.features import LABEL
 from jobs.gate import decide, render_html, render_slices
@@ -174,6 +174,10 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
     client.set_model_version_tag(settings.model_name, model_version, "gate_champion_version", champion_version or "")
     report_uri = lake.uri_of(layout.gate_report(date, model_version, "md"))
     client.set_model_version_tag(settings.model_name, model_version, "gate_report", report_uri)
+    # Signed last, over the tags as the registry now holds them: only this job holds the key.
+    written = client.get_model_version(settings.model_name, model_version).tags
+    client.set_model_version_tag(settings.model_name, model_version, verdict.SIGNATURE_TAG,
+                                 verdict.sign(settings, model_version, written))
     log.info("gate for v%s: %s", model_version, report.verdict)
     for c in report.checks:
         log.info("  %-24s %-10s %s %s -> %s", c.name, "n/a" if c.value is None else f"{c.value:.4g}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from jobs import links, modelcard
+from jobs import links, modelcard, verdict
 from jobs.registry import alias_version, mlflow_client, use_promotion_identity
 from jobs.result import JobError
 from jobs.settings import Settings
@@ -46,6 +46,7 @@ def promote(settings: Settings, model_version: str) -> dict:
             f"{settings.model_name} v{model_version} did not pass its gate "
             f"({mv.tags.get('gate_verdict', 'never evaluated')}): not promoting"
         )
+    verdict.verify(settings, model_version, mv.tags)  # written by the gate, not by any other identity
     current = alias_version(client, settings, settings.champion_alias)
     compared_with = mv.tags.get("gate_champion_version") or None
     if current != str(model_version) and current != compared_with:

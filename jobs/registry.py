@@ -130,10 +130,19 @@ def gated_champion(client, settings: Settings) -> str | None:
                        lambda: client.get_model_version(settings.model_name, version))
     if mv is None:
         return None
+    from jobs import verdict
+
+    why = None
     if mv.tags.get("gate_passed") != "true":
         why = (f"@{settings.champion_alias} points at {settings.model_name} v{version}, which "
                f"{'failed' if mv.tags.get('gate_passed') == 'false' else 'never passed'} its gate "
                f"({mv.tags.get('gate_verdict') or 'no gate verdict recorded'})")
+    else:
+        try:
+            verdict.verify(settings, version, mv.tags)
+        except verdict.VerdictUnsigned as exc:
+            why = f"@{settings.champion_alias} points at a version whose verdict is not the gate's: {exc}"
+    if why is not None:
         if not settings.allow_ungated_champion:
             raise UngatedChampion(f"{why}: refusing to use it. Promote a gated version (train_model), roll back "
                                   "(rollback_model), or set PIPELINE_ALLOW_UNGATED_CHAMPION=true for an emergency.")

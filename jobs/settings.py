@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     promotion_mlflow_username: str = Field(
         default="", description="MLflow user of the promote and rollback jobs; empty: the jobs' own identity.")
     promotion_mlflow_password: SecretStr = SecretStr("")
+    # The gate signs its verdict (jobs/verdict.py): the runners give the private key to the evaluate
+    # job only; promotion, scoring and drift verify with the public key. Both empty (the embedded
+    # default): a key pair generated once under <state_dir>/keys/.
+    gate_signing_key: SecretStr = Field(default=SecretStr(""), description="Ed25519 private key (base64, 32 "
+                                        "bytes) the evaluate job signs gate verdicts with; the evaluate job only.")
+    gate_public_key: str = Field(default="", description="Ed25519 public key (base64) that promotion, scoring "
+                                 "and drift check gate verdicts with; empty: the state folder's key pair.")
 
     # --- Airflow side of the lake ---------------------------------------------------------
     aws_conn_id: str = Field(default="lake_s3", description="Airflow connection the S3 sensor uses.")

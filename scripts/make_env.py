@@ -37,6 +37,9 @@ SECRETS = (
     "MLFLOW_ADMIN_PASSWORD",
     "MLFLOW_PIPELINE_PASSWORD",
     "MLFLOW_PROMOTER_PASSWORD",
+    # The gate's Ed25519 key pair (jobs/verdict.py): the private half reaches the evaluate job only.
+    "GATE_SIGNING_KEY",
+    "GATE_PUBLIC_KEY",
 )
 MIN_LENGTH = 16
 PLACEHOLDER = re.compile(r"change.?me|replace|generate|example|secret$|password$|^admin$", re.IGNORECASE)
@@ -44,10 +47,28 @@ PLACEHOLDER = re.compile(r"change.?me|replace|generate|example|secret$|password$
 URI_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def generate(name: str) -> str:
+def generate(name: str, values: dict[str, str]) -> str:
     if name == "AIRFLOW_FERNET_KEY":  # Fernet: 32 random bytes, url-safe base64 (with its '=' padding)
         return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    if name == "GATE_SIGNING_KEY":  # any 32 random bytes are an Ed25519 private key
+        return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    if name == "GATE_PUBLIC_KEY":
+        return gate_public_key(values["GATE_SIGNING_KEY"])
     return secrets.token_urlsafe(32)
+
+
+def gate_public_key(private: str) -> str:
+    """The public half of the gate's private key (url-safe base64, no padding), as jobs/verdict.py reads it."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    except ImportError:
+        raise SystemExit("make env: the gate's key pair needs the 'cryptography' package: run `make setup` first, "
+                         "then `.venv/bin/python scripts/make_env.py`") from None
+    raw = base64.urlsafe_b64decode(private + "=" * (-len(private) % 4))
+    public = Ed25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.urlsafe_b64encode(public).decode().rstrip("=")
 
 
 def problems(environ: dict[str, str]) -> list[str]:
@@ -83,7 +104,7 @@ def read_env(path: Path) -> dict[str, str]:
 def write(target: Path, example: Path) -> list[str]:
     """Write ``target`` from ``example``: existing values kept, empty secrets generated. Returns the new names."""
     existing = read_env(target) if target.exists() else {}
-    generated, lines = [], []
+    generated, lines, values = [], [], {}
     for line in example.read_text().splitlines():
         key, sep, value = line.partition("=")
         key = key.strip()
@@ -93,8 +114,9 @@ def write(target: Path, example: Path) -> list[str]:
         if key in existing:
             value = existing[key]
         elif key in SECRETS and not value:
-            value = generate(key)
+            value = generate(key, {**existing, **values})
             generated.append(key)
+        values[key] = value
         lines.append(f"{key}={value}")
     tmp = target.with_name(target.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -47,5 +47,10 @@ dag train_model
 dag score_transactions -c "{\"start_date\": \"$SCORE_FROM\"}"
 dag monitor_drift
 
+# The chain ran every consumer itself: the provisional runs `dags test` left for a scheduler would
+# only replay it, all at once, on the first `make up` (plugins/pipeline/queues.py).
+step "settling the asset queues"
+python -m pipeline.queues
+
 step "summary"
 python -m jobs summary --date "$END_DATE" 2>/dev/null | grep -v '^::'

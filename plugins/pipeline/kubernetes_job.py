@@ -28,7 +28,7 @@ from kubernetes.client import models as k8s
 from jobs.result import RESULT_FILE_ENV
 from pipeline.links import JOB_LINKS
 from pipeline.operators import JobTask
-from pipeline.runners import PROMOTION_STEPS, Resources, RunnerSettings, forwarded_env
+from pipeline.runners import GATE_STEPS, PROMOTION_STEPS, Resources, RunnerSettings, forwarded_env
 
 XCOM_RESULT_FILE = "/airflow/xcom/return.json"  # read by the provider's XCom sidecar
 STATE_DIR = "/data/state"  # scratch space of a pod (the lake and MLflow are remote)
@@ -40,10 +40,13 @@ def _pairs(spec: str) -> dict[str, str]:
 
 
 def env_secrets(settings: RunnerSettings, step: str) -> list[str]:
-    """The Secrets a job's pod gets as environment: everyone's, and for promote/rollback the promotion identity."""
+    """The Secrets a job's pod gets as environment: everyone's, for promote/rollback the promotion identity,
+    for evaluate the gate's signing key."""
     names = settings.k8s_env_secrets.split(",")
     if step in PROMOTION_STEPS:
         names += settings.k8s_promotion_env_secrets.split(",")
+    if step in GATE_STEPS:
+        names += settings.k8s_gate_env_secrets.split(",")
     return [name.strip() for name in names if name.strip()]
 
 

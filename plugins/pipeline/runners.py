@@ -55,6 +55,8 @@ class RunnerSettings(BaseSettings):
     k8s_env_secrets: str = ""  # Secrets whose keys become the pod's environment (envFrom), comma-separated
     # Secrets for the promote and rollback pods only: the promotion identity (PIPELINE_PROMOTION_*).
     k8s_promotion_env_secrets: str = ""
+    # Secrets for the evaluate pod only: the gate's signing key (PIPELINE_GATE_SIGNING_KEY).
+    k8s_gate_env_secrets: str = ""
     k8s_gpu_node_selector: str = "nvidia.com/gpu.present=true"  # "key=value,...", GPU jobs only
     k8s_gpu_tolerations: str = "nvidia.com/gpu"  # taint keys tolerated by GPU jobs (NoSchedule)
     k8s_image_pull_policy: str = "IfNotPresent"
@@ -92,10 +94,19 @@ _FORWARDED_PREFIXES = ("PIPELINE_", "AWS_", "MLFLOW_", "AIRFLOW_CONN_")
 # credentials stay on the worker).
 _RUNNER_ONLY = re.compile(r"^(PIPELINE_(JOB_(RUNNER|IMAGE|IMAGE_GPU|GPUS|RESULT_FILE)|DOCKER_\w+|K8S_\w+|NOTIFY_\w+|"
                           r"PREDICTIONS_DEADLINE_MINUTES)|AIRFLOW_CONN_SMTP\w*)$")
-_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|^AIRFLOW_CONN_")
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|SIGNING_KEY|^AIRFLOW_CONN_")
 # The promotion identity (the MLflow user allowed to move aliases) goes to these jobs only.
 PROMOTION_STEPS = frozenset({"promote", "rollback"})
 _PROMOTION_ONLY = re.compile(r"^PIPELINE_PROMOTION_")
+# The gate's signing key (jobs/verdict.py) goes to the evaluate job only.
+GATE_STEPS = frozenset({"evaluate"})
+_GATE_ONLY = re.compile(r"^PIPELINE_GATE_SIGNING_KEY$")
+_STEP_SCOPED = ((_PROMOTION_ONLY, PROMOTION_STEPS), (_GATE_ONLY, GATE_STEPS))
+
+
+def reaches(key: str, step: str | None) -> bool:
+    """Whether the worker variable ``key`` may reach the job ``step`` (step-scoped identities and keys)."""
+    return all(step in steps for pattern, steps in _STEP_SCOPED if pattern.match(key))
 _SECRET_IN_URI = re.compile(r"://[^/@\s]*:[^/@\s]*@")  # scheme://user:password@host
 
 
@@ -105,13 +116,14 @@ def forwarded_env(environ: Mapping[str, str], extra: Mapping[str, str] = (), ste
 
     Secret ones (credentials, connection URIs, URIs with a password) must never be written
     into a rendered template, an operator's fields or a pod spec in clear. The promotion
-    identity (``PIPELINE_PROMOTION_*``) reaches the promote and rollback jobs only.
+    identity (``PIPELINE_PROMOTION_*``) reaches the promote and rollback jobs only, the gate's
+    signing key (``PIPELINE_GATE_SIGNING_KEY``) the evaluate job only.
     """
     plain, secret = {}, {}
     for key, value in {**environ, **dict(extra)}.items():
         if not key.startswith(_FORWARDED_PREFIXES) or _RUNNER_ONLY.match(key):
             continue
-        if _PROMOTION_ONLY.match(key) and step not in PROMOTION_STEPS:
+        if not reaches(key, step):
             continue
         target = secret if _SECRET_NAME.search(key) or _SECRET_IN_URI.search(value) else plain
         target[key] = value
@@ -175,8 +187,8 @@ class LocalRunner:
     def run(self, spec: JobSpec, log) -> dict:
         with tempfile.TemporaryDirectory(prefix=f"job-{spec.step}-") as tmp:
             result_file = os.path.join(tmp, "result.json")
-            env = {k: v for k, v in {**os.environ, **spec.env}.items()  # the promotion identity: its jobs only
-                   if not _PROMOTION_ONLY.match(k) or spec.step in PROMOTION_STEPS}
+            env = {k: v for k, v in {**os.environ, **spec.env}.items()  # step-scoped identities: their jobs only
+                   if reaches(k, spec.step)}
             env.update({RESULT_FILE_ENV: result_file, "PYTHONUNBUFFERED": "1"})
             cmd = [sys.executable, *spec.command[1:]]
             log.info("local runner: %s (resources %s; a local process uses what the host has)",

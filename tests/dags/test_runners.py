@@ -273,3 +273,13 @@ def test_work_found_done_is_skipped_unless_it_is_this_runs_own_then_downstream_i
     own = {**found, "unchanged_since": RUN_ID}  # an earlier try of this run did it, or the task was cleared
     assert task.publish(own, {"run_id": RUN_ID, "outlet_events": events, "ti": ti}) == own
     assert events[asset].partitions == [DATE] and events[asset].extra["step"] == "features"
+
+
+def test_the_gate_signing_key_reaches_the_evaluate_job_only():
+    worker = {**WORKER_ENV, "PIPELINE_GATE_SIGNING_KEY": "a2V5", "PIPELINE_GATE_PUBLIC_KEY": "cHVi"}
+    for step in ("ingest", "validate", "features", "train", "promote", "score", "drift"):
+        plain, secret = forwarded_env(worker, step=step)
+        assert "PIPELINE_GATE_SIGNING_KEY" not in {**plain, **secret}, step
+        assert plain["PIPELINE_GATE_PUBLIC_KEY"] == "cHVi"
+    plain, secret = forwarded_env(worker, step="evaluate")
+    assert secret["PIPELINE_GATE_SIGNING_KEY"] == "a2V5"

@@ -141,7 +141,11 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path, inbox)
             return gold["card_txn_count_7d"].sum()
 
         before = seven_day_counts(DAYS[-1])
-        score_keys = len(poll_db(db, proc, lambda c: runs(c, "score_transactions"), lambda r: True, timeout=5))
+        def score_runs_by_day(conn):
+            found = runs(conn, "score_transactions")
+            return {d: sum(1 for k, _, _ in found if k == d) for d in DAYS}, settled(found)
+
+        scored_before = poll_db(db, proc, score_runs_by_day, lambda r: True, timeout=5)[0]
         second = generate_day(DAYS[-1], 150)  # the same seed: the cards of the second day's delivery
         late = generate_day(DAYS[0], 40, delivery="late")
         late["card_id"] = second["card_id"].iloc[:40].to_numpy()
@@ -159,9 +163,9 @@ def test_backfill_partitions_and_clear_one_through_the_rest_api(tmp_path, inbox)
         late_build = json.loads(after_late[-1][0])
         assert late_build["dates"] == DAYS and not late_build.get("skipped"), late_build
         assert seven_day_counts(DAYS[-1]) > before  # the second day's windows now hold the late rows
-        scored = poll_db(db, proc, lambda c: runs(c, "score_transactions"),
-                         lambda r: len(r) >= score_keys + 2 and settled(r), timeout=300)
-        assert {k for k, _, _ in scored[score_keys:]} == set(DAYS), scored  # both days sent to scoring again
+        scored, _ = poll_db(db, proc, score_runs_by_day,
+                            lambda r: r[1] and all(r[0][d] > scored_before[d] for d in DAYS), timeout=300)
+        assert all(scored[d] > scored_before[d] for d in DAYS), (scored_before, scored)  # both days scored again
 
         # The DeadlineAlert of the nightly run: mailed by the triggerer through the SMTP notifier.
         yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()

@@ -458,6 +458,43 @@ def test_late_rows_rebuild_and_rescore_every_day_whose_look_back_holds_them(gold
     assert (changed > 0).any() and pd.Index(scored_after.index).is_unique
 
 
+def test_only_the_gate_can_write_a_verdict_that_promotion_and_scoring_trust(gold_lake):
+    """Tags are editable by the pipeline identity every job has (ingestion parses untrusted files): a
+    forged or copied verdict does not verify, so promotion and scoring refuse it."""
+    from jobs.lake import LocalLake
+    from jobs.registry import UngatedChampion
+    from jobs.score import score
+    from jobs.verdict import SIGNATURE_TAG, VerdictUnsigned, generate_keypair
+
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    quick = Settings(state_dir=gold_lake, holdout_days=4, max_epochs=2, bootstrap_resamples=50)
+    client = mlflow_client(quick)
+    champion = alias_version(client, quick, "champion")
+    bad = train(lake, END, quick, permute_labels=True)["model_version"]
+    assert not evaluate(lake, END, quick, bad)["passed"]
+    assert client.get_model_version("fraud-detector", bad).tags[SIGNATURE_TAG]  # failed verdicts are signed too
+    client.set_model_version_tag("fraud-detector", bad, "gate_passed", "true")  # forged by the pipeline identity
+    with pytest.raises(VerdictUnsigned, match="do not match the gate's signature"):
+        promote(quick, bad)
+    good = client.get_model_version("fraud-detector", champion).tags
+    for tag in ("gate_verdict", "gate_champion_version", SIGNATURE_TAG):  # a passing version's verdict, copied
+        client.set_model_version_tag("fraud-detector", bad, tag, good[tag])
+    with pytest.raises(VerdictUnsigned):
+        promote(quick, bad)
+    client.set_registered_model_alias("fraud-detector", "champion", bad)  # moved by hand in the MLflow UI
+    try:
+        with pytest.raises(UngatedChampion, match="not the gate's"):
+            score(lake, [END], quick)
+    finally:
+        client.set_registered_model_alias("fraud-detector", "champion", champion)
+    assert alias_version(client, quick, "champion") == champion
+    # Where keys are configured (the stack, Kubernetes), a job without the private half cannot sign.
+    _, public = generate_keypair()
+    with pytest.raises(JobError, match="only the evaluate job holds"):
+        evaluate(lake, END, Settings(state_dir=gold_lake, holdout_days=4, bootstrap_resamples=50,
+                                     gate_public_key=public), bad, force=True)
+
+
 def test_scoring_refuses_a_tampered_onnx_file(gold_lake):
     from jobs.lake import LocalLake
     from jobs.score import score

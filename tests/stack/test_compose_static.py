@@ -223,12 +223,17 @@ def test_airflow_services_share_one_configuration(services):
     airflow = {name: svc for name, svc in services.items() if name.startswith("airflow-")}
     assert {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
             "airflow-triggerer"} <= set(airflow)
-    reference = environment(airflow[WORKER])
+    scoped = ("PIPELINE_PROMOTION_MLFLOW_USERNAME", "PIPELINE_PROMOTION_MLFLOW_PASSWORD", "PIPELINE_GATE_SIGNING_KEY")
+    worker = environment(airflow[WORKER])
+    assert all(worker.get(k) for k in scoped), "the worker hands the step-scoped secrets to their jobs"
+    reference = {k: v for k, v in worker.items() if k not in scoped}
     for name, svc in airflow.items():
         env = environment(svc)
         if name == "airflow-init":  # also creates the first Admin: its credentials go there only
             env = {k: v for k, v in env.items() if k not in ("AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_PASSWORD")}
-        assert env == reference, f"{name} has another environment than {WORKER}"
+        if name != WORKER:  # the promoter's password and the gate's key: on the worker alone
+            assert not set(scoped) & set(env), f"{name} holds a step-scoped secret"
+            assert env == reference, f"{name} has another environment than {WORKER}"
         assert svc["image"] == reference["PIPELINE_JOB_IMAGE"], f"{name} must run the job image"
 
 

@@ -50,7 +50,8 @@ def test_every_pipeline_variable_is_read_by_the_code():
 
 def test_no_credentials_in_the_values():
     for key, value in values_env().items():
-        if key not in ("PIPELINE_K8S_ENV_SECRETS", "PIPELINE_K8S_PROMOTION_ENV_SECRETS"):  # names Secrets, holds none
+        if key not in ("PIPELINE_K8S_ENV_SECRETS", "PIPELINE_K8S_PROMOTION_ENV_SECRETS",
+                       "PIPELINE_K8S_GATE_ENV_SECRETS"):  # names Secrets, holds none
             assert not any(word in key for word in ("SECRET", "PASSWORD", "ACCESS_KEY", "TOKEN")), key
         assert "@" not in value, f"{key} looks like a URI with credentials"
 
@@ -62,7 +63,8 @@ def test_values_name_what_the_manifests_define():
     assert ("Namespace", env["PIPELINE_K8S_NAMESPACE"]) in kinds
     assert ("ServiceAccount", env["PIPELINE_K8S_SERVICE_ACCOUNT"]) in kinds
     secrets = {d["metadata"]["name"] for d in documents("secrets.example.yaml") if d["kind"] == "Secret"}
-    named = set(env["PIPELINE_K8S_ENV_SECRETS"].split(",")) | set(env["PIPELINE_K8S_PROMOTION_ENV_SECRETS"].split(","))
+    named = {name for key in ("PIPELINE_K8S_ENV_SECRETS", "PIPELINE_K8S_PROMOTION_ENV_SECRETS",
+                              "PIPELINE_K8S_GATE_ENV_SECRETS") for name in env[key].split(",")}
     assert named == secrets
     cluster_scoped = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")  # bound to the namespace
     assert all(d["metadata"].get("namespace", d["metadata"]["name"]) == env["PIPELINE_K8S_NAMESPACE"]

@@ -75,3 +75,25 @@ def test_the_generated_fernet_key_is_one_airflow_accepts(tmp_path):
 def test_make_has_an_env_target():
     makefile = (ROOT / "Makefile").read_text()
     assert "\nenv:\n" in makefile and "scripts/make_env.py" in makefile
+
+
+def test_the_gate_key_pair_signs_and_verifies_and_a_job_without_the_private_half_cannot_sign(tmp_path):
+    from jobs.result import JobError
+    from jobs.settings import Settings
+    from jobs.verdict import VerdictUnsigned, sign, verify
+
+    target = tmp_path / ".env"
+    assert run("--env-file", str(target)).returncode == 0
+    env = read(target)
+    tags = {"gate_passed": "true", "gate_champion_version": "3", "gate_verdict": "PASS", "onnx_sha256": "ab" * 32}
+    evaluator = Settings(state_dir=tmp_path, gate_signing_key=env["GATE_SIGNING_KEY"],
+                         gate_public_key=env["GATE_PUBLIC_KEY"])
+    scorer = Settings(state_dir=tmp_path, gate_public_key=env["GATE_PUBLIC_KEY"])
+    signed = {**tags, "gate_signature": sign(evaluator, "4", tags)}
+    verify(scorer, "4", signed)
+    import pytest
+
+    with pytest.raises(VerdictUnsigned):
+        verify(scorer, "5", signed)  # the same tags copied onto another version
+    with pytest.raises(JobError, match="only the evaluate job holds"):
+        sign(scorer, "4", tags)
