@@ -533,6 +533,10 @@ class RawFile:
             yield self._invalid_rows(header, [_BrokenLine(broken[n][0], f"{QUOTING_RULE}: line {n}: {broken[n][1]}")
                                               for n in lines])
 
+    def _line_numbers(self, texts: list[str]) -> dict[str, list[int]]:
+        """Where the parser's malformed lines are in the delivered file (it does not say, when threaded)."""
+        return _lines_of(self.path, texts)
+
     def _has_data_line(self) -> bool:
         with open(self.path, "rb") as f:
             f.readline()
@@ -548,6 +552,8 @@ class RawFile:
     def _invalid_rows(self, header: list[str], invalid: list):
         """CSV lines without the header's field count: short ones padded with nulls, long ones malformed."""
         records, text, why = [], [], []
+        lines = self._line_numbers([row.text for row in invalid if not isinstance(row, _BrokenLine)
+                                    and row.actual_columns > row.expected_columns])
         for row in invalid:
             fields = _csv_fields(row.text)
             values = dict(zip(header, fields, strict=False))
@@ -555,11 +561,31 @@ class RawFile:
             text.append(row.text)
             if isinstance(row, _BrokenLine):
                 why.append(row.why)
+            elif row.actual_columns < row.expected_columns:
+                why.append(None)  # read as a row with nulls: the contract's not-null rules name it
             else:
-                why.append(None if row.actual_columns < row.expected_columns else
-                           f"malformed_row: the line has {row.actual_columns} fields, the header "
+                number = lines.get(row.text, [None]).pop(0) if lines.get(row.text) else None
+                if number is not None:
+                    self.broken_lines.append(number)
+                where = f"line {number}: " if number is not None else ""
+                why.append(f"malformed_row: {where}the line has {row.actual_columns} fields, the header "
                            f"{row.expected_columns}")
+        self.broken_lines.sort()
         return self._table(pd.DataFrame.from_records(records, columns=RAW_COLUMNS), text, why)
+
+
+def _lines_of(path: Path, texts: list[str]) -> dict[str, list[int]]:
+    """The physical line numbers (1-based) of lines whose text is one of ``texts``, in file order."""
+    wanted = set(texts)
+    found: dict[str, list[int]] = {}
+    if not wanted:
+        return found
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.rstrip(b"\r\n").decode("utf-8", errors="replace").removeprefix("\ufeff")
+            if line in wanted:
+                found.setdefault(line, []).append(number)
+    return found
 
 
 def parse_raw(key: str, data: bytes, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> pd.DataFrame:

@@ -3,6 +3,7 @@ the future is refused, skip records name the code itself, reports cannot carry m
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -98,3 +99,17 @@ def test_markup_in_a_category_is_quarantined_before_any_report_shows_it(lake, va
     assert result["rows_silver"] == 39
     assert value not in set(tables.read(lake, layout.SILVER_TRANSACTIONS)["merchant_category"])
     assert "merchant_category is letters, digits, spaces and _ . / - only" in quarantined(lake)["_reason"].iloc[0]
+
+
+def test_data_docs_show_counts_and_rules_never_a_delivered_value(lake):
+    day = generate_day(DAY, 40).astype(object)
+    day.loc[3, "card_id"] = "4111 1111 1111 1111"  # a card number where an id belongs
+    day.loc[7, "amount"] = "-1234.56"
+    deliver(lake, day, "a.csv")
+    run(lake, "run1")
+    pages = [k for k in lake.partition_files(layout.data_docs("run1")) if k.endswith(".html")]
+    text = "".join(lake.read_bytes(k).decode(errors="replace") for k in pages)
+    shown = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+    assert "Unsuccessful Expectations 2" in shown  # what failed, counted
+    assert "4111 1111" not in text and "1234.56" not in text
+    assert day.loc[3, "transaction_id"] not in text

@@ -137,3 +137,14 @@ def test_a_float_typed_identifier_column_rejects_the_file_with_its_reason(lake):
     day.to_parquet(data)
     with pytest.raises(FileRejected, match="float_id_column: column customer_id is typed double"):
         parse_raw("a.parquet", data.getvalue())
+
+
+def test_a_line_with_too_many_fields_is_quarantined_by_its_line_number(lake):
+    lines = generate_day(DAY, 50).to_csv(index=False).splitlines()
+    lines[30] += ",an,extra,field"  # line 31
+    deliver(lake, ("\n".join(lines) + "\n").encode(), "a.csv")
+    run(lake, "run1")
+    (reason,) = quarantined(lake)["_reason"]
+    assert reason == "malformed_row: line 31: the line has 14 fields, the header 11"
+    (entry,) = read_ledger(lake)
+    assert entry["broken_rules"] == {"malformed_row": 1} and "malformed lines quarantined: 31" in entry["detail"]
