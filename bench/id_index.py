@@ -93,7 +93,8 @@ def main() -> None:
             for start in range(0, history, step):  # the history, claimed a million at a time
                 part = tmp / f"hist-{start}.parquet"
                 silver_like(part, start, min(step, history - start), f"history-{start}")
-                id_index.claim(lake, part, min(step, history - start), f"history-{start}", f"h{start}", tmp, "bench")
+                name = f"history-{start}"
+                id_index.claim(lake, part, min(step, history - start), name, name, tmp, "bench")
                 part.unlink()
             for rows in (int(d) for d in args.deliveries.split(",")):
                 delivery = tmp / f"new-{rows}.parquet"
@@ -101,13 +102,13 @@ def main() -> None:
                 ids = pq.read_table(delivery, columns=["transaction_id"]).column("transaction_id").combine_chunks()
                 floor_s = floor(lake, ids)
                 t0 = time.perf_counter()
-                claimed = id_index.claim(lake, delivery, rows, f"new-{rows}", f"n{rows}", tmp, "bench")
+                claimed = id_index.claim(lake, delivery, rows, f"new-{rows}", f"new-{rows}", tmp, "bench")
                 claim_s = time.perf_counter() - t0
                 assert claimed.owned.all()
                 # The same ids again, in another object: every one is found, wherever its date.
                 again = tmp / f"again-{rows}.parquet"
                 silver_like(again, 10**11 + rows, rows, f"again-{rows}")
-                dup = id_index.claim(lake, again, rows, f"again-{rows}", f"a{rows}", tmp, "bench")
+                dup = id_index.claim(lake, again, rows, f"again-{rows}", f"again-{rows}", tmp, "bench")
                 print(f"{history:>10,} {rows:>9,} {floor_s:>8.2f} {claim_s:>8.2f} {claim_s / floor_s:>5.1f}x "
                       f"{int(dup.duplicate.sum()):>9,}")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")

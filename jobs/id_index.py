@@ -25,6 +25,9 @@ from jobs.lake import Lake
 log = logging.getLogger(__name__)
 
 BUCKETS = 16  # hash buckets of the id: enough to prune a small delivery's lookup, few files per commit
+# Above this many rows an object claims its ids one bucket at a time: a MERGE's hash join must fit
+# DataFusion's memory pool (jobs.tables.MERGE_MEMORY_BYTES), and it does not spill (1M rows into 1M failed).
+BUCKET_MERGE_ROWS = 100_000
 # The contract values a row hash covers: a duplicate has all of them equal, a conflict differs in one.
 HASHED_COLUMNS = ["card_id", "customer_id", "merchant_id", "merchant_category", "amount", "currency",
                   "timestamp", "channel", "country", "is_fraud"]
@@ -59,14 +62,21 @@ def index_rows(staged_silver: Path, out: Path, workdir: Path) -> list[str]:
         con.close()
 
 
-def _reader(path: Path):
+def _reader(path: Path, bucket: str | None = None):
+    """The index rows staged in ``path`` (only ``bucket``'s, when given) as a stream."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path, pre_buffer=False)
     schema = _schema()
-    return pa.RecordBatchReader.from_batches(
-        schema, (b.cast(schema) for b in pf.iter_batches(batch_size=100_000, columns=INDEX_COLUMNS)))
+
+    def batches():
+        for batch in pf.iter_batches(batch_size=100_000, columns=INDEX_COLUMNS):
+            batch = batch.cast(schema)
+            yield batch if bucket is None else batch.filter(pc.equal(batch.column("bucket"), bucket))
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def _schema():
@@ -82,10 +92,11 @@ def ensure_built(lake: Lake, workdir: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if tables.version(lake, layout.ID_INDEX) is not None:
+    if lake.exists(layout.ID_INDEX_READY):  # built (or started empty): the claims keep it whole
         return
     silver = tables.open_table(lake, layout.SILVER_TRANSACTIONS)
     if silver is None:
+        lake.write_json(layout.ID_INDEX_READY, {"from_silver_version": None})
         return
     log.info("building the transaction-id index from silver (version %d): once, for a lake that predates it",
              silver.version())
@@ -102,12 +113,17 @@ def ensure_built(lake: Lake, workdir: Path) -> None:
                 writer.write_table(con.sql(_index_sql("chunk")).to_arrow_table().cast(_schema()))
     finally:
         con.close()
-    merged = tables.merge_new_rows(lake, layout.ID_INDEX, lambda: _reader(built), keys=["bucket", "transaction_id"],
-                                   app_id=f"ids-from-silver-v{silver.version()}",
-                                   partitions=[f"{b:x}" for b in range(BUCKETS)],
-                                   metadata={"step": "id-index", "from_silver_version": silver.version()})
+    inserted = 0
+    for bucket in (f"{b:x}" for b in range(BUCKETS)):  # bucket by bucket: bounded joins, resumable
+        merged = tables.merge_new_rows(lake, layout.ID_INDEX, lambda b=bucket: _reader(built, b),
+                                       keys=["bucket", "transaction_id"],
+                                       app_id=f"ids-from-silver-v{silver.version()}-b{bucket}", partitions=[bucket],
+                                       metadata={"step": "id-index", "from_silver_version": silver.version()})
+        inserted += merged.get("num_target_rows_inserted", 0)
     built.unlink(missing_ok=True)
-    log.info("transaction-id index built: %d ids", merged.get("num_target_rows_inserted", 0))
+    # Written last: a build cut short is resumed (each bucket's MERGE skips by its app id), never trusted.
+    lake.write_json(layout.ID_INDEX_READY, {"from_silver_version": silver.version()})
+    log.info("transaction-id index built: %d ids", inserted)
 
 
 @dataclass
@@ -130,9 +146,17 @@ def claim(lake: Lake, staged_silver: Path, total: int, key: str, digest: str, wo
     ensure_built(lake, workdir)
     source = workdir / "id-index.parquet"
     buckets = index_rows(staged_silver, source, workdir)
-    merged = tables.merge_new_rows(lake, layout.ID_INDEX, lambda: _reader(source), keys=["bucket", "transaction_id"],
-                                   app_id=f"ids-{layout.object_id(key, digest)}", partitions=buckets,
-                                   metadata={"run_id": run_id, "object": key, "sha256": digest})
+    ident = layout.object_id(key, digest)
+    metadata = {"run_id": run_id, "object": key, "sha256": digest}
+    if total <= BUCKET_MERGE_ROWS:  # one MERGE, one commit
+        merged = tables.merge_new_rows(lake, layout.ID_INDEX, lambda: _reader(source),
+                                       keys=["bucket", "transaction_id"], app_id=f"ids-{ident}", partitions=buckets,
+                                       metadata=metadata)
+    else:  # a large object claims bucket by bucket: each join holds one bucket's rows (DataFusion's pool)
+        for bucket in buckets:
+            merged = tables.merge_new_rows(lake, layout.ID_INDEX, lambda b=bucket: _reader(source, b),
+                                           keys=["bucket", "transaction_id"], app_id=f"ids-{ident}-b{bucket}",
+                                           partitions=[bucket], metadata=metadata)
     mine = pq.read_table(source, columns=["transaction_id", "row_hash", "_source_row"])
     owners = lookup(lake, mine.column("transaction_id"), buckets)
     joined = mine.join(owners, "transaction_id", join_type="left outer", right_suffix="_owner")

@@ -39,6 +39,7 @@ STEP_RECORDS = "_ledger/steps"
 CLAIMS = "_ledger/claims"
 # Every transaction id in silver, whatever its date, with its owner (see jobs/id_index.py).
 ID_INDEX = "_ledger/transaction_ids"
+ID_INDEX_READY = "_ledger/transaction_ids.ready.json"  # the index holds every id of silver (jobs/id_index.py)
 
 # The Delta tables of the lake, and the column each one is partitioned by (None: unpartitioned).
 TABLES: dict[str, str | None] = {

@@ -56,6 +56,7 @@ def test_a_lake_whose_silver_predates_the_index_gets_it_built_before_the_next_de
     deliver(lake, first, "day.csv", date=DAY)
     run(lake, "run1", date=DAY)
     shutil.rmtree(lake.path(layout.ID_INDEX))  # as a lake written before the index existed
+    lake.remove(layout.ID_INDEX_READY)
     deliver(lake, first.iloc[:4], "again.csv", date=NEXT)
     _, result = run(lake, "run2", date=NEXT)
     assert result["rows_silver"] == 0 and result["rows_quarantined"] == 4
