@@ -178,16 +178,16 @@ def lookup(lake: Lake, ids, buckets: list[str]):
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    owners = pa.schema([f for f in _schema() if f.name in ("transaction_id", "row_hash", "_source_key",
+                                                          "_source_sha256", "_source_row")])
     table = tables.open_table(lake, layout.ID_INDEX)
-    wanted = ["transaction_id", "row_hash", "_source_key", "_source_sha256", "_source_row"]
     if table is None or not len(ids):
-        return pa.table({c: pa.array([], pa.int64() if c == "_source_row" else pa.string()) for c in wanted})
+        return owners.empty_table()
     dataset = tables._dataset(table, layout.ID_INDEX, buckets)
     condition = pc.field("transaction_id").cast(pa.string()).isin(ids.cast(pa.string()))
     kept = [pa.Table.from_batches([b]) for b in dataset.to_batches(
-        columns=wanted, filter=condition, batch_size=256_000, batch_readahead=1, fragment_readahead=1, **tables.SCAN)
-        if b.num_rows]
+        columns=owners.names, filter=condition, batch_size=256_000, batch_readahead=1, fragment_readahead=1,
+        **tables.SCAN) if b.num_rows]
     if not kept:
-        return pa.table({c: pa.array([], pa.int64() if c == "_source_row" else pa.string()) for c in wanted})
-    found = pa.concat_tables(kept, promote_options="permissive")
-    return found.cast(pa.schema([(c, pa.int64() if c == "_source_row" else pa.string()) for c in wanted]))
+        return owners.empty_table()
+    return pa.concat_tables(kept, promote_options="permissive").cast(owners)

@@ -541,7 +541,7 @@ def commit_object(lake: lk.Lake, obj: dict, bronze: Path, checked: Checked, max_
     if not rejected and len(landed) < staged_silver.rows:  # good rows whose id another row owns
         repeated = ~bad
         repeated[landed] = False
-        conflicting = repeated & claimed.conflict if claimed is not None else repeated & False
+        conflicting = repeated & claimed.conflict  # claimed: good rows reached the index
         _quarantine_rows_of(pf, conflicting, CONFLICT_IN_SILVER, more_quarantine, rules, run_id, delivery_date,
                             batch_rows)
         _quarantine_rows_of(pf, repeated & ~conflicting, DUPLICATE_IN_SILVER, more_quarantine, rules, run_id,
