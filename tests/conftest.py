@@ -27,6 +27,24 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+# MLflow's set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+# "so that subprocesses inherit them": a job run in-process by one test would otherwise point the
+# registry of every later test's clients and subprocesses at its own, deleted, store.
+_MLFLOW_PROCESS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME",
+                       "MLFLOW_TRACKING_PASSWORD")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_environment_stays_the_tests():
+    saved = {key: os.environ.get(key) for key in _MLFLOW_PROCESS_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def state_dir(tmp_path, monkeypatch) -> Path:
     """A fresh PIPELINE_STATE_DIR, with settings re-read from the environment."""

@@ -69,6 +69,14 @@ def lake(env) -> Path:
     return Path(env["PIPELINE_STATE_DIR"]) / "lake"
 
 
+def registry(env):
+    """An MLflow client on this state's store, tracking and registry both (never the process's)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def asset_events(env, asset_name: str) -> list[dict]:
     """Extras of the asset events Airflow recorded for an asset (from its metadata database)."""
     db = Path(env["PIPELINE_STATE_DIR"]) / "airflow" / "airflow.db"
@@ -116,9 +124,7 @@ def test_every_raw_row_is_in_silver_or_quarantine(env, chain):
 
 
 def test_a_champion_is_registered(env, chain):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    client = registry(env)
     champion = client.get_model_version_by_alias("fraud-detector", "champion")
     assert champion.tags["gate_passed"] == "true"
     assert len(champion.tags["onnx_sha256"]) == 64 and len(champion.tags["preprocessing_sha256"]) == 64
@@ -163,7 +169,9 @@ def test_onnx_scores_equal_pytorch_scores(env, chain):
 
     from jobs.model import Preprocessing, build_model
 
-    mlflow.set_tracking_uri(f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    uri = f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()
     mv = client.get_model_version_by_alias("fraud-detector", "champion")
     tmp = Path(env["PIPELINE_STATE_DIR"]) / "parity"
@@ -189,9 +197,7 @@ def test_predictions_landed_with_the_model_version(env, chain):
     assert set(predictions["model_version"]) == {"1"}
     assert predictions["fraud_probability"].between(0, 1).all()
     # Calibrated probabilities and the decision at the model's operating threshold (chosen on validation).
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    client = registry(env)
     threshold = float(client.get_model_version("fraud-detector", "1").tags["decision_threshold"])
     assert np.allclose(predictions["decision_threshold"], threshold)
     assert (predictions["is_flagged"] == (predictions["fraud_probability"] >= threshold)).all()
@@ -339,9 +345,7 @@ def test_retraining_on_drifted_data_promotes_only_through_the_gate(env, chain, i
     out = dag_test(env, "train_model", NEXT).stdout
     assert "Gate verdict for v2:" in out
     gate = json.loads((lake(env) / "reports" / "gate" / f"date={NEXT}" / "v2.json").read_text())
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    client = registry(env)
     champion = str(client.get_model_version_by_alias("fraud-detector", "champion").version)
     assert champion == ("2" if gate["passed"] else "1")
     # The outcome is mailed either way, naming the version and the verdict.
@@ -420,14 +424,13 @@ def test_the_ui_stack_settles_green_on_a_make_run_state(env, chain, tmp_path):
 def test_drift_event_starts_retraining_under_the_scheduler(env, chain, tmp_path):
     """The loop closes by itself: a drift check run by the scheduler emits drift_detected, and the
     scheduler starts train_model from that event (asset-triggered, labelled drift)."""
-    from mlflow import MlflowClient
     from standalone import airflow_standalone, poll_db, wait_for_api
 
     db = Path(env["PIPELINE_STATE_DIR"]) / "airflow" / "airflow.db"
     sh(env, "airflow dags pause --treat-dag-id-as-regex -y '.*'")
     with sqlite3.connect(db) as conn:  # events of the earlier `dags test` runs are not under test here
         conn.execute("delete from asset_dag_run_queue")
-    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    client = registry(env)
     versions_before = {mv.version for mv in client.search_model_versions("name='fraud-detector'")}
     drift_run = "drift_check_under_the_scheduler"
 
@@ -459,12 +462,11 @@ def test_a_person_decides_a_promotion_in_the_ui_and_it_is_recorded(env, chain, t
     """With approval on, a challenger that passed its gate waits for a person (Airflow HITL). Answered
     through the REST API, as the UI does: "roll back", with a reason. The decision, who and why are
     tags on the version in MLflow, and the champion is rolled back exactly once."""
-    from mlflow import MlflowClient
     from standalone import airflow_standalone, poll_db, rest_api, wait_for_api
 
     db = Path(env["PIPELINE_STATE_DIR"]) / "airflow" / "airflow.db"
     sh(env, "airflow dags pause --treat-dag-id-as-regex -y '.*'")
-    client = MlflowClient(tracking_uri=f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db")
+    client = registry(env)
     # A known starting point, whatever the gates of the tests before decided: the two newest versions
     # as champion and previous champion (run alone, the chain made one: a second is trained here).
     if len(client.search_model_versions("name='fraud-detector'")) < 2:

@@ -116,5 +116,5 @@ def test_sigkill_at_random_moments_then_retry_and_rerun_loses_and_doubles_nothin
 def _latest_version(state_dir: Path) -> str:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{state_dir / 'mlflow' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=(uri := f"sqlite:///{state_dir / 'mlflow' / 'mlflow.db'}"), registry_uri=uri)
     return str(max(int(mv.version) for mv in client.search_model_versions("name='fraud-detector'")))
