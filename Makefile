@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: help preflight setup browser run test test-fast up down lint lock clean env
+.PHONY: help preflight setup browser postgres docs run test test-fast up down lint lock clean env
 help:
 	@echo "make run    - set up, generate data, run the whole pipeline through Airflow, print a summary"
 	@echo "make test   - set up and run every test (DAG integrity, jobs, end-to-end)"
@@ -19,6 +19,7 @@ help:
 	@echo "make down   - stop them"
 	@echo "make lint   - ruff"
 	@echo "make env    - write .env for docker compose, every secret generated (scripts/make_env.py)"
+	@echo "make docs   - build the documentation site (docs/, MkDocs) and serve it on http://127.0.0.1:8000"
 
 # What the machine must have before anything is installed; each missing piece with its one-line fix.
 preflight:
@@ -46,13 +47,28 @@ browser:
 	    || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
 	else echo "no Chromium here: the UI tests will skip (Debian/Ubuntu: sudo apt-get install chromium)"; fi
 
+# PostgreSQL's server binaries for tests/e2e/test_postgres.py (it starts its own server from them):
+# Debian's package, where this user may install it. Elsewhere that test skips (CI requires it).
+postgres:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's postgresql for the PostgreSQL tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
+	    || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }; \
+	else echo "no PostgreSQL here: tests/e2e/test_postgres.py will skip (Debian/Ubuntu: sudo apt-get install postgresql)"; fi
+
 test: export PREFLIGHT_TESTS := 1
-test: setup browser
-	$(BIN)/ruff check dags plugins jobs tests bench
+test: postgres setup browser
+	$(BIN)/ruff check dags plugins jobs services tests bench
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --durations=15
 
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not e2e"
+
+# The documentation site; tests/docs runs the same build with --strict (every link and anchor resolves).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 up: setup
 	PATH="$(abspath $(BIN)):$$PATH" scripts/stack.sh up
@@ -61,7 +77,8 @@ down:
 	PATH="$(abspath $(BIN)):$$PATH" scripts/stack.sh down
 
 lint: setup
-	$(BIN)/ruff check dags plugins jobs tests bench
+	$(BIN)/ruff check dags plugins jobs services tests bench
+	PYTHONPATH=plugins $(BIN)/lint-imports
 
 # Re-resolve the environment from pyproject.toml and rewrite the pinned constraints.
 lock:

@@ -5,7 +5,7 @@ For each size it writes N silver rows spread over ``--days`` days as Parquet, th
 engine in its own process over the same files (read, compute every point-in-time feature, write
 Parquet) and reports wall time, the time inside the engine (Spark: without its JVM start-up),
 peak RSS of the whole process tree (Spark's JVM included), and the Spark/DuckDB ratio (their
-outputs are equal: tests/jobs/test_features.py).
+outputs are equal: tests/jobs/steps/test_features.py).
 
     .venv/bin/python bench/features.py --rows 1000000,8000000 --days 10
 """
@@ -33,7 +33,8 @@ t0 = time.perf_counter()
 engine, src, dst = sys.argv[1:4]
 files = sorted(glob.glob(src + "/*.parquet"))
 if engine == "spark":
-    from jobs.features import build_features, spark_session
+    from jobs.ml.features_spark import build_features
+    from jobs.steps.features import spark_session
     spark = spark_session("local[*]", sys.argv[4])
     t1 = time.perf_counter()
     build_features(spark.read.parquet(*files)).write.mode("overwrite").parquet(dst)
@@ -41,7 +42,7 @@ if engine == "spark":
     spark.stop()
 else:
     import pyarrow.dataset as ds, pyarrow.parquet as pq, pyarrow as pa
-    from jobs.features_duckdb import build_features_duckdb
+    from jobs.ml.features_duckdb import build_features_duckdb
     t1 = time.perf_counter()
     out = build_features_duckdb(ds.dataset(files))
     pq.write_table(pa.Table.from_pandas(out, preserve_index=False), dst + ".parquet")
@@ -66,8 +67,8 @@ def run(engine: str, src: Path, dst: Path, driver_memory: str) -> dict:
 def silver(rows: int, days: int, folder: Path) -> None:
     from datetime import date, timedelta
 
-    from jobs.generate import generate_day
-    from jobs.validate import to_typed
+    from jobs.devkit.generate import generate_day
+    from jobs.quality.contract import to_typed
 
     folder.mkdir(parents=True)
     end = date(2026, 9, 30)

@@ -1,7 +1,7 @@
 """Global transaction-id uniqueness: the cost of claiming a delivery's ids against all of history.
 
 Silver is partitioned by date, so "is this id anywhere in silver?" cannot be answered by the
-partitions a delivery touches. The project answers it with the id index (jobs/id_index.py, a
+partitions a delivery touches. The project answers it with the id index (jobs/storage/id_index.py, a
 narrow Delta table bucketed by a hash of the id). For histories of 1M and 10M ids this prints, per
 delivery size, side by side:
 
@@ -36,7 +36,7 @@ def silver_like(path: Path, first: int, rows: int, source: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs.validate import SILVER_SCHEMA_FIELDS, _arrow_schema
+    from jobs.steps.validate import SILVER_SCHEMA_FIELDS, _arrow_schema
 
     rng = np.random.default_rng(first)
     ids = np.arange(first, first + rows)
@@ -62,7 +62,8 @@ def silver_like(path: Path, first: int, rows: int, source: str) -> None:
 def floor(lake, ids) -> float:
     import pyarrow.compute as pc
 
-    from jobs import layout, tables
+    from jobs.shared import layout
+    from jobs.storage import tables
 
     t0 = time.perf_counter()
     table = tables.open_table(lake, layout.ID_INDEX)
@@ -79,8 +80,8 @@ def main() -> None:
     args = parser.parse_args()
     import pyarrow.parquet as pq
 
-    from jobs import id_index
-    from jobs.lake import LocalLake
+    from jobs.storage import id_index
+    from jobs.storage.lake import LocalLake
 
     print(f"machine: {platform.machine()}, {platform.python_version()}, cores: "
           f"{len(__import__('os').sched_getaffinity(0))}")

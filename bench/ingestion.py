@@ -55,7 +55,7 @@ pq.write_table(csv.read_csv(sys.argv[1]), sys.argv[2])
 
 GENERATE = """
 import sys
-from jobs.generate import generate_day
+from jobs.devkit.generate import generate_day
 rows = int(sys.argv[2])
 generate_day(sys.argv[1], rows, n_cards=max(1000, rows // 50)).to_csv(sys.argv[3], index=False)
 """
@@ -85,10 +85,11 @@ def one_size(rows: int, workdir: Path) -> dict:
 
 SEED = """
 import sys
-from jobs.generate import generate_day
-from jobs.ingest import record_in_ledger, sha256
-from jobs.lake import open_lake
-from jobs.layout import raw_object
+from jobs.devkit.generate import generate_day
+from jobs.storage.ledger import record_in_ledger
+from jobs.storage.raw import sha256
+from jobs.storage.lake import open_lake
+from jobs.shared.layout import raw_object
 lake, objects, date = open_lake(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 day = generate_day(date, 10).to_csv(index=False).encode()
 for i in range(objects):

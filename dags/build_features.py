@@ -23,8 +23,8 @@ from airflow.sdk import DAG, Param, task
 from pipeline.assets import GOLD_FEATURES, SILVER_TRANSACTIONS
 from pipeline.dates import planned_range
 from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, START_DATE, TAGS, force_param
-from pipeline.operators import job_task
-from pipeline.runners import Resources
+from pipeline.execution.operators import job_task
+from pipeline.execution.runners import Resources
 from pipeline.timetables import DailyPartitionedAssets
 
 with DAG(

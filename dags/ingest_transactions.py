@@ -32,13 +32,13 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pipeline.assets import SILVER_TRANSACTIONS, raw_deliveries_watched
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
+from pipeline.execution.operators import job_task
+from pipeline.execution.runners import Resources
 from pipeline.notify import predictions_deadline
-from pipeline.operators import job_task
-from pipeline.runners import Resources
 from pipeline.sensors import raw_delivery_sensor
 from pipeline.timetables import nightly_partitions
 
-from jobs import layout
+from jobs.shared import layout
 
 # Runs may overlap (a nightly run waiting for a late delivery must not hold back a run for another
 # day): claims make ingest safe to run concurrently, and validate's Delta MERGE commits are

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, CronTriggerTimetable, Param
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
-from pipeline.operators import job_task
-from pipeline.runners import Resources
+from pipeline.execution.operators import job_task
+from pipeline.execution.runners import Resources
 
 with DAG(
     dag_id="maintain_lake",

@@ -18,9 +18,9 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, task
 from pipeline.assets import DRIFT_SIGNAL, PREDICTIONS
 from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, START_DATE, TAGS, force_param
+from pipeline.execution.operators import job_task
+from pipeline.execution.runners import Resources
 from pipeline.notify import DAY, on_event
-from pipeline.operators import job_task
-from pipeline.runners import Resources
 from pipeline.timetables import DailyPartitionedAssets
 
 with DAG(
@@ -51,8 +51,8 @@ with DAG(
     def decide(**context) -> bool:
         """Continues to the retraining signal only when the data drifted and no cooldown or limit holds."""
         r = context["ti"].xcom_pull(task_ids="drift")
-        print(f"Drift share {r['drift_share']:.2f} over {r['window']} vs v{r['model_version']} reference; "
-              f"drifted columns: {', '.join(r['drifted_columns']) or 'none'}")
+        print(f"Drift share {r['drift_share']:.2f} over {r['window_start']}..{r['window_end']} vs "
+              f"v{r['model_version']} reference; drifted columns: {', '.join(r['drifted_columns']) or 'none'}")
         if r["retrain"]:
             print(f"DRIFT: asking for retraining ({r['decision']})")
         elif r["drifted"]:
@@ -72,10 +72,10 @@ with DAG(
         # The event's partition key is the drifted day (also for a manual run with only a date in
         # its form): train_model trains up to it.
         event = context["outlet_events"][DRIFT_SIGNAL]
-        event.add_partitions(r["window"].split("..")[-1])
+        event.add_partitions(r["window_end"])
         event.extra = {
-            **{k: r[k] for k in ("drift_share", "drifted_columns", "window", "model_version", "report_json",
-                                 "decision")},
+            **{k: r[k] for k in ("drift_share", "drifted_columns", "window_start", "window_end", "model_version",
+                                 "report_json", "decision")},
         }
 
     drift >> decide() >> signal_retraining()

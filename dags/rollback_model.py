@@ -30,7 +30,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowSkipException
 from pipeline.assets import CHAMPION_MODEL
 from pipeline.defaults import DEFAULT_ARGS, PROMOTION_POOL, START_DATE, TAGS
-from pipeline.operators import job_task
+from pipeline.execution.operators import job_task
 
 with DAG(
     dag_id="rollback_model",

@@ -27,21 +27,22 @@ table. `record_decision` records who decided what and why on the version in MLfl
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
 from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
 from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, PROMOTION_POOL, START_DATE, TAGS, force_param
+from pipeline.execution.operators import job_task
+from pipeline.execution.runners import Resources
 from pipeline.notify import DAY, on_event
-from pipeline.operators import job_task
-from pipeline.runners import Resources
+from pipeline.settings import AirflowSettings
 from pipeline.timetables import DailyPartitionedAssets
 
-TRAIN_PROCESSES = int(os.environ.get("PIPELINE_TRAIN_PROCESSES", "1"))
+SETTINGS = AirflowSettings()
+TRAIN_PROCESSES = SETTINGS.train_processes
 # PIPELINE_PROMOTION_APPROVAL=true: a person approves each promotion in the UI (Airflow HITL).
-PROMOTION_APPROVAL = os.environ.get("PIPELINE_PROMOTION_APPROVAL", "false").lower() == "true"
+PROMOTION_APPROVAL = SETTINGS.promotion_approval
 
 with DAG(
     dag_id="train_model",
@@ -113,7 +114,7 @@ with DAG(
     if PROMOTION_APPROVAL:
         from airflow.providers.standard.operators.hitl import HITLOperator
 
-        from jobs.promote import DECISIONS
+        from jobs.shared.names import DECISIONS
 
         approve_promotion = HITLOperator(
             task_id="approve_promotion",

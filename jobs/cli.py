@@ -2,7 +2,7 @@
 
 The same command runs as a local process, in a Docker container or in a Kubernetes pod. Each
 step reads and writes the partitions of its ``--date`` only, logs progress to stderr, and ends
-with one JSON result line (see :mod:`jobs.result`).
+with one JSON result line (see :mod:`jobs.shared.result`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from jobs.result import JobError, MissingInput, emit
+from jobs.shared.result import JobError, MissingInput, emit
 
 app = typer.Typer(
     help="Fraud-detection pipeline jobs. Each step takes the logical --date it works on.",
@@ -61,7 +61,7 @@ def step(fn):
 
 
 def _lake():
-    from jobs.lake import get_lake
+    from jobs.storage.lake import get_lake
 
     return get_lake()
 
@@ -86,16 +86,13 @@ def generate(
     name: Annotated[str, typer.Option(help="Object name suffix, for extra deliveries of a day.")] = "",
 ):
     """Generate synthetic transactions into the lake's raw/ zone (one CSV object per day)."""
-    from datetime import timedelta
-
-    from jobs import layout
-    from jobs.generate import generate_day, inject_bad_rows
+    from jobs.devkit.generate import generate_day, inject_bad_rows
+    from jobs.shared import layout
+    from jobs.shared.dates import Window
 
     lake = _lake()
-    end = Date.fromisoformat(date)
     written, unchanged = [], []
-    for i in range(days - 1, -1, -1):
-        d = (end - timedelta(days=i)).isoformat()
+    for d in Window.ending(date, days).days():
         frame = generate_day(d, rows_per_day, seed=seed, n_cards=cards, fraud_rate=fraud_rate, drift=drift,
                              delivery=name)
         if bad_rows:
@@ -110,7 +107,8 @@ def generate(
                            "modified: deliver under another --name")
         lake.write_bytes(key, data)
         written.append(key)
-    logging.getLogger("jobs.generate").info("wrote %d raw objects, %d already present", len(written), len(unchanged))
+    logging.getLogger("jobs.devkit.generate").info("wrote %d raw objects, %d already present", len(written),
+                                                   len(unchanged))
     return {"written": [lake.uri_of(k) for k in written], "unchanged": len(unchanged),
             "rows": rows_per_day * days, "raw": lake.uri_of(layout.RAW_TRANSACTIONS)}
 
@@ -119,7 +117,7 @@ def generate(
 @step
 def ingest(date: DateOpt, run_id: RunIdOpt):
     """Stage raw objects delivered up to --date and not yet ingested as a bronze batch."""
-    from jobs.ingest import ingest as run
+    from jobs.steps.ingest import ingest as run
 
     s = _settings()
     not_after = _not_after(s)
@@ -147,7 +145,8 @@ def validate(
              "the result instead (exit 0), so the DAG can pass the landed dates on before it stops.")] = True,
 ):
     """Validate the run's bronze batch with Great Expectations; silver, quarantine and ledger (Delta tables)."""
-    from jobs.validate import contract_parameters, validate_batch
+    from jobs.quality.contract import contract_parameters
+    from jobs.steps.validate import validate_batch
 
     s = _settings()
     return {"date": date, **validate_batch(_lake(), run_id, s.expectations_dir, s.max_bad_row_share,
@@ -166,7 +165,7 @@ def features(
                                               "(which otherwise skips, saying so).")] = False,
 ):
     """Build point-in-time gold features with Spark for [--start, --date]."""
-    from jobs.features import build_gold
+    from jobs.steps.features import build_gold
 
     s = _settings()
     if start:
@@ -189,7 +188,7 @@ def train(
     The same feature rows, code and parameters as the version this date last trained register
     nothing (the result names that version, skipped); --force trains anyway.
     """
-    from jobs.train import train as run
+    from jobs.steps.train import train as run
 
     return run(_lake(), date, _settings(), trigger=trigger, airflow_run_id=run_id, force=force)
 
@@ -203,7 +202,7 @@ def evaluate(
                                               "of this version (whose verdict is otherwise reused).")] = False,
 ):
     """Score challenger and champion on the frozen holdout and run the promotion gate."""
-    from jobs.evaluate import evaluate as run
+    from jobs.steps.evaluate import evaluate as run
 
     return run(_lake(), date, _settings(), model_version, force=force)
 
@@ -212,7 +211,7 @@ def evaluate(
 @step
 def promote(model_version: Annotated[str, typer.Option(help="Version that passed its gate.")]):
     """Move the champion alias to a version whose gate passed."""
-    from jobs.promote import promote as run
+    from jobs.steps.promote import promote as run
 
     return run(_settings(), model_version)
 
@@ -230,7 +229,7 @@ def rollback(
              "champion, an earlier try swapped, and only a record cut short is completed.")] = None,
 ):
     """Restore the previous champion (compare-and-set on the expected champion)."""
-    from jobs.promote import rollback as run
+    from jobs.steps.promote import rollback as run
 
     return run(_settings(), expected=expected_version, reason=reason, actor=actor or os.environ.get("USER", ""),
                restore=restore_version or None, lake=_lake())
@@ -245,7 +244,7 @@ def decision(
     reason: Annotated[str, typer.Option(help="Why.")] = "",
 ):
     """Record a person's promotion decision (who, why, when) on the challenger's version in MLflow."""
-    from jobs.promote import record_decision
+    from jobs.steps.promote import record_decision
 
     return record_decision(_settings(), model_version, decision, by, reason)
 
@@ -255,7 +254,7 @@ def decision(
 def gate_keys():
     """Print a new Ed25519 key pair for the gate's verdicts: the private half for the evaluate job only
     (PIPELINE_GATE_SIGNING_KEY), the public half for every job (PIPELINE_GATE_PUBLIC_KEY)."""
-    from jobs.verdict import generate_keypair
+    from jobs.storage.verdict import generate_keypair
 
     private, public = generate_keypair()
     return {"PIPELINE_GATE_SIGNING_KEY": private, "PIPELINE_GATE_PUBLIC_KEY": public}
@@ -266,7 +265,7 @@ def gate_keys():
 def champion(run_id: Annotated[str, typer.Option(
         "--run-id", help="Pin the answer for this run: its later tries read the same versions.")] = ""):
     """Show which versions hold the champion and previous-champion aliases."""
-    from jobs.promote import champion as run
+    from jobs.steps.promote import champion as run
 
     return run(_settings(), _lake() if run_id else None, pin_run=run_id)
 
@@ -281,8 +280,8 @@ def score(
                                               "(which otherwise skips, saying so).")] = False,
 ):
     """Score [--start, --date] with the champion's ONNX model on onnxruntime."""
-    from jobs.features import date_range
-    from jobs.score import score as run
+    from jobs.shared.dates import date_range
+    from jobs.steps.score import score as run
 
     return run(_lake(), date_range(_check_date(start) if start else date, date), _settings(), run_id=run_id,
                force=force)
@@ -297,7 +296,7 @@ def drift(
                                               "(which otherwise skips, saying so).")] = False,
 ):
     """Compare recent features with the champion's training reference (Evidently)."""
-    from jobs.drift import check_drift
+    from jobs.steps.drift import check_drift
 
     return check_drift(_lake(), date, _settings(), days=days, force=force)
 
@@ -313,7 +312,7 @@ def ledger(
     """List what was ingested: object, content hash, status, row counts, broken rules, run."""
     import json
 
-    from jobs.ingest import read_ledger
+    from jobs.storage.ledger import read_ledger
 
     if format not in ("table", "json"):
         raise JobError(f"--format {format!r}: use table or json")
@@ -345,13 +344,14 @@ def maintain(
     dry_run: Annotated[bool, typer.Option(help="Only list what the vacuum would delete.")] = False,
 ):
     """Compact, checkpoint and vacuum every Delta table of the lake (old files go only here)."""
-    from jobs import layout, tables
+    from jobs.shared import layout
+    from jobs.storage import tables
 
     hours = _settings().vacuum_retention_hours if retention_hours is None else retention_hours
     lake = _lake()
     done = [tables.maintain(lake, name, hours, dry_run=dry_run) for name in layout.TABLES]
     for d in done:
-        logging.getLogger("jobs.tables").info("%s", d)
+        logging.getLogger("jobs.storage.tables").info("%s", d)
     return {"retention_hours": hours, "tables": done}
 
 
@@ -359,7 +359,7 @@ def maintain(
 @step
 def quarantine(run_id: Annotated[Optional[str], typer.Option(help="Only this ingestion run.")] = None):
     """Show what is in quarantine: rejected files with reasons, rejected rows counted by rule."""
-    from jobs.quarantine import quarantine_report, render
+    from jobs.storage.quarantine import quarantine_report, render
 
     report = quarantine_report(_lake(), run_id)
     sys.stdout.write(render(report) + "\n")
@@ -373,7 +373,7 @@ def replay(
     file: Annotated[Path, typer.Option(help="The fixed file to deliver again.")],
 ):
     """Deliver a fixed file for --date as a new raw object; the next ingestion picks it up."""
-    from jobs.quarantine import replay as run
+    from jobs.storage.quarantine import replay as run
 
     return run(_lake(), file, date)
 
@@ -382,7 +382,7 @@ def replay(
 @step
 def summary(date: DateOpt):
     """Summarise the pipeline's state for --date and write run-summary.json."""
-    from jobs.summary import build_summary
+    from jobs.steps.summary import build_summary
 
     return build_summary(_lake(), date, _settings())
 
@@ -400,7 +400,7 @@ def mlflow_access(
     promoter_user: Annotated[str, typer.Option(help="The MLflow user that moves aliases.")] = "promoter",
 ):
     """Create the MLflow users of a server run with --app-name fraud-auth (as an admin; idempotent)."""
-    from jobs.mlflow_auth import setup_access
+    from services.mlflow_auth import setup_access
 
     settings = _settings()
     uri = settings.resolved_tracking_uri

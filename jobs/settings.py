@@ -12,13 +12,15 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs.shared.names import MODEL_NAME
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
     """Pipeline settings. Each field can be set as ``PIPELINE_<FIELD_NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="PIPELINE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", extra="ignore", use_attribute_docstrings=True)
 
     # --- where things live -------------------------------------------------------------
     state_dir: Path = Field(
@@ -34,15 +36,17 @@ class Settings(BaseSettings):
         description="MLflow tracking URI; empty means sqlite:///<state_dir>/mlflow/mlflow.db.",
     )
     expectations_dir: Path = Field(default=PROJECT_ROOT / "expectations")
+    """Folder of the reviewed data contracts (Great Expectations suites as JSON)."""
 
-    # --- MLflow identities: a tracking server with authentication (jobs/mlflow_auth.py) --------------
+    # --- MLflow identities: a tracking server with authentication (services/mlflow_auth.py) --------------
     # Every job signs in as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (MLflow's own variables).
     # The promote and rollback jobs, which move aliases, sign in as this identity instead; the runners
     # give PIPELINE_PROMOTION_* to those two jobs only.
     promotion_mlflow_username: str = Field(
         default="", description="MLflow user of the promote and rollback jobs; empty: the jobs' own identity.")
     promotion_mlflow_password: SecretStr = SecretStr("")
-    # The gate signs its verdict (jobs/verdict.py): the runners give the private key to the evaluate
+    """Password of the promotion identity (promote and rollback jobs only)."""
+    # The gate signs its verdict (jobs/storage/verdict.py): the runners give the private key to the evaluate
     # job only; promotion, scoring and drift verify with the public key. Both empty (the embedded
     # default): a key pair generated once under <state_dir>/keys/.
     gate_signing_key: SecretStr = Field(default=SecretStr(""), description="Ed25519 private key (base64, 32 "
@@ -50,20 +54,12 @@ class Settings(BaseSettings):
     gate_public_key: str = Field(default="", description="Ed25519 public key (base64) that promotion, scoring "
                                  "and drift check gate verdicts with; empty: the state folder's key pair.")
 
-    # --- Airflow side of the lake ---------------------------------------------------------
-    aws_conn_id: str = Field(default="lake_s3", description="Airflow connection the S3 sensor uses.")
-    sensor_deferrable: bool = Field(default=False, description="Defer the raw-zone sensor to the triggerer.")
-    lake_events_queue: str = Field(
-        default="", description="SQS queue URL receiving the bucket's S3 event notifications for raw/ "
-                                "(enables the event-driven AssetWatcher on top of the schedule)."
-    )
-    lake_events_poll_seconds: int = 30
-
     # --- Spark --------------------------------------------------------------------------
     spark_master: str = Field(
         default="local[*]", description="Spark master URL: local[*] or a cluster (spark://, k8s://)."
     )
     spark_driver_memory: str = "1g"
+    """Memory of the Spark driver (the local[*] executors share it)."""
     spark_staging_dir: Path | None = Field(
         default=None,
         description="Where Spark reads staged input and writes output before it is published (default: the "
@@ -71,100 +67,131 @@ class Settings(BaseSettings):
     )
 
     # --- validation ---------------------------------------------------------------------
-    # A delivery with more bad rows than this share is rejected whole: it points to a broken
-    # upstream export rather than a few bad records.
     max_bad_row_share: float = 0.05
-    # A claim on a raw object whose run never finished may be taken over after this long. It must
-    # outlive the longest life of an ingestion run (ingest + validate, each 2 h x 3 tries with
-    # back-off: about 13 h); tests/dags check it against the DAG's timeouts and retries.
+    """A delivery with more bad rows than this share is rejected whole: it points to a broken upstream export rather
+    than a few bad records.
+    """
     claim_ttl_hours: float = 24.0
-    # Late deliveries are normal: a row may be up to this many days older than its date= partition.
+    """A claim on a raw object whose run never finished may be taken over after this long. It must outlive the longest
+    life of an ingestion run (ingest + validate, each 2 h x 3 tries with back-off: about 13 h); tests/dags check it
+    against the DAG's timeouts and retries.
+    """
     max_delivery_lag_days: int = 7
-    # ...and at most this far past the end of its partition's day (clocks of card terminals drift).
+    """Late deliveries are normal: a row may be up to this many days older than its date= partition."""
     clock_skew_minutes: int = 15
+    """A row may be at most this far past the end of its partition's day (clocks of card terminals drift)."""
 
-    # Objects above these sizes are rejected whole (reason too_large) instead of exhausting memory:
-    # the delivered size (from the listing, before any download) and the size after gunzip.
     max_object_mb: int = 256
+    """An object delivered larger than this (from the listing, before any download) is rejected whole (too_large)
+    instead of exhausting memory.
+    """
     max_decompressed_mb: int = 1024
-    # A raw object the store refuses to read (AccessDenied by a key policy, archived) is tried in
-    # this many ingestion runs, the others ingested meanwhile, then recorded as rejected with the
-    # store's answer (and people are told): one unreadable object never blocks the other days.
+    """An object larger than this after gunzip is rejected whole (too_large), before it fills the disk."""
     max_read_attempts: int = Field(default=3, ge=1)
-    # Rows parsed and validated at a time: memory is bounded by this, whatever an object's size.
-    # Larger batches cost fewer Great Expectations runs (each has a fixed cost, Data Docs included,
-    # of about 0.3 s): at 1M rows, 250k batches check 170k rows/s in 1.0 GiB, 125k batches 128k
-    # rows/s in 0.7 GiB (README, Performance).
+    """A raw object the store refuses to read (AccessDenied by a key policy, archived) is tried in this many ingestion
+    runs, the others ingested meanwhile, then recorded as rejected with the store's answer (and people are told):
+    one unreadable object never blocks the other days.
+    """
     batch_rows: int = Field(default=125_000, ge=10)
+    """Rows parsed and validated at a time: memory is bounded by this, whatever an object's size. Larger batches cost
+    fewer Great Expectations runs (each has a fixed cost, Data Docs included, of about 0.3 s): at 1M rows, 250k
+    batches check 170k rows/s in 1.0 GiB, 125k batches 128k rows/s in 0.7 GiB (docs/performance.md).
+    """
 
     # --- storage ----------------------------------------------------------------------
-    # Retries of one S3 request inside delta-rs (object_store) before the job fails (and Airflow retries).
     storage_max_retries: int = 3
+    """Retries of one S3 request inside delta-rs (object_store) before the job fails (and Airflow retries)."""
     storage_retry_timeout_s: int = 30
-    # Files no table version newer than this references are deleted by the vacuum (time travel horizon).
+    """How long delta-rs keeps retrying one S3 request before it gives up."""
     vacuum_retention_hours: int = 168
+    """Files no table version newer than this references are deleted by the vacuum (time travel horizon)."""
 
     # --- model --------------------------------------------------------------------------
-    model_name: str = "fraud-detector"
+    model_name: str = MODEL_NAME
+    """The registered model in MLflow."""
     experiment_name: str = "fraud-detection"
+    """The MLflow experiment training, evaluation and drift runs are logged to."""
     champion_alias: str = "champion"
+    """The registry alias scoring and drift use: the model in production."""
     previous_champion_alias: str = "previous-champion"
-    # Emergency only: let scoring and the drift monitor use a champion whose version never passed
-    # its gate (an alias moved by hand). Every use is logged as an override.
+    """The alias promotion moves the old champion to; rollback restores it."""
     allow_ungated_champion: bool = False
-    train_window_days: int = 30  # history a model is fitted on
-    holdout_days: int = 5  # most recent days, never seen in fitting: the time-based holdout
+    """Emergency only: let scoring and the drift monitor use a champion whose version never passed its gate (an alias
+    moved by hand). Every use is logged as an override.
+    """
+    train_window_days: int = 30
+    """History a model is fitted on."""
+    holdout_days: int = 5
+    """Most recent days, never seen in fitting: the time-based holdout."""
     seed: int = 42
+    """Seed of every random choice (split, sampling, initialisation, bootstrap): a re-run gives the same model."""
     device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
     code_version: str = Field(
         default="", description="A release name or git sha recorded with every model (images set it); the "
                                 "recorded version always ends with a fingerprint of the code itself."
     )
-    # Set by the Airflow task that runs the job (pipeline.operators): the real run id and the
-    # task instance's URL, recorded on MLflow runs and model versions so each links back.
     airflow_run_id: str = ""
+    """Set by the Airflow task that runs the job (pipeline.execution.operators): the real run id and the task
+    instance's URL, recorded on MLflow runs and model versions so each links back.
+    """
     airflow_task_url: str = ""
-    # Where a person opens the Airflow UI (`make up`'s default): the run summary's links start here.
+    """Set by the Airflow task that runs the job: the task instance's URL, recorded with the run id."""
     airflow_ui_url: str = "http://127.0.0.1:8080"
+    """Where a person opens the Airflow UI (`make up`'s default): the run summary's links start here."""
     max_epochs: int = 30
+    """Most passes over the fitting rows; early stopping usually ends sooner."""
     early_stopping_patience: int = 4
+    """Epochs without a better validation PR-AUC before training stops (the best epoch is kept)."""
     batch_size: int = 512
+    """Rows per optimiser step."""
     learning_rate: float = 2e-3
-    # Negative downsampling: keep every fraud and this share of the other fitting rows (1.0 = all).
-    # Validation and holdout rows are never sampled; bench/training.py measures the PR-AUC cost.
+    """Adam's learning rate."""
     negative_sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Negative downsampling: keep every fraud and this share of the other fitting rows (1.0 = all). Validation and
+    holdout rows are never sampled; bench/training.py measures the PR-AUC cost.
+    """
 
     # --- gate ---------------------------------------------------------------------------
-    # Floors a first model must clear: below these a fraud model is worse than useless noise.
     min_pr_auc: float = 0.30
+    """PR-AUC floor a model must clear on the holdout: below it a fraud model is worse than useless noise."""
     min_roc_auc: float = 0.80
-    # A challenger may be at most this much worse (PR-AUC) than the champion and still win,
-    # so that retraining on fresh data is not blocked by noise.
+    """ROC-AUC floor a model must clear on the holdout."""
     non_inferiority_margin: float = 0.01
-    # The challenger may also not fall more than the margin below the best of the last K champions
-    # (on the same holdout): no slow ratchet down through a chain of "almost as good" promotions.
+    """A challenger may be at most this much worse (PR-AUC) than the champion and still win, so that retraining on
+    fresh data is not blocked by noise.
+    """
     recent_champions: int = Field(default=3, ge=0)
+    """The challenger may also not fall more than the margin below the best of the last K champions (on the same
+    holdout): no slow ratchet down through a chain of "almost as good" promotions.
+    """
     onnx_parity_tolerance: float = 1e-4
-    bootstrap_resamples: int = 300  # paired resamples for the challenger-vs-champion interval
-    # Batch scoring must keep up with a day of transactions on one CPU core.
+    """Largest |ONNX - PyTorch| score difference on the holdout the gate accepts."""
+    bootstrap_resamples: int = 300
+    """Paired resamples for the challenger-vs-champion interval."""
     latency_budget_ms: float = 50.0
-    # The operating point (jobs.calibration): the threshold is chosen on validation rows for this
-    # precision; on the holdout, the gate requires at least these precision and recall at it:
-    # floors (over 10x the ~2 % fraud base rate), since a holdout that drifted away from the
-    # validation rows legitimately costs precision (0.34 measured on the e2e's drifted day).
+    """Batch scoring must keep up with a day of transactions on one CPU core."""
     decision_precision_target: float = Field(default=0.9, gt=0.0, lt=1.0)
+    """The operating point (jobs.ml.calibration): the threshold is chosen on validation rows for this precision; on the
+    holdout, the gate requires at least these precision and recall at it: floors (over 10x the ~2 % fraud base
+    rate), since a holdout that drifted away from the validation rows legitimately costs precision (0.34 measured on
+    the e2e's drifted day).
+    """
     min_threshold_precision: float = 0.25
+    """Precision floor at the operating threshold on the holdout."""
     min_threshold_recall: float = 0.2
+    """Recall floor at the operating threshold on the holdout."""
 
     # --- drift --------------------------------------------------------------------------
-    # Share of monitored columns that must drift before the data set counts as drifted.
     drift_share_threshold: float = 0.3
-    # A champion whose PR-AUC on recent labelled data is this much below its holdout PR-AUC counts as drifted.
+    """Share of monitored columns that must drift before the data set counts as drifted."""
     max_pr_auc_drop: float = 0.10
-    # Against retraining storms: no new request within the cooldown, and at most N per window.
+    """A champion whose PR-AUC on recent labelled data is this much below its holdout PR-AUC counts as drifted."""
     retrain_cooldown_days: int = 3
+    """Against retraining storms: no new request within the cooldown, and at most N per window."""
     max_retrains_per_window: int = 2
+    """At most this many retraining requests within retrain_window_days."""
     retrain_window_days: int = 14
+    """The window max_retrains_per_window counts in."""
 
     @property
     def resolved_code_version(self) -> str:

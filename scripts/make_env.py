@@ -37,7 +37,7 @@ SECRETS = (
     "MLFLOW_ADMIN_PASSWORD",
     "MLFLOW_PIPELINE_PASSWORD",
     "MLFLOW_PROMOTER_PASSWORD",
-    # The gate's Ed25519 key pair (jobs/verdict.py): the private half reaches the evaluate job only.
+    # The gate's Ed25519 key pair (jobs/storage/verdict.py): the private half reaches the evaluate job only.
     "GATE_SIGNING_KEY",
     "GATE_PUBLIC_KEY",
 )
@@ -58,7 +58,7 @@ def generate(name: str, values: dict[str, str]) -> str:
 
 
 def gate_public_key(private: str) -> str:
-    """The public half of the gate's private key (url-safe base64, no padding), as jobs/verdict.py reads it."""
+    """The public half of the gate's private key (url-safe base64, no padding), as jobs/storage/verdict.py reads it."""
     try:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

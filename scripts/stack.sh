@@ -47,7 +47,7 @@ case "${1:-}" in
     echo "Drift trend http://127.0.0.1:$AIRFLOW_PORT/pipeline/mlflow/drift-trend   (every day's drift figures, MLflow charts)"
     if [[ -f "$PIPELINE_STATE_DIR/run-summary.json" ]]; then  # the last `make run`'s links, on this UI
       echo "Last run:"
-      python -c "import json, sys; from jobs.links import render; \
+      python -c "import json, sys; from jobs.shared.links import render; \
 print('\n'.join(render(json.load(open(sys.argv[1])).get('links', {}), sys.argv[2])))" \
         "$PIPELINE_STATE_DIR/run-summary.json" "http://127.0.0.1:$AIRFLOW_PORT"
     fi

@@ -108,8 +108,8 @@ def s3_env(s3_endpoint, monkeypatch):
 @pytest.fixture(params=["file", "s3"])
 def lake(request, state_dir, monkeypatch):
     """The same tests against a local-folder lake and an S3 lake (moto server over HTTP)."""
-    from jobs.lake import get_lake
     from jobs.settings import get_settings
+    from jobs.storage.lake import get_lake
 
     if request.param == "s3":
         bucket = request.getfixturevalue("s3_env")
@@ -130,8 +130,8 @@ def faulty_s3(s3_endpoint, state_dir, monkeypatch):
     import boto3
     from faultproxy import FaultProxy
 
-    from jobs.lake import get_lake
     from jobs.settings import get_settings
+    from jobs.storage.lake import get_lake
 
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard",

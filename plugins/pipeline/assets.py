@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from airflow.sdk import Asset
 
-from jobs import layout
-from jobs.settings import get_settings
+from jobs.shared import layout
+from jobs.storage.lake import configured_uri
+from pipeline.settings import AirflowSettings
 
-LAKE_URI = get_settings().resolved_lake_uri
+LAKE_URI = configured_uri()
 
 
 def _lake_asset(name: str, key: str) -> Asset:
@@ -23,7 +24,7 @@ PREDICTIONS = _lake_asset("fraud_predictions", layout.PREDICTIONS)
 # Not a lake zone: a signal that the drift monitor asks for retraining (extra: drift summary).
 DRIFT_SIGNAL = _lake_asset("drift_detected", layout.DRIFT_SIGNAL)
 RAW_DELIVERIES = _lake_asset("raw_deliveries", layout.RAW_TRANSACTIONS)
-CHAMPION_MODEL = Asset("champion_model", uri=f"{LAKE_URI}/_registry/{get_settings().model_name}/champion")
+CHAMPION_MODEL = Asset("champion_model", uri=f"{LAKE_URI}/_registry/{AirflowSettings().model_name}/champion")
 
 
 def raw_deliveries_watched() -> Asset | None:
@@ -32,7 +33,7 @@ def raw_deliveries_watched() -> Asset | None:
     S3 event notifications (``s3:ObjectCreated:*`` on ``raw/``) -> SQS -> the amazon provider's
     ``SqsSensorTrigger`` in the triggerer -> an asset event whose extra carries the messages.
     """
-    settings = get_settings()
+    settings = AirflowSettings()
     if not settings.lake_events_queue:
         return None
     from airflow.providers.amazon.aws.triggers.sqs import SqsSensorTrigger

@@ -14,7 +14,7 @@ import json
 from datetime import timedelta
 from urllib.parse import unquote_plus
 
-from jobs.layout import partition_date as key_partition_date
+from jobs.shared.layout import partition_date as key_partition_date
 
 
 def partition_date(context) -> str:

@@ -23,7 +23,7 @@ DEFAULT_ARGS = {
     **({"on_failure_callback": _FAILURE_NOTIFIERS} if _FAILURE_NOTIFIERS else {}),
 }
 
-# Steps skip when their inputs equal those of their last success (jobs/unchanged.py); a person
+# Steps skip when their inputs equal those of their last success (jobs/storage/unchanged.py); a person
 # re-runs anyway with "force" in the trigger form (or a backfill's conf: {"force": true}).
 FORCE_ARG = "{{ '--force' if params.force else '' }}"
 

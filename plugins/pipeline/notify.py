@@ -12,7 +12,7 @@ Configured from the environment, nothing in the repository:
   (00:00 UTC the next day) the chain's first step must be done; a ``DeadlineAlert`` on
   ``ingest_transactions`` mails "predictions for D are late" when it is not. Unset: no deadline
   (the stack sets 360). ``airflow dags test`` of a DAG with a deadline fails after a successful
-  run (apache/airflow#73428, pinned in tests/dags/test_timetables.py), so ``make run`` leaves it unset.
+  run (apache/airflow#73428, pinned in tests/plugins/test_timetables.py), so ``make run`` leaves it unset.
 
 What is told: every task that fails for good (a rejected delivery names the files and rules, a
 sensor that timed out waiting for a delivery, a job error), a challenger the gate refused, drift
@@ -21,8 +21,9 @@ that asks for retraining, a promotion, and the deadline. Each mail links to the 
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
+
+from pipeline.settings import AirflowSettings
 
 SUBJECT_PREFIX = "[fraud-pipeline]"
 # The day a run is about (its partition key, the form's date, or the logical date of `dags test`).
@@ -31,11 +32,11 @@ _LINK = '<p><a href="{{ ti.log_url }}">{{ dag.dag_id }} / {{ ti.task_id }} in Ai
 
 
 def recipients() -> list[str]:
-    return [r.strip() for r in os.environ.get("PIPELINE_NOTIFY_EMAIL", "").split(",") if r.strip()]
+    return [r.strip() for r in AirflowSettings().notify_email.split(",") if r.strip()]
 
 
 def _sender() -> str:
-    return os.environ.get("PIPELINE_NOTIFY_FROM", "fraud-pipeline@localhost")
+    return AirflowSettings().notify_from
 
 
 def _mail(subject: str, body: str):
@@ -62,13 +63,12 @@ def on_event(subject: str, body: str = "") -> list:
 
 def predictions_deadline():
     """The ``DeadlineAlert`` of the nightly chain's first DAG, or None (nobody told, or no deadline set)."""
-    minutes = os.environ.get("PIPELINE_PREDICTIONS_DEADLINE_MINUTES", "")
+    minutes = AirflowSettings().predictions_deadline_minutes
     if not recipients() or not minutes:
         return None
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
     from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
-    minutes = int(minutes)
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(minutes=minutes),

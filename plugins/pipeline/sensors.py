@@ -22,7 +22,7 @@ class LakeObjectsSensor(BaseSensorOperator):
         self.prefix = prefix
 
     def poke(self, context) -> bool:
-        from jobs.lake import get_lake
+        from jobs.storage.lake import get_lake
 
         lake = get_lake()
         prefix = self.prefix.format(date=partition_date(context))
@@ -38,23 +38,24 @@ def raw_delivery_sensor(*, task_id: str, prefix: str, **kwargs):
     ``PIPELINE_AWS_CONN_ID``, default ``lake_s3``; deferrable when ``PIPELINE_SENSOR_DEFERRABLE``
     is true); ``file://`` lakes poke the folder through the jobs' lake interface.
     """
-    from jobs.settings import get_settings
+    from jobs.storage.lake import configured_uri
+    from pipeline.settings import AirflowSettings
 
-    settings = get_settings()
-    if settings.resolved_lake_uri.startswith("s3://"):
-        return _lake_s3_key_sensor(settings)(
+    settings, lake_uri = AirflowSettings(), configured_uri()
+    if lake_uri.startswith("s3://"):
+        return _lake_s3_key_sensor(lake_uri)(
             task_id=task_id, prefix=prefix, aws_conn_id=settings.aws_conn_id,
             deferrable=settings.sensor_deferrable, **kwargs,
         )
     return LakeObjectsSensor(task_id=task_id, prefix=prefix, **kwargs)
 
 
-def _lake_s3_key_sensor(settings):
+def _lake_s3_key_sensor(lake_uri: str):
     from urllib.parse import urlparse
 
     from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 
-    lake = urlparse(settings.resolved_lake_uri)
+    lake = urlparse(lake_uri)
     lake_prefix = lake.path.strip("/")
 
     class LakeS3KeySensor(S3KeySensor):

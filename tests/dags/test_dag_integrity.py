@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -58,8 +59,30 @@ def test_no_heavy_imports_at_top_level(path):
     assert not top & set(HEAVY), f"{path.name} imports {top & set(HEAVY)} at top level"
 
 
+# Every optional setting a DAG file reads at parse time, switched on.
+EVERY_OPTION_ON = {"PIPELINE_PROMOTION_APPROVAL": "true", "PIPELINE_TRAIN_PROCESSES": "2",
+                   "PIPELINE_NOTIFY_EMAIL": "risk@example.com", "PIPELINE_PREDICTIONS_DEADLINE_MINUTES": "90",
+                   "PIPELINE_SENSOR_DEFERRABLE": "true",
+                   "PIPELINE_LAKE_EVENTS_QUEUE": "https://sqs.eu-west-1.amazonaws.com/123456789012/raw-events"}
+
+
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_importing_a_dag_file_loads_no_heavy_module(path):
+def test_dag_files_import_only_airflow_the_plugins_and_the_shared_contract(path):
+    """Anywhere in the file, not only at its top: the DAG layer of the import contracts (pyproject.toml)."""
+    named = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            named.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            named.add(node.module)
+    allowed = set(sys.stdlib_module_names) | {"airflow", "pipeline"}
+    wrong = {m for m in named if not (m.split(".")[0] in allowed or m == "jobs.shared" or m.startswith("jobs.shared."))}
+    assert not wrong, f"{path.name} imports {sorted(wrong)}"
+
+
+@pytest.mark.parametrize("options", [{}, EVERY_OPTION_ON], ids=["defaults", "every-option-on"])
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_importing_a_dag_file_loads_no_heavy_module(path, options):
     """What the scheduler pays: import the file in a fresh interpreter and list heavy modules loaded."""
     code = (
         "import importlib.util, json, sys\n"
@@ -68,7 +91,8 @@ def test_importing_a_dag_file_loads_no_heavy_module(path):
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, **options})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 

@@ -19,7 +19,7 @@ import boto3
 import pytest
 from standalone import airflow_standalone, poll_db
 
-from jobs.generate import generate_day
+from jobs.devkit.generate import generate_day
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""MLflow behind authentication, promotion by its own identity (jobs/mlflow_auth.py), for real.
+"""MLflow behind authentication, promotion by its own identity (services/mlflow_auth.py), for real.
 
 A real ``mlflow server --app-name fraud-auth`` (MLflow's basic-auth app plus the alias rule) runs
 on loopback; ``python -m jobs mlflow-access`` creates the two identities as an admin; the jobs then
@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from pipeline.runners import JobFailed, JobSpec, forwarded_env, get_runner
+from pipeline.execution.runners import JobFailed, JobSpec, forwarded_env, get_runner
 from standalone import mlflow_ui
 
 END = "2026-05-10"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from standalone import airflow_standalone, poll_db, rest_api, wait_for_api
 
-from jobs.generate import generate_day
+from jobs.devkit.generate import generate_day
 
 pytestmark = pytest.mark.e2e
 

@@ -167,7 +167,7 @@ def test_onnx_scores_equal_pytorch_scores(env, chain):
     import onnxruntime as ort
     import torch
 
-    from jobs.model import Preprocessing, build_model
+    from jobs.ml.model import Preprocessing, build_model
 
     uri = f"sqlite:///{env['PIPELINE_STATE_DIR']}/mlflow/mlflow.db"
     mlflow.set_tracking_uri(uri)
@@ -337,7 +337,7 @@ def test_drifted_data_is_flagged_and_asks_for_retraining(env, chain, inbox):
     mail = inbox.wait_for(f"DRIFT for {NEXT}: retraining requested", timeout=10)
     assert "merchant_category" in mail and "tasks/signal_retraining" in mail
     (event,) = asset_events(env, "drift_detected")
-    assert event["window"] == f"{NEXT}..{NEXT}" and event["drift_share"] == report["drift_share"]
+    assert event["window_start"] == event["window_end"] == NEXT and event["drift_share"] == report["drift_share"]
     assert report["retrain"] is True and report["decision"].startswith("retraining requested")
 
 

@@ -253,7 +253,7 @@ def test_rollback_moves_mlflow_aliases_stored_in_postgres(postgres, env):
     state = Path(env["PIPELINE_STATE_DIR"])
     uri = env["PIPELINE_MLFLOW_TRACKING_URI"]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    # Artifacts in the state folder, as jobs.registry does for its default store (never the cwd).
+    # Artifacts in the state folder, as jobs.storage.registry does for its default store (never the cwd).
     experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(state / "mlflow-artifacts").as_uri())
     run = client.create_run(experiment_id, run_name="postgres-proof")
     client.log_text(run.info.run_id, "flavors: {}\n", "model/MLmodel")

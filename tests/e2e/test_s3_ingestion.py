@@ -17,10 +17,11 @@ from urllib.parse import quote
 import boto3
 import pytest
 
-from jobs import layout, tables
-from jobs.generate import generate_day, inject_bad_rows
-from jobs.ingest import read_ledger
-from jobs.lake import S3Lake
+from jobs.devkit.generate import generate_day, inject_bad_rows
+from jobs.shared import layout
+from jobs.storage import tables
+from jobs.storage.lake import S3Lake
+from jobs.storage.ledger import read_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 DATE = "2026-07-01"

@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import pytest
-from pipeline.runners import JobFailed, JobSpec, get_runner
+from pipeline.execution.runners import JobFailed, JobSpec, get_runner
 
-from jobs import layout, tables
+from jobs.shared import layout
+from jobs.storage import tables
 
 STEPS = ["generate", "ingest", "validate", "features", "train", "evaluate", "promote", "score", "drift"]
 
@@ -70,7 +71,7 @@ def test_ledger_lists_what_was_ingested(state_dir):
 
 
 def test_quarantine_report_and_replay_of_a_fixed_file(state_dir, lake, tmp_path):
-    from jobs.generate import generate_day
+    from jobs.devkit.generate import generate_day
 
     day = generate_day("2026-02-04", 30)
     bad = day.copy()

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs import layout, tables
-from jobs.generate import generate_day, inject_bad_rows
-from jobs.ingest import read_ledger
-from jobs.lake import get_lake
+from jobs.devkit.generate import generate_day, inject_bad_rows
+from jobs.shared import layout
+from jobs.storage import tables
+from jobs.storage.lake import get_lake
+from jobs.storage.ledger import read_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 DAYS = ["2026-04-01", "2026-04-02", "2026-04-03"]

@@ -9,13 +9,15 @@ duplicated: silver, quarantine and the ledger equal those of a run that never sa
 
 import pytest
 
-from jobs import layout, tables
-from jobs.generate import generate_day
-from jobs.ingest import ingest, read_ledger
-from jobs.lake import StorageUnavailable
-from jobs.result import DataRejected
+from jobs.devkit.generate import generate_day
 from jobs.settings import get_settings
-from jobs.validate import validate_batch
+from jobs.shared import layout
+from jobs.shared.result import DataRejected
+from jobs.steps.ingest import ingest
+from jobs.steps.validate import validate_batch
+from jobs.storage import tables
+from jobs.storage.lake import StorageUnavailable
+from jobs.storage.ledger import read_ledger
 
 DATE = "2026-07-01"
 SILVER_OBJECTS = r"/silver/transactions/"  # object GETs/PUTs of the silver table (log and data files)

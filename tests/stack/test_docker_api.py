@@ -114,8 +114,8 @@ def run_train_task(url: str, gpu: bool) -> list:
     from types import SimpleNamespace
     from unittest import mock
 
-    from pipeline.docker_job import DockerJobOperator
-    from pipeline.runners import Resources
+    from pipeline.execution.docker_job import DockerJobOperator
+    from pipeline.execution.runners import Resources
 
     env = {"PIPELINE_JOB_RUNNER": "docker", "PIPELINE_DOCKER_URL": url, "PIPELINE_DOCKER_NETWORK": "fraud-pipeline",
            "PIPELINE_DOCKER_MOUNTS": "fraud-pipeline-state:/data/state", "PIPELINE_JOB_GPUS": str(gpu).lower()}

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import yaml
-from pipeline.runners import RunnerSettings
+from pipeline.settings import AirflowSettings
 from test_images import parse
 
 from jobs.settings import Settings
@@ -30,7 +30,7 @@ def values_env() -> dict[str, str]:
 
 
 def known_pipeline_variables() -> set[str]:
-    fields = set(Settings.model_fields) | set(RunnerSettings.model_fields)
+    fields = set(Settings.model_fields) | set(AirflowSettings.model_fields)
     return {f"PIPELINE_{name.upper()}" for name in fields} | DAG_VARIABLES
 
 
@@ -146,8 +146,8 @@ def rendered_pod(monkeypatch, step: str = "train") -> dict:
     from types import SimpleNamespace
 
     from kubernetes.client import ApiClient
-    from pipeline.kubernetes_job import KubernetesJobOperator
-    from pipeline.runners import Resources
+    from pipeline.execution.kubernetes_job import KubernetesJobOperator
+    from pipeline.execution.runners import Resources
 
     for key, value in values_env().items():
         if key.startswith("PIPELINE_"):

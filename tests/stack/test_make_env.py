@@ -78,9 +78,9 @@ def test_make_has_an_env_target():
 
 
 def test_the_gate_key_pair_signs_and_verifies_and_a_job_without_the_private_half_cannot_sign(tmp_path):
-    from jobs.result import JobError
     from jobs.settings import Settings
-    from jobs.verdict import VerdictUnsigned, sign, verify
+    from jobs.shared.result import JobError
+    from jobs.storage.verdict import VerdictUnsigned, sign, verify
 
     target = tmp_path / ".env"
     assert run("--env-file", str(target)).returncode == 0

@@ -1,0 +1,106 @@
+"""Drift decisions: Evidently's comparison of a reference with recent rows, which columns drifted,
+the champion's recent performance and whether to ask for a retraining. Frames in, values out."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date as Date
+
+import pandas as pd
+
+from jobs.shared.schemas import LABEL, PREDICTION
+
+# Monitored columns: raw behaviour plus the card-history features the model leans on.
+DRIFT_NUMERIC = ["log_amount", "hour_of_day", "card_txn_count_24h", "amount_to_card_mean_7d", "log_secs_since_prev_txn"]
+DRIFT_CATEGORICAL = ["merchant_category", "channel", "country"]
+
+
+
+
+
+def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: float):
+    """Evidently's data drift preset on the monitored features, plus prediction drift when both
+    frames carry the champion's ``fraud_probability``.
+
+    Returns (snapshot, drift score per column, share of drifted feature columns).
+    """
+    logging.getLogger("evidently").setLevel(logging.WARNING)
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
+    cols = DRIFT_NUMERIC + DRIFT_CATEGORICAL
+    numeric = DRIFT_NUMERIC + ([PREDICTION] if PREDICTION in reference and PREDICTION in current else [])
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=DRIFT_CATEGORICAL)
+    all_cols = numeric + DRIFT_CATEGORICAL
+    ref = Dataset.from_pandas(reference[all_cols], data_definition=definition)
+    cur = Dataset.from_pandas(current[all_cols], data_definition=definition)
+    metrics = [DataDriftPreset(columns=cols, drift_share=drift_share)]
+    if PREDICTION in numeric:
+        metrics.append(ValueDrift(column=PREDICTION))
+    snapshot = Report(metrics, include_tests=True).run(current_data=cur, reference_data=ref)
+    columns = {}
+    share = None
+    for m in snapshot.dict()["metrics"]:
+        name, value = m.get("metric_name", ""), m.get("value")
+        if name.startswith("DriftedColumnsCount"):
+            share = float(value["share"])
+        elif name.startswith("ValueDrift(column="):
+            column = name[len("ValueDrift(column="):].split(",")[0].rstrip(")")
+            columns[column] = float(value)
+    return snapshot, columns, share
+
+
+def retraining_decision(drifted: bool, reasons: list[str], date: str, earlier_requests: list[str],
+                        cooldown_days: int, max_requests: int, window_days: int) -> tuple[bool, str]:
+    """Whether this drift may start a retraining, given the dates of earlier requests.
+
+    The clock is the run's own date, so re-running a date decides the same way. A request for
+    the same date is not "earlier": re-running it does not trip its own cooldown.
+    """
+    if not drifted:
+        return False, "no drift"
+    day = Date.fromisoformat(date)
+    before = sorted(d for d in earlier_requests if d < date)
+    if before and (day - Date.fromisoformat(before[-1])).days < cooldown_days:
+        return False, (f"cooldown: retraining was already requested on {before[-1]} "
+                       f"(< {cooldown_days} days ago); {'; '.join(reasons)}")
+    recent = [d for d in before if (day - Date.fromisoformat(d)).days < window_days]
+    if len(recent) >= max_requests:
+        return False, (f"limit: {len(recent)} retraining requests in the last {window_days} days "
+                       f"(max {max_requests}); {'; '.join(reasons)}")
+    return True, "retraining requested: " + "; ".join(reasons)
+
+
+MIN_POSITIVES = 30  # below this, a PR-AUC is too noisy to act on
+
+
+def recent_performance(current: pd.DataFrame, holdout_pr_auc: float | None) -> dict:
+    """The champion's PR-AUC on recent rows whose labels have arrived, vs its holdout PR-AUC.
+
+    With fewer than :data:`MIN_POSITIVES` labelled frauds the figures are reported but no drop
+    is computed, so noise cannot trigger a retraining.
+    """
+    from jobs.ml.model import classification_metrics
+
+    labelled = current.dropna(subset=[LABEL])
+    if labelled.empty or labelled[LABEL].nunique() < 2:
+        return {"labelled_rows": len(labelled), "note": "not enough labelled rows with both classes"}
+    m = classification_metrics(labelled[LABEL].to_numpy(), labelled[PREDICTION].to_numpy())
+    out = {"labelled_rows": len(labelled), "pr_auc_recent": m["pr_auc"], "roc_auc_recent": m["roc_auc"],
+           "pr_auc_holdout": holdout_pr_auc}
+    if holdout_pr_auc is not None and m["positives"] >= MIN_POSITIVES:
+        out["pr_auc_drop"] = holdout_pr_auc - m["pr_auc"]
+    elif holdout_pr_auc is not None:
+        out["note"] = f"only {m['positives']} labelled frauds (< {MIN_POSITIVES}): performance not compared"
+    return out
+
+
+def drifted_columns(snapshot) -> list[str]:
+    """Columns whose Evidently per-column drift test failed."""
+    out = []
+    for t in snapshot.dict().get("tests", []):
+        column = (t.get("metric_config") or {}).get("params", {}).get("column")
+        if column and str(t.get("status")).endswith("FAIL"):
+            out.append(column)
+    return sorted(set(out))

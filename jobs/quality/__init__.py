@@ -1,0 +1,1 @@
+"""Data quality: the Great Expectations contract (expectations/*.json) run on frames."""

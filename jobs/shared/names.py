@@ -1,0 +1,31 @@
+"""Names in MLflow that a writer and a reader share: version tags, the run's bundle folder, the
+promotion decisions. Both sides import them from here; neither spells the string."""
+
+from __future__ import annotations
+
+MODEL_NAME = "fraud-detector"  # the registered model, unless PIPELINE_MODEL_NAME says otherwise
+BUNDLE_DIR = "bundle"  # run artifacts that travel with a model version (preprocessing, decision, reference)
+
+# Version tags written by training: what the registry must give back, byte for byte.
+ONNX_SHA_TAG = "onnx_sha256"
+PREPROCESSING_SHA_TAG = "preprocessing_sha256"
+DECISION_SHA_TAG = "decision_sha256"
+
+# Version tags written by the gate (evaluate), signed with its private key.
+GATE_PASSED_TAG = "gate_passed"
+GATE_VERDICT_TAG = "gate_verdict"
+GATE_CHAMPION_TAG = "gate_champion_version"
+GATE_REPORT_TAG = "gate_report"
+GATE_TAGS = (GATE_PASSED_TAG, GATE_VERDICT_TAG, GATE_CHAMPION_TAG, GATE_REPORT_TAG)
+SIGNATURE_TAG = "gate_signature"
+SIGNED_TAGS = (GATE_PASSED_TAG, GATE_CHAMPION_TAG, GATE_VERDICT_TAG, ONNX_SHA_TAG)
+
+# Version tags written by promotion.
+PROMOTED_AT_TAG = "promoted_at"
+PROMOTED_BY_RUN_TAG = "promoted_airflow_run_id"
+
+# The run tag that marks the long-lived drift monitoring run of a model.
+MONITOR_TAG = "drift_monitor"
+
+# A person's answer in the approval form: key recorded on the version -> the label the form shows.
+DECISIONS = {"promote": "Promote", "keep": "Keep the champion", "rollback": "Roll back the champion"}

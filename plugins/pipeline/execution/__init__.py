@@ -1,0 +1,1 @@
+"""How a step runs: the job operator factory, its local, Docker and Kubernetes operators, runners."""

@@ -1,0 +1,1 @@
+"""The web pieces: extra links on job tasks and the report view behind Airflow's login."""

@@ -1,0 +1,1 @@
+"""Long-running services apart from the batch jobs: the MLflow server's authentication app."""
