@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jobs.devkit.generate import generate_day  # noqa: E402
 from jobs.ml.features_duckdb import build_features_duckdb  # noqa: E402
 from jobs.ml.model import classification_metrics  # noqa: E402
+from jobs.ml.training import downsample_negatives, fit, time_split, torch_scores  # noqa: E402
+from jobs.quality.contract import to_typed  # noqa: E402
 from jobs.settings import Settings  # noqa: E402
-from jobs.steps.train import downsample_negatives, fit, time_split, torch_scores  # noqa: E402
-from jobs.steps.validate import to_typed  # noqa: E402
 
 NIGHTLY_FIT_ROWS = 30 * 1_000_000 * 25 / 30 * 0.85  # 30 days of 1M, less 5 holdout days, less validation
 

@@ -20,8 +20,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.ml.training import fit, time_split, torch_scores  # noqa: E402
 from jobs.settings import Settings  # noqa: E402
-from jobs.steps.train import export_onnx, fit, time_split, torch_scores  # noqa: E402
+from jobs.steps.train import export_onnx  # noqa: E402
 
 
 def load_gold(folder: Path) -> pd.DataFrame:

@@ -19,9 +19,9 @@ Spark job (e.g. after a feature change).
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param
 from pipeline.assets import GOLD_FEATURES, SILVER_TRANSACTIONS
-from pipeline.dates import planned_range
+from pipeline.dates import plan_dates
 from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, START_DATE, TAGS, force_param
 from pipeline.execution.operators import job_task
 from pipeline.execution.runners import Resources
@@ -45,19 +45,18 @@ with DAG(
     },
 ) as dag:
 
-    @task(multiple_outputs=True)
-    def plan_dates(**context) -> dict:
-        """Decides which dates to build: the form's range, else the run's partition key."""
-        return planned_range(context)
-
     plan = plan_dates()
     features = job_task(
         step="features",
-        date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
-        arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}", FORCE_ARG],
+        date=plan["end"],
+        arguments=["--start", plan["start"], FORCE_ARG],
         pass_run_id=True,
         job_resources=Resources(cpu=2, memory_gb=4),
         outlets=[GOLD_FEATURES],
         doc_md="Builds gold features with Spark for the planned dates; each date is published atomically.",
     )
     plan >> features
+
+
+if __name__ == "__main__":
+    dag.test()

@@ -103,7 +103,7 @@ def ingestion_tasks() -> None:
 
 # With PIPELINE_NOTIFY_EMAIL set: "predictions for D are late" when the nightly run is not done in time.
 with DAG(dag_id="ingest_transactions", doc_md=__doc__, schedule=nightly_partitions(),
-         deadline=predictions_deadline(), tags=[*TAGS, "ingestion"], **DAG_ARGS):
+         deadline=predictions_deadline(), tags=[*TAGS, "ingestion"], **DAG_ARGS) as dag:
     ingestion_tasks()
 
 # With PIPELINE_LAKE_EVENTS_QUEUE set, S3 event notifications start this one (AssetWatcher).
@@ -112,3 +112,7 @@ if _events:
     with DAG(dag_id="ingest_deliveries", doc_md=__doc__, schedule=[_events], tags=[*TAGS, "ingestion", "events"],
              **DAG_ARGS):
         ingestion_tasks()
+
+
+if __name__ == "__main__":
+    dag.test()

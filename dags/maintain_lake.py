@@ -46,3 +46,7 @@ with DAG(
         job_resources=Resources(cpu=1, memory_gb=2),
         doc_md="Compacts, checkpoints and vacuums every Delta table of the lake.",
     )
+
+
+if __name__ == "__main__":
+    dag.test()

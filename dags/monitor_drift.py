@@ -48,9 +48,8 @@ with DAG(
     )
 
     @task.short_circuit
-    def decide(**context) -> bool:
+    def decide(r: dict) -> bool:
         """Continues to the retraining signal only when the data drifted and no cooldown or limit holds."""
-        r = context["ti"].xcom_pull(task_ids="drift")
         print(f"Drift share {r['drift_share']:.2f} over {r['window_start']}..{r['window_end']} vs "
               f"v{r['model_version']} reference; drifted columns: {', '.join(r['drifted_columns']) or 'none'}")
         if r["retrain"]:
@@ -66,9 +65,8 @@ with DAG(
         f"DRIFT for {DAY}: retraining requested",
         "{{ ti.xcom_pull(task_ids='drift')['decision'] }}; drifted columns: "
         "{{ ti.xcom_pull(task_ids='drift')['drifted_columns'] | join(', ') }}"))
-    def signal_retraining(**context) -> None:
+    def signal_retraining(r: dict, **context) -> None:
         """Emits the drift_detected event (with the drift summary) that schedules train_model."""
-        r = context["ti"].xcom_pull(task_ids="drift")
         # The event's partition key is the drifted day (also for a manual run with only a date in
         # its form): train_model trains up to it.
         event = context["outlet_events"][DRIFT_SIGNAL]
@@ -78,4 +76,8 @@ with DAG(
                                  "report_json", "decision")},
         }
 
-    drift >> decide() >> signal_retraining()
+    decide(drift.output) >> signal_retraining(drift.output)
+
+
+if __name__ == "__main__":
+    dag.test()

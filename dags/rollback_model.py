@@ -92,3 +92,7 @@ with DAG(
         doc_md="Scores again, with the restored champion, the days the replaced one scored.",
     )
     current >> rollback
+
+
+if __name__ == "__main__":
+    dag.test()

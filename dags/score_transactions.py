@@ -15,9 +15,9 @@ otherwise (the log says which).
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param
 from pipeline.assets import GOLD_FEATURES, PREDICTIONS
-from pipeline.dates import planned_range
+from pipeline.dates import plan_dates
 from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, START_DATE, TAGS, force_param
 from pipeline.execution.operators import job_task
 from pipeline.execution.runners import Resources
@@ -41,18 +41,18 @@ with DAG(
     },
 ) as dag:
 
-    @task(multiple_outputs=True)
-    def plan_dates(**context) -> dict:
-        """Decides which dates to score: the form's range, else the run's partition key."""
-        return planned_range(context)
-
+    plan = plan_dates()
     score = job_task(
         step="score",
-        date="{{ ti.xcom_pull(task_ids='plan_dates')['end'] }}",
-        arguments=["--start", "{{ ti.xcom_pull(task_ids='plan_dates')['start'] }}", FORCE_ARG],
+        date=plan["end"],
+        arguments=["--start", plan["start"], FORCE_ARG],
         pass_run_id=True,
         job_resources=Resources(cpu=2, memory_gb=4),
         outlets=[PREDICTIONS],
         doc_md="Scores the planned dates with the champion's ONNX model after checking its hash.",
     )
-    plan_dates() >> score
+    plan >> score
+
+
+if __name__ == "__main__":
+    dag.test()

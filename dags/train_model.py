@@ -72,16 +72,15 @@ with DAG(
     )
     evaluate = job_task(
         step="evaluate",
-        arguments=["--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}", FORCE_ARG],
+        arguments=["--model-version", train.output["model_version"], FORCE_ARG],
         job_resources=Resources(cpu=2, memory_gb=4),
         doc_md="Scores challenger and champion on the frozen holdout and writes the gate report (reuses the "
                "verdict when nothing changed since the last evaluation of the version).",
     )
 
     @task.branch
-    def gate(**context) -> str:
+    def gate(result: dict) -> str:
         """Promotes only when every gate check passed; the verdict and each check are logged here."""
-        result = context["ti"].xcom_pull(task_ids="evaluate")
         print(f"Gate verdict for v{result['model_version']}: {result['verdict']}")
         for name, passed in result["checks"].items():
             print(f"  {name}: {'pass' if passed else 'FAIL'}")
@@ -94,7 +93,7 @@ with DAG(
         step="promote",
         pass_date=False,
         pool=PROMOTION_POOL,
-        arguments=["--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}"],
+        arguments=["--model-version", evaluate.output["model_version"]],
         outlets=[CHAMPION_MODEL],
         on_success_callback=on_event(
             "PROMOTED fraud-detector v{{ ti.xcom_pull(task_ids='train')['model_version'] }} to champion "
@@ -110,7 +109,7 @@ with DAG(
             "{{ ti.xcom_pull(task_ids='evaluate')['verdict'] }}"),
         doc_md="The challenger failed the gate: nothing changes.")
 
-    decision = train >> evaluate >> gate()
+    decision = gate(evaluate.output)
     if PROMOTION_APPROVAL:
         from airflow.providers.standard.operators.hitl import HITLOperator
 
@@ -141,7 +140,7 @@ with DAG(
             task_id="record_decision",
             pass_date=False,
             arguments=[
-                "--model-version", "{{ ti.xcom_pull(task_ids='train')['model_version'] }}",
+                "--model-version", evaluate.output["model_version"],
                 answer + "--decision={{ a['chosen_options'][0] }}",
                 answer + "--by={{ (a['responded_by_user'] or {}).get('name') or 'nobody (timed out)' }}",
                 answer + "--reason={{ (a['params_input'] or {}).get('reason') or "
@@ -151,9 +150,8 @@ with DAG(
         )
 
         @task.branch
-        def route_decision(**context) -> str:
+        def route_decision(chosen: str) -> str:
             """Follows the person's decision (recorded by record_decision)."""
-            chosen = context["ti"].xcom_pull(task_ids="record_decision")["decision"]
             return {"promote": "promote", "keep": "keep_by_decision", "rollback": "rollback_champion"}[chosen]
 
         keep_by_decision = EmptyOperator(task_id="keep_by_decision",
@@ -166,14 +164,19 @@ with DAG(
             retries=1,
             arguments=[
                 # The champion the gate compared with: if it moved since, the rollback changes nothing.
-                "--expected-version", "{{ ti.xcom_pull(task_ids='evaluate')['champion_version'] or '' }}",
-                "--reason", "{{ ti.xcom_pull(task_ids='record_decision')['decision_reason'] }}",
-                "--actor", "{{ ti.xcom_pull(task_ids='record_decision')['decided_by'] }}",
+                "--expected-version", evaluate.output["champion_version"],
+                "--reason", record.output["decision_reason"],
+                "--actor", record.output["decided_by"],
             ],
             outlets=[CHAMPION_MODEL],
             doc_md="A person rolled the champion back to the previous one (compare-and-set, reason recorded).",
         )
         decision >> [approve_promotion, keep_champion]
-        approve_promotion >> record >> route_decision() >> [promote, keep_by_decision, rollback_champion]
+        approve_promotion >> record
+        route_decision(record.output["decision"]) >> [promote, keep_by_decision, rollback_champion]
     else:
         decision >> [promote, keep_champion]
+
+
+if __name__ == "__main__":
+    dag.test()

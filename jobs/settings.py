@@ -17,6 +17,11 @@ from jobs.shared.names import MODEL_NAME
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def in_groups(*groups: str) -> dict:
+    """Field metadata: the step groups a setting belongs to (see :meth:`Settings.group`)."""
+    return {"groups": list(groups)}
+
+
 class Settings(BaseSettings):
     """Pipeline settings. Each field can be set as ``PIPELINE_<FIELD_NAME>`` in the environment."""
 
@@ -119,13 +124,14 @@ class Settings(BaseSettings):
     """Emergency only: let scoring and the drift monitor use a champion whose version never passed its gate (an alias
     moved by hand). Every use is logged as an override.
     """
-    train_window_days: int = 30
+    train_window_days: int = Field(default=30, json_schema_extra=in_groups("training"))
     """History a model is fitted on."""
-    holdout_days: int = 5
+    holdout_days: int = Field(default=5, json_schema_extra=in_groups("training"))
     """Most recent days, never seen in fitting: the time-based holdout."""
-    seed: int = 42
+    seed: int = Field(default=42, json_schema_extra=in_groups("training", "gate"))
     """Seed of every random choice (split, sampling, initialisation, bootstrap): a re-run gives the same model."""
-    device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+    device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.",
+                        json_schema_extra=in_groups("training"))
     code_version: str = Field(
         default="", description="A release name or git sha recorded with every model (images set it); the "
                                 "recorded version always ends with a fingerprint of the code itself."
@@ -138,60 +144,69 @@ class Settings(BaseSettings):
     """Set by the Airflow task that runs the job: the task instance's URL, recorded with the run id."""
     airflow_ui_url: str = "http://127.0.0.1:8080"
     """Where a person opens the Airflow UI (`make up`'s default): the run summary's links start here."""
-    max_epochs: int = 30
+    max_epochs: int = Field(default=30, json_schema_extra=in_groups("training"))
     """Most passes over the fitting rows; early stopping usually ends sooner."""
-    early_stopping_patience: int = 4
+    early_stopping_patience: int = Field(default=4, json_schema_extra=in_groups("training"))
     """Epochs without a better validation PR-AUC before training stops (the best epoch is kept)."""
-    batch_size: int = 512
+    batch_size: int = Field(default=512, json_schema_extra=in_groups("training"))
     """Rows per optimiser step."""
-    learning_rate: float = 2e-3
+    learning_rate: float = Field(default=2e-3, json_schema_extra=in_groups("training"))
     """Adam's learning rate."""
-    negative_sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    negative_sample_rate: float = Field(default=1.0, gt=0.0, le=1.0, json_schema_extra=in_groups("training"))
     """Negative downsampling: keep every fraud and this share of the other fitting rows (1.0 = all). Validation and
     holdout rows are never sampled; bench/training.py measures the PR-AUC cost.
     """
 
     # --- gate ---------------------------------------------------------------------------
-    min_pr_auc: float = 0.30
+    min_pr_auc: float = Field(default=0.30, json_schema_extra=in_groups("gate"))
     """PR-AUC floor a model must clear on the holdout: below it a fraud model is worse than useless noise."""
-    min_roc_auc: float = 0.80
+    min_roc_auc: float = Field(default=0.80, json_schema_extra=in_groups("gate"))
     """ROC-AUC floor a model must clear on the holdout."""
-    non_inferiority_margin: float = 0.01
+    non_inferiority_margin: float = Field(default=0.01, json_schema_extra=in_groups("gate"))
     """A challenger may be at most this much worse (PR-AUC) than the champion and still win, so that retraining on
     fresh data is not blocked by noise.
     """
-    recent_champions: int = Field(default=3, ge=0)
+    recent_champions: int = Field(default=3, ge=0, json_schema_extra=in_groups("gate"))
     """The challenger may also not fall more than the margin below the best of the last K champions (on the same
     holdout): no slow ratchet down through a chain of "almost as good" promotions.
     """
-    onnx_parity_tolerance: float = 1e-4
+    onnx_parity_tolerance: float = Field(default=1e-4, json_schema_extra=in_groups("gate"))
     """Largest |ONNX - PyTorch| score difference on the holdout the gate accepts."""
-    bootstrap_resamples: int = 300
+    bootstrap_resamples: int = Field(default=300, json_schema_extra=in_groups("gate"))
     """Paired resamples for the challenger-vs-champion interval."""
-    latency_budget_ms: float = 50.0
+    latency_budget_ms: float = Field(default=50.0, json_schema_extra=in_groups("gate"))
     """Batch scoring must keep up with a day of transactions on one CPU core."""
-    decision_precision_target: float = Field(default=0.9, gt=0.0, lt=1.0)
+    decision_precision_target: float = Field(default=0.9, gt=0.0, lt=1.0, json_schema_extra=in_groups("training"))
     """The operating point (jobs.ml.calibration): the threshold is chosen on validation rows for this precision; on the
     holdout, the gate requires at least these precision and recall at it: floors (over 10x the ~2 % fraud base
     rate), since a holdout that drifted away from the validation rows legitimately costs precision (0.34 measured on
     the e2e's drifted day).
     """
-    min_threshold_precision: float = 0.25
+    min_threshold_precision: float = Field(default=0.25, json_schema_extra=in_groups("gate"))
     """Precision floor at the operating threshold on the holdout."""
-    min_threshold_recall: float = 0.2
+    min_threshold_recall: float = Field(default=0.2, json_schema_extra=in_groups("gate"))
     """Recall floor at the operating threshold on the holdout."""
 
     # --- drift --------------------------------------------------------------------------
-    drift_share_threshold: float = 0.3
+    drift_share_threshold: float = Field(default=0.3, json_schema_extra=in_groups("drift"))
     """Share of monitored columns that must drift before the data set counts as drifted."""
-    max_pr_auc_drop: float = 0.10
+    max_pr_auc_drop: float = Field(default=0.10, json_schema_extra=in_groups("drift"))
     """A champion whose PR-AUC on recent labelled data is this much below its holdout PR-AUC counts as drifted."""
-    retrain_cooldown_days: int = 3
+    retrain_cooldown_days: int = Field(default=3, json_schema_extra=in_groups("drift"))
     """Against retraining storms: no new request within the cooldown, and at most N per window."""
-    max_retrains_per_window: int = 2
+    max_retrains_per_window: int = Field(default=2, json_schema_extra=in_groups("drift"))
     """At most this many retraining requests within retrain_window_days."""
-    retrain_window_days: int = 14
+    retrain_window_days: int = Field(default=14, json_schema_extra=in_groups("drift"))
     """The window max_retrains_per_window counts in."""
+
+    def group(self, name: str) -> dict:
+        """The settings of one step's group (``training``, ``gate``, ``drift``), name -> value.
+
+        What the step's result depends on, so its skip record holds exactly these: a setting joins
+        a group where it is declared, never in a list kept by hand elsewhere.
+        """
+        fields = type(self).model_fields.items()
+        return {k: getattr(self, k) for k, f in fields if name in (f.json_schema_extra or {}).get("groups", ())}
 
     @property
     def resolved_code_version(self) -> str:

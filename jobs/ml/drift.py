@@ -72,6 +72,19 @@ def retraining_decision(drifted: bool, reasons: list[str], date: str, earlier_re
     return True, "retraining requested: " + "; ".join(reasons)
 
 
+def drift_reasons(share: float | None, drifted_cols: list[str], performance: dict, drift_share_threshold: float,
+                  max_pr_auc_drop: float) -> list[str]:
+    """Why the data counts as drifted (none: it does not): too many drifted columns, a PR-AUC drop."""
+    reasons = []
+    if share is not None and share >= drift_share_threshold:
+        features = ", ".join(c for c in drifted_cols if c != PREDICTION)
+        reasons.append(f"{share:.0%} of monitored columns drifted (threshold {drift_share_threshold:.0%}): {features}")
+    drop = performance.get("pr_auc_drop")
+    if drop is not None and drop > max_pr_auc_drop:
+        reasons.append(f"PR-AUC on recent labelled data fell by {drop:.3f} (> {max_pr_auc_drop})")
+    return reasons
+
+
 MIN_POSITIVES = 30  # below this, a PR-AUC is too noisy to act on
 
 

@@ -5,6 +5,24 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """What a challenger must clear (the ``gate`` settings group, ``PIPELINE_MIN_PR_AUC`` ...)."""
+
+    min_pr_auc: float
+    min_roc_auc: float
+    non_inferiority_margin: float
+    onnx_parity_tolerance: float
+    latency_budget_ms: float
+    min_threshold_precision: float = 0.0
+    min_threshold_recall: float = 0.0
+
+    @classmethod
+    def of(cls, values: dict) -> Thresholds:
+        """The thresholds among ``values`` (e.g. ``settings.group("gate")``, which holds more)."""
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__ if name in values})
+
+
 @dataclass
 class Check:
     name: str
@@ -51,16 +69,10 @@ def decide(
     champion_version: str | None,
     onnx_max_abs_diff: float,
     latency_ms: float,
-    min_pr_auc: float,
-    min_roc_auc: float,
-    non_inferiority_margin: float,
-    onnx_parity_tolerance: float,
-    latency_budget_ms: float,
+    thresholds: Thresholds,
     comparison: dict | None = None,
     best_recent: tuple[str, float] | None = None,
     operating_point: dict | None = None,
-    min_threshold_precision: float = 0.0,
-    min_threshold_recall: float = 0.0,
 ) -> GateReport:
     """Gate a challenger: floors, ONNX parity, latency, and not worse than the champion.
 
@@ -77,6 +89,10 @@ def decide(
     ``operating_point``: the challenger's decision threshold with its precision and recall on the
     holdout (``jobs.ml.calibration.at_threshold``): the decisions scoring will write must hold up.
     """
+    t = thresholds
+    min_pr_auc, min_roc_auc, non_inferiority_margin = t.min_pr_auc, t.min_roc_auc, t.non_inferiority_margin
+    onnx_parity_tolerance, latency_budget_ms = t.onnx_parity_tolerance, t.latency_budget_ms
+    min_threshold_precision, min_threshold_recall = t.min_threshold_precision, t.min_threshold_recall
     checks = [
         Check("pr_auc_floor", challenger["pr_auc"], min_pr_auc, ">=", challenger["pr_auc"] >= min_pr_auc),
         Check("roc_auc_floor", challenger["roc_auc"], min_roc_auc, ">=", challenger["roc_auc"] >= min_roc_auc),
@@ -100,13 +116,13 @@ def decide(
                                 f"{comparison['delta']:+.4f} [{low:+.4f}, {comparison['ci_high']:+.4f}], "
                                 f"{comparison['resamples']} paired bootstrap resamples"))
     if operating_point is not None:
-        t = operating_point["threshold"]
+        at = operating_point["threshold"]
         checks.append(Check("threshold_precision", operating_point["precision"], min_threshold_precision, ">=",
                             operating_point["precision"] >= min_threshold_precision,
-                            f"precision of the decisions at threshold {t:.4f} ({operating_point['flagged']} flagged)"))
+                            f"precision of the decisions at threshold {at:.4f} ({operating_point['flagged']} flagged)"))
         checks.append(Check("threshold_recall", operating_point["recall"], min_threshold_recall, ">=",
                             operating_point["recall"] >= min_threshold_recall,
-                            f"share of the holdout's frauds flagged at threshold {t:.4f}"))
+                            f"share of the holdout's frauds flagged at threshold {at:.4f}"))
     if best_recent is not None:
         best_version, best_pr_auc = best_recent
         drop = challenger["pr_auc"] - best_pr_auc

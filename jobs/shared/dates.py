@@ -15,6 +15,11 @@ def parse_date(text: str) -> date:
         raise ValueError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def shifted(day: str, days: int) -> str:
+    """The ISO date ``days`` after ``day`` (before it when negative)."""
+    return (parse_date(day) + timedelta(days=days)).isoformat()
+
+
 @dataclass(frozen=True, order=True)
 class Window:
     """The inclusive days ``start``..``end``."""

@@ -141,6 +141,11 @@ def gate_report(date: Date | str, version: str, ext: str) -> str:
     return f"{gate_reports(date)}/v{version}.{ext}"
 
 
+def gate_plots(date: Date | str, version: str) -> str:
+    """The folder of the model card's plots, beside the gate report that embeds them."""
+    return f"{gate_reports(date)}/v{version}"
+
+
 def drift_report(date: Date | str, ext: str) -> str:
     return f"{REPORTS}/drift/date={date}/drift.{ext}"
 

@@ -11,6 +11,14 @@ ONNX_SHA_TAG = "onnx_sha256"
 PREPROCESSING_SHA_TAG = "preprocessing_sha256"
 DECISION_SHA_TAG = "decision_sha256"
 
+# Version tags and run metrics written by training, read by evaluation and the card.
+HOLDOUT_DATES_TAG = "holdout_dates"  # the frozen holdout: comma-separated ISO dates
+TRAIN_WINDOW_TAG = "train_window"  # for people: "start..end" (machines read the window's dates from the run)
+ONNX_PARITY = "onnx_max_abs_diff"  # max |ONNX - PyTorch| on the holdout (run metric)
+HOLDOUT_METRIC_PREFIX = "holdout_"  # the gate logs each holdout metric of the challenger as holdout_<name>
+HOLDOUT_PR_AUC = HOLDOUT_METRIC_PREFIX + "pr_auc"  # read by the drift monitor
+SCORING_LATENCY = "scoring_latency_ms_per_1k"  # median onnxruntime milliseconds per 1,000 rows (run metric)
+
 # Version tags written by the gate (evaluate), signed with its private key.
 GATE_PASSED_TAG = "gate_passed"
 GATE_VERDICT_TAG = "gate_verdict"

@@ -14,13 +14,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-from datetime import date as Date
-from datetime import timedelta
 from pathlib import Path
 
 from jobs.ml.features_spark import build_features
 from jobs.shared import layout
-from jobs.shared.dates import date_range
+from jobs.shared.dates import date_range, shifted
 from jobs.shared.schemas import LOOKBACK_DAYS
 from jobs.storage import lake as lk
 from jobs.storage import unchanged
@@ -113,18 +111,12 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
     the build is checked against the gold contract, then every built date is replaced in the
     gold Delta table by one predicate overwrite: readers see the old range or the new one.
     """
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-    from pyspark.sql import functions as F
-
     from jobs.storage import tables
 
     # One silver version is read, and recorded, from start to end: rows a validation commits
     # meanwhile are in neither the build nor its skip records, so the next run builds them.
     silver_version = tables.version(lake, layout.SILVER_TRANSACTIONS)
     silver_dates = tables.partitions(lake, layout.SILVER_TRANSACTIONS, silver_version)
-    history_start = (Date.fromisoformat(start) - timedelta(days=LOOKBACK_DAYS)).isoformat()
-    available = [d for d in silver_dates if history_start <= d <= end]
     targets, inputs = _build_inputs(lake, start, end, code_version, silver_dates, silver_version)
     later = _stale_later_days(lake, end, code_version, silver_dates, silver_version) if targets else []
     if later:  # late rows: the built days whose look-back window they fall in are stale too
@@ -132,27 +124,56 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
                  "building %s .. %s", len(later), targets[0], end, LOOKBACK_DAYS, start, later[-1])
         end = later[-1]
         targets, inputs = _build_inputs(lake, start, end, code_version, silver_dates, silver_version)
-        available = [d for d in silver_dates if history_start <= d <= end]
     if not targets:
         return {"dates": [], "rows": 0, "gold": lake.uri_of(layout.GOLD_FEATURES),
                 "note": f"no silver partitions in [{start}, {end}]"}
+    history = [d for d in silver_dates if _history_start(start) <= d <= end]
+
+    def outputs_of(days: list[str], result: dict | None) -> dict:
+        at = None if result is None else result["gold_version"]
+        return {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, days, at)}
+
+    def days_of(result: dict):  # a range built: each day's own record, for a later run of one day
+        for day in targets if len(targets) > 1 else ():
+            day_inputs = _build_inputs(lake, day, day, code_version, silver_dates, silver_version)[1]
+            yield (day, day_inputs, {**result, "dates": [day], "rows": result["rows_by_date"].get(day, 0)},
+                   outputs_of([day], result))
+
+    def work() -> dict:
+        return _build_and_publish(lake, targets, history, silver_version, master, driver_memory,
+                                  expectations_dir, staging_dir, run_id)
+
     key = start if start == end else f"{start}..{end}"
-    done = None if force else unchanged.previous(
-        lake, "features", key, inputs, {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, targets)})
-    if done is not None:
-        return unchanged.skipped(done, "features", key)
+    return unchanged.once(lake, "features", key, inputs, work, force=force,
+                          outputs=lambda result: outputs_of(targets, result), run_id=run_id, parts=days_of)
+
+
+def _history_start(start: str) -> str:
+    """The first silver day a build from ``start`` reads: its look-back window."""
+    return shifted(start, -LOOKBACK_DAYS)
+
+
+def _build_and_publish(lake: lk.Lake, targets: list[str], history: list[str], silver_version: int | None,
+                       master: str, driver_memory: str, expectations_dir: Path, staging_dir: Path | None,
+                       run_id: str) -> dict:
+    """Spark over the silver files of ``history`` (targets and look-back), checked, one gold commit."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    from pyspark.sql import functions as F
+
+    from jobs.storage import tables
+
     spark = spark_session(master, driver_memory)
     if staging_dir is not None:
         Path(staging_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="gold-build-", dir=staging_dir))
     try:
-        uris = tables.files(lake, layout.SILVER_TRANSACTIONS, available, version=silver_version)
+        uris = tables.files(lake, layout.SILVER_TRANSACTIONS, history, version=silver_version)
         with lake.local_files(uris, staging_dir) as paths:
             log.info("reading silver v%s: %d files of %d dates (%s .. %s) with Spark %s", silver_version, len(paths),
-                     len(available), available[0], end, master)
+                     len(history), history[0], history[-1], master)
             started = time.perf_counter()
-            silver = spark.read.parquet(*paths)
-            feats = build_features(silver).where(F.col("date").isin(targets))
+            feats = build_features(spark.read.parquet(*paths)).where(F.col("date").isin(targets))
             feats.repartition("date").write.mode("overwrite").partitionBy("date").parquet(str(staging / "out"))
         # The output is read back from the staging folder: the plan runs once.
         partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
@@ -171,17 +192,8 @@ def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: 
     finally:
         spark.stop()
         shutil.rmtree(staging, ignore_errors=True)
-    result = {"dates": targets, "rows": int(built.num_rows), "gold": lake.uri_of(layout.GOLD_FEATURES),
-              "rows_by_date": counts, "gold_version": gold_version, "silver_version": silver_version}
-    unchanged.remember(lake, "features", key, inputs, result, run_id,
-                       {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, targets, gold_version)})
-    if len(targets) > 1:  # so that a later run of one day (a partition's run) finds it built too
-        for day in targets:
-            day_inputs = _build_inputs(lake, day, day, code_version, silver_dates, silver_version)[1]
-            unchanged.remember(lake, "features", day, day_inputs,
-                               {**result, "dates": [day], "rows": counts.get(day, 0)}, run_id,
-                               {"gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, [day], gold_version)})
-    return result
+    return {"dates": targets, "rows": int(built.num_rows), "gold": lake.uri_of(layout.GOLD_FEATURES),
+            "rows_by_date": counts, "gold_version": gold_version, "silver_version": silver_version}
 
 
 def _stale_later_days(lake: lk.Lake, end: str, code_version: str, silver_dates: list[str],
@@ -194,7 +206,7 @@ def _stale_later_days(lake: lk.Lake, end: str, code_version: str, silver_dates: 
     """
     from jobs.storage import tables
 
-    last = (Date.fromisoformat(end) + timedelta(days=LOOKBACK_DAYS)).isoformat()
+    last = shifted(end, LOOKBACK_DAYS)
     built = [d for d in tables.partitions(lake, layout.GOLD_FEATURES) if end < d <= last and d in set(silver_dates)]
     stale = []
     for day in built:
@@ -211,8 +223,7 @@ def _build_inputs(lake: lk.Lake, start: str, end: str, code_version: str,
     the silver files of the range and its look-back window in the version read, and the code version."""
     from jobs.storage import tables
 
-    history_start = (Date.fromisoformat(start) - timedelta(days=LOOKBACK_DAYS)).isoformat()
-    available = [d for d in silver_dates if history_start <= d <= end]
+    available = [d for d in silver_dates if _history_start(start) <= d <= end]
     targets = [d for d in date_range(start, end) if d in available]
     return targets, {"dates": targets, "code_version": code_version,
                      "silver": tables.snapshot_of(lake, layout.SILVER_TRANSACTIONS, available, silver_version)}

@@ -8,7 +8,7 @@ import logging
 from jobs.ml import modelcard
 from jobs.settings import Settings
 from jobs.shared import links
-from jobs.shared.names import DECISIONS, PROMOTED_AT_TAG, PROMOTED_BY_RUN_TAG
+from jobs.shared.names import DECISIONS, GATE_CHAMPION_TAG, GATE_PASSED_TAG, PROMOTED_AT_TAG, PROMOTED_BY_RUN_TAG
 from jobs.shared.result import JobError
 from jobs.storage import verdict
 from jobs.storage.registry import alias_version, mlflow_client, use_promotion_identity
@@ -43,14 +43,14 @@ def promote(settings: Settings, model_version: str) -> dict:
     use_promotion_identity(settings)
     client = mlflow_client(settings)
     mv = client.get_model_version(settings.model_name, model_version)
-    if mv.tags.get("gate_passed") != "true":
+    if mv.tags.get(GATE_PASSED_TAG) != "true":
         raise JobError(
             f"{settings.model_name} v{model_version} did not pass its gate "
             f"({mv.tags.get('gate_verdict', 'never evaluated')}): not promoting"
         )
     verdict.verify(settings, model_version, mv.tags)  # written by the gate, not by any other identity
     current = alias_version(client, settings, settings.champion_alias)
-    compared_with = mv.tags.get("gate_champion_version") or None
+    compared_with = mv.tags.get(GATE_CHAMPION_TAG) or None
     if current != str(model_version) and current != compared_with:
         raise JobError(
             f"the champion is v{current} but v{model_version} was gated against "

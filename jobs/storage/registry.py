@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.settings import Settings
-from jobs.shared.names import BUNDLE_DIR, DECISION_SHA_TAG, ONNX_SHA_TAG, PREPROCESSING_SHA_TAG
+from jobs.shared.names import BUNDLE_DIR, DECISION_SHA_TAG, GATE_PASSED_TAG, ONNX_SHA_TAG, PREPROCESSING_SHA_TAG
 from jobs.shared.result import JobError
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def gated_champion(client, settings: Settings) -> str | None:
     from jobs.storage import verdict
 
     why = None
-    if mv.tags.get("gate_passed") != "true":
+    if mv.tags.get(GATE_PASSED_TAG) != "true":
         why = (f"@{settings.champion_alias} points at {settings.model_name} v{version}, which "
                f"{'failed' if mv.tags.get('gate_passed') == 'false' else 'never passed'} its gate "
                f"({mv.tags.get('gate_verdict') or 'no gate verdict recorded'})")

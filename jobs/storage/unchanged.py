@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from jobs.shared import layout
@@ -69,3 +70,33 @@ def remember(lake: lk.Lake, step: str, key: str, inputs: dict, result: dict, run
         "outputs": None if outputs is None else fingerprint(outputs), "run_id": run_id,
         "at": datetime.now(UTC).isoformat(timespec="seconds"), "result": result,
     })
+
+
+def once(lake: lk.Lake, step: str, key: str, inputs: dict, work: Callable[[], dict], *, force: bool = False,
+         outputs: Callable[[dict | None], dict] | None = None, run_id: str | Callable[[dict], str] = "",
+         still_valid: Callable[[dict], bool] | None = None, on_skip: Callable[[dict], dict] | None = None,
+         parts: Callable[[dict], Iterable[tuple[str, dict, dict, dict | None]]] = lambda result: (),
+         record: bool = True) -> dict:
+    """Skip-or-run-and-remember: the one way a step skips work whose inputs did not change.
+
+    ``work()`` does the step and returns its result. ``outputs(result)`` is what the lake holds now
+    for the step's outputs (``None`` before the work: a record stands only while they are what it
+    published; the result after it, to record what was published). ``still_valid(result)`` may
+    refuse a record whose result names something gone (a deleted model version); ``on_skip`` turns
+    a standing record into the step's result (default: :func:`skipped`). ``run_id`` names this run
+    in later skip messages (a callable of the result when only the work knows it). ``parts(result)``
+    gives ``(key, inputs, result, outputs)`` of the smaller units a range also made (the days of a
+    range build), so that a later run of one of them finds it done too. ``record=False`` decides
+    like the others but records nothing (the other processes of one distributed training).
+    """
+    done = None if force else previous(lake, step, key, inputs, outputs(None) if outputs else None)
+    if done is not None and (still_valid is None or still_valid(done.get("result", {}))):
+        return on_skip(done) if on_skip else skipped(done, step, key)
+    result = work()
+    if not record:
+        return result
+    name = run_id(result) if callable(run_id) else run_id
+    remember(lake, step, key, inputs, result, name, outputs(result) if outputs else None)
+    for part_key, part_inputs, part_result, part_outputs in parts(result):
+        remember(lake, step, part_key, part_inputs, part_result, name, part_outputs)
+    return result

@@ -20,7 +20,7 @@ import logging
 import os
 from pathlib import Path
 
-from jobs.shared.names import SIGNATURE_TAG, SIGNED_TAGS
+from jobs.shared.names import GATE_VERDICT_TAG, SIGNATURE_TAG, SIGNED_TAGS
 from jobs.shared.result import JobError
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class VerdictUnsigned(JobError):
 def statement(model_name: str, version: str, tags: dict[str, str]) -> bytes:
     """The bytes the gate signs: the verdict's tags of one version, canonical JSON."""
     body = {"model": model_name, "version": str(version), **{t: tags.get(t, "") for t in SIGNED_TAGS}}
-    body["gate_verdict"] = hashlib.sha256(body["gate_verdict"].encode()).hexdigest()
+    body[GATE_VERDICT_TAG] = hashlib.sha256(body[GATE_VERDICT_TAG].encode()).hexdigest()
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 

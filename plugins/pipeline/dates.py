@@ -70,3 +70,19 @@ def planned_range(context) -> dict:
     params = context["params"]
     end = partition_date(context)
     return {"start": params.get("start_date") or end, "end": end}
+
+
+def plan_dates():
+    """The ``plan_dates`` task of a range DAG: ``{"start", "end"}`` for its job (see :func:`planned_range`).
+
+    A DAG passes its outputs on as values: ``plan = plan_dates()``, then
+    ``job_task(..., date=plan["end"], arguments=["--start", plan["start"]])``.
+    """
+    from airflow.sdk import task
+
+    @task(task_id="plan_dates", multiple_outputs=True)
+    def plan(**context) -> dict:
+        """Decides which dates the job works on: the form's range, else the run's partition key."""
+        return planned_range(context)
+
+    return plan()

@@ -19,9 +19,11 @@ EXPECTED_EDGES = {
     "ingest_transactions": {("wait_for_raw", "ingest"), ("ingest", "validate"), ("validate", "announce_silver"),
                             ("validate", "stop_on_rejections")},
     "build_features": {("plan_dates", "features")},
-    "train_model": {("train", "evaluate"), ("evaluate", "gate"), ("gate", "promote"), ("gate", "keep_champion")},
+    # ("evaluate", "promote"): promote takes the version from evaluate's result (an XComArg).
+    "train_model": {("train", "evaluate"), ("evaluate", "gate"), ("gate", "promote"), ("gate", "keep_champion"),
+                    ("evaluate", "promote")},
     "score_transactions": {("plan_dates", "score")},
-    "monitor_drift": {("drift", "decide"), ("decide", "signal_retraining")},
+    "monitor_drift": {("drift", "decide"), ("decide", "signal_retraining"), ("drift", "signal_retraining")},
     "rollback_model": {("current_champion", "rollback"), ("rollback", "stale_predictions"),
                        ("stale_predictions", "rescore")},
     "maintain_lake": set(),
@@ -175,7 +177,10 @@ def test_optional_human_approval_sits_between_gate_and_promote():
     assert edges == {("train", "evaluate"), ("evaluate", "gate"), ("gate", "approve_promotion"),
                      ("gate", "keep_champion"), ("approve_promotion", "record_decision"),
                      ("record_decision", "route_decision"), ("route_decision", "promote"),
-                     ("route_decision", "keep_by_decision"), ("route_decision", "rollback_champion")}
+                     ("route_decision", "keep_by_decision"), ("route_decision", "rollback_champion"),
+                     # values passed on as XComArgs: the version, the champion compared with, who and why
+                     ("evaluate", "promote"), ("evaluate", "record_decision"), ("evaluate", "rollback_champion"),
+                     ("record_decision", "rollback_champion")}
 
 
 def test_ingestion_runs_overlap(dagbag):
@@ -286,11 +291,13 @@ def test_the_approval_form_offers_three_choices_and_its_answer_is_recorded():
         f"dag = DagBag(dag_folder={str(ROOT / 'dags' / 'train_model.py')!r}).dags['train_model']\n"
         "approve, record = dag.get_task('approve_promotion'), dag.get_task('record_decision')\n"
         "answers = {'train': {'model_version': '7'}, 'evaluate': {'verdict': 'promote: better', "
-        "'gate_table': '| check | value |'}, 'approve_promotion': {'chosen_options': ['Roll back the champion'], "
+        "'gate_table': '| check | value |', 'model_version': '7'}, "
+        "'approve_promotion': {'chosen_options': ['Roll back the champion'], "
         "'params_input': {'reason': 'INC-9: too many alerts'}, 'responded_by_user': {'id': '1', 'name': 'ana'}}}\n"
         "class TI:\n"
-        "    def xcom_pull(self, task_ids, key='return_value'):\n"
-        "        return answers[task_ids]\n"
+        "    def xcom_pull(self, task_ids, key='return_value', **kwargs):\n"
+        "        value = answers[task_ids]\n"
+        "        return value if key == 'return_value' else value[key]\n"
         "ctx = {'ti': TI()}\n"
         "print(json.dumps({'options': approve.options, 'defaults': approve.defaults, 'params': list(approve.params),\n"
         "                  'body': approve.render_template(approve.body, ctx),\n"

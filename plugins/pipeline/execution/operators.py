@@ -39,5 +39,8 @@ def job_task(*, step: str, arguments: Sequence[str] = (), date: str | None = Non
     else:
         operator_class = LocalJobOperator
     kwargs.setdefault("task_id", step)
+    # Each key of the job's result is an XCom of its own too, so a DAG passes values on as
+    # XComArgs (``train.output["model_version"]``), never as Jinja strings naming task ids.
+    kwargs.setdefault("multiple_outputs", True)
     return operator_class(step=step, arguments=arguments, date=date, pass_date=pass_date, pass_run_id=pass_run_id,
                           job_resources=job_resources, env=env, **kwargs)

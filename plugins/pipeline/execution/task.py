@@ -40,7 +40,8 @@ class JobTask:
             args += ["--date", self.date or partition_date(context)]
         if self.pass_run_id:
             args += ["--run-id", _safe_run_id(context["run_id"])]
-        args += [str(a) for a in self.job_arguments if str(a) != ""]  # a template may render to nothing
+        # A template may render to nothing, an XComArg to None: neither is an argument.
+        args += [str(a) for a in self.job_arguments if a is not None and str(a) != ""]
         return JobSpec(self.step, args, self.job_resources, {**airflow_identity(context), **self.job_env})
 
     def publish(self, result: dict, context) -> dict:

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jobs.ml.training import downsample_negatives
 from jobs.settings import Settings
-from jobs.steps.train import downsample_negatives
 
 
 def test_downsampling_keeps_every_fraud_and_the_rate_of_the_rest():

@@ -1,7 +1,7 @@
-from jobs.ml.gate import decide
+from jobs.ml.gate import Thresholds, decide
 
-FLOORS = dict(min_pr_auc=0.3, min_roc_auc=0.8, non_inferiority_margin=0.01, onnx_parity_tolerance=1e-4,
-              latency_budget_ms=50.0)
+FLOORS = dict(thresholds=Thresholds(min_pr_auc=0.3, min_roc_auc=0.8, non_inferiority_margin=0.01,
+                                    onnx_parity_tolerance=1e-4, latency_budget_ms=50.0))
 
 
 def gate(challenger, champion=None, parity=1e-7, latency=2.0):
@@ -79,3 +79,14 @@ def test_paired_bootstrap_and_slices_on_real_scores():
     assert set(slices) == {"channel=online", "channel=pos", "amount_bucket=<20", "amount_bucket=20-100",
                            "amount_bucket=100-500", "amount_bucket=>=500"}
     assert sum(s["rows"] for k, s in slices.items() if k.startswith("channel=")) == 3000
+
+
+def test_the_gate_takes_its_thresholds_from_the_settings_group():
+    from jobs.settings import Settings
+
+    settings = Settings(min_pr_auc=0.42, min_threshold_recall=0.3)
+    thresholds = Thresholds.of(settings.group("gate"))
+    assert thresholds.min_pr_auc == 0.42 and thresholds.min_threshold_recall == 0.3
+    report = decide({"pr_auc": 0.41, "roc_auc": 0.95}, None, challenger_version="1", champion_version=None,
+                    onnx_max_abs_diff=0.0, latency_ms=1.0, thresholds=thresholds)
+    assert not report.passed and report.verdict == "keep the champion: failed pr_auc_floor"

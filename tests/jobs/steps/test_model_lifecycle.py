@@ -523,9 +523,9 @@ def assert_lineage_reproduces_the_training_frame(lake, tags, settings):
     also after the tables moved on."""
     import pyarrow as pa
 
+    from jobs.ml.training import feature_fingerprint, time_split
     from jobs.shared import layout
     from jobs.shared.dates import date_range
-    from jobs.steps.train import feature_fingerprint, time_split
     from jobs.storage import tables
     from jobs.storage.registry import read_gold
 
