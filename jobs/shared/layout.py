@@ -85,8 +85,26 @@ def quarantined_files(run_id: str) -> str:
     return f"{QUARANTINE_FILES}/{run_id}"
 
 
+REASON_SUFFIX = ".reason.json"
+
+
+def quarantine_reason(quarantined: str) -> str:
+    """The reason record beside a quarantined file (:func:`quarantined_file`)."""
+    return quarantined + REASON_SUFFIX
+
+
+def reason_of(key: str) -> str | None:
+    """The quarantined file a reason record stands for; None for any other key."""
+    return key.removesuffix(REASON_SUFFIX) if key.endswith(REASON_SUFFIX) else None
+
+
+def run_of_quarantined(key: str) -> str:
+    """The ingestion run that kept a quarantined file (or its reason)."""
+    return key.removeprefix(QUARANTINE_FILES + "/").split("/", 1)[0]
+
+
 def quarantined_file(run_id: str, key: str, sha256: str) -> str:
-    """Where an unusable delivered object is kept whole (its reason: ``+ '.reason.json'``).
+    """Where an unusable delivered object is kept whole (its reason: :func:`quarantine_reason`).
 
     Named per object (key + content), so two rejected ``export.csv`` of two days never overwrite
     each other; the delivered name stays at the end, readable.
@@ -130,11 +148,16 @@ def validation_report(run_id: str) -> str:
 
 
 def data_docs(run_id: str) -> str:
-    return f"{REPORTS}/data_docs/{run_id}"
+    return f"{DATA_DOCS}/{run_id}"
+
+
+GATE_REPORTS = f"{REPORTS}/gate"
+DRIFT_REPORTS = f"{REPORTS}/drift"
+DATA_DOCS = f"{REPORTS}/data_docs"
 
 
 def gate_reports(date: Date | str) -> str:
-    return f"{REPORTS}/gate/date={date}"
+    return f"{GATE_REPORTS}/date={date}"
 
 
 def gate_report(date: Date | str, version: str, ext: str) -> str:
@@ -146,12 +169,16 @@ def gate_plots(date: Date | str, version: str) -> str:
     return f"{gate_reports(date)}/v{version}"
 
 
+def gate_plot(date: Date | str, version: str, name: str) -> str:
+    return f"{gate_plots(date, version)}/{name}"
+
+
 def drift_report(date: Date | str, ext: str) -> str:
-    return f"{REPORTS}/drift/date={date}/drift.{ext}"
+    return f"{DRIFT_REPORTS}/date={date}/drift.{ext}"
 
 
-DRIFT_SIGNAL = f"{REPORTS}/drift"
-RETRAIN_REQUESTS = f"{REPORTS}/drift/_retrain_requests"
+DRIFT_SIGNAL = DRIFT_REPORTS
+RETRAIN_REQUESTS = f"{DRIFT_REPORTS}/_retrain_requests"
 
 
 def retrain_request(date: Date | str) -> str:

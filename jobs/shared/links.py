@@ -1,7 +1,7 @@
 """One home for the web addresses of what a run produced.
 
 Reports live in the lake (``file://`` or ``s3://``), which no browser opens. The project's Airflow
-plugin (``plugins/pipeline/reports.py``) serves them over HTTP from the Airflow API server, behind
+plugin (``plugins/pipeline/web/reports.py``) serves them over HTTP from the Airflow API server, behind
 Airflow's own login, under :data:`PREFIX`:
 
 - ``/pipeline/lake/<key>``: one report object of the lake's ``reports/`` zone (gate and drift

@@ -201,7 +201,6 @@ def _publish_report(lake: lk.Lake, date: str, settings: Settings, client, mv, mo
     markdown = (report.to_markdown() + f"\nTrigger of the training run: **{payload['trigger'] or 'unknown'}**\n"
                 + render_slices(scores["slices"]))
     html_key = layout.gate_report(date, model_version, "html")
-    plots_key = layout.gate_plots(date, model_version)  # the card's plots, beside the report that embeds them
     lake.write_json(layout.gate_report(date, model_version, "json"), payload)
     lake.write_bytes(layout.gate_report(date, model_version, "md"), markdown.encode())
     plots = modelcard.plots(y, scores["challenger"], scores["champion"], f"challenger v{model_version}",
@@ -209,7 +208,7 @@ def _publish_report(lake: lk.Lake, date: str, settings: Settings, client, mv, mo
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "card").mkdir()
         for name, png in plots.items():
-            lake.write_bytes(f"{plots_key}/{name}", png)
+            lake.write_bytes(layout.gate_plot(date, model_version, name), png)  # beside the report
             (Path(tmp) / "card" / name).write_bytes(png)
         # Embedded in the page (the report view serves it sandboxed: it loads nothing from the server).
         figures = "\n## Plots (holdout)\n\n" + "\n\n".join(

@@ -109,78 +109,38 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
     others go on; after ``max_read_attempts`` runs it is rejected with the store's answer
     (:func:`_unreadable`). Listing and ledger errors still fail the run.
     """
-    import time
-
     batch_key = layout.bronze_batch(run_id)
     pending = pending_objects(lake, date, not_after)
     log.info("%d new object(s) in %s up to %s", len(pending), lake.uri_of(layout.RAW_TRANSACTIONS), date)
     manifest = {"run_id": run_id, "date": date, "objects": []}
     held_elsewhere, deferred = [], []
     failed_before = set(lake.list(layout.UNREADABLE)) if pending else set()
+    limits = {"max_object_bytes": max_object_bytes, "max_decompressed_bytes": max_decompressed_bytes,
+              "batch_rows": batch_rows, "not_after": not_after}
     with lake.publish(batch_key) as folder, tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
         for n, info in enumerate(pending):
-            key = info.key
-            started = time.perf_counter()
-            oversized = info.size > max_object_bytes
             local = Path(tmp) / f"object-{n:05d}"
-            try:
-                digest = lake.stream_sha256(key) if oversized else lake.download(key, local)
+            try:  # an object over the size limit is hashed as a stream, never copied
+                oversized = info.size > max_object_bytes
+                digest = lake.stream_sha256(info.key) if oversized else lake.download(info.key, local)
             except lk.StorageUnavailable as exc:
                 entry = _unreadable(lake, info, exc, max_read_attempts, run_id)
                 if entry is None:
-                    deferred.append({"key": key, "error": str(exc)})
+                    deferred.append({"key": info.key, "error": str(exc)})
                 else:
                     manifest["objects"].append(entry)
                 continue
-            if layout.read_attempts(key, info.tag) in failed_before:  # read at last: its failures are history
-                lake.remove(layout.read_attempts(key, info.tag))
-            holder = claim(lake, key, digest, run_id, claim_ttl_hours)
+            if layout.read_attempts(info.key, info.tag) in failed_before:  # read at last: its failures are history
+                lake.remove(layout.read_attempts(info.key, info.tag))
+            holder = _taken(lake, info.key, digest, run_id, claim_ttl_hours)
             if holder is not None:
-                log.info("skipping %s: run %s is ingesting it", lake.uri_of(key), holder)
-                held_elsewhere.append({"key": key, "run_id": holder})
+                if holder:
+                    held_elsewhere.append({"key": info.key, "run_id": holder})
                 local.unlink(missing_ok=True)
                 continue
-            if in_ledger(lake, key, digest):
-                log.info("skipping %s: its content is already in the ledger (another run ingested it meanwhile, "
-                         "or it was rewritten unchanged)", lake.uri_of(key))
-                local.unlink(missing_ok=True)
-                continue
-            entry = {"key": key, "sha256": digest, "bytes": info.size, "size": info.size, "tag": info.tag,
-                     "delivery_date": key_date(key) or date}
-            part = f"part-{n:05d}.parquet"
-            future = not_after is not None and (key_date(key) or "") > not_after.date().isoformat()
-            try:
-                if future:
-                    raise FileRejected("future_partition", f"delivered under date={key_date(key)}, later than now "
-                                                           f"({not_after:%Y-%m-%d %H:%M} UTC with the allowed "
-                                                           "clock skew): a wrong partition or a wrong clock")
-                if oversized:
-                    raise FileRejected("too_large", f"{info.size:,} bytes > {max_object_bytes:,} (the limit, "
-                                                    "PIPELINE_MAX_OBJECT_MB); split the export, or raise the limit")
-                rows, extra, broken = _stage(key, digest, local, folder / part, max_decompressed_bytes, batch_rows)
-            except FileRejected as exc:
-                (folder / part).unlink(missing_ok=True)
-                qkey = layout.quarantined_file(run_id, key, digest)
-                if oversized:  # not copied: it stays in raw, never modified
-                    quarantine = lake.uri_of(key)
-                else:
-                    lake.upload_file(qkey, local)
-                    quarantine = lake.uri_of(qkey)
-                lake.write_json(qkey + ".reason.json", {"source": lake.uri_of(key), "sha256": digest,
-                                                         "rule": exc.rule, "detail": exc.detail,
-                                                         "kept_at": quarantine})
-                entry.update(status="rejected_file", rule=exc.rule, detail=exc.detail,
-                             rows_delivered=None if oversized else _count_lines(local, max_decompressed_bytes),
-                             quarantine=quarantine)
-                log.warning("rejected %s: %s", lake.uri_of(key), exc)
-            else:
-                entry.update(status="staged", rows_delivered=rows, bronze_part=part, extra_columns=extra,
-                             broken_lines=broken)
-                seconds = time.perf_counter() - started
-                log.info("staged %s: %d rows in %.1f s (%.0f rows/s)%s", lake.uri_of(key), rows, seconds,
-                         rows / max(seconds, 1e-9), f" (extra columns ignored: {extra})" if extra else "")
+            manifest["objects"].append(_stage_object(lake, info, digest, local, folder, f"part-{n:05d}.parquet",
+                                                     date, run_id, **limits))
             local.unlink(missing_ok=True)
-            manifest["objects"].append(entry)
         (folder / BATCH_MANIFEST).write_text(json.dumps(manifest, indent=2))
     return {
         "bronze_batch": lake.uri_of(batch_key),
@@ -191,6 +151,63 @@ def ingest(lake: lk.Lake, date: str, run_id: str, claim_ttl_hours: float = 24.0,
         "rows_delivered": sum(o["rows_delivered"] or 0 for o in manifest["objects"]),
         "files_rejected": [o["key"] for o in manifest["objects"] if o["status"] == "rejected_file"],
     }
+
+
+def _taken(lake: lk.Lake, key: str, digest: str, run_id: str, claim_ttl_hours: float) -> str | None:
+    """None when this run may ingest the object; else who has it: the run holding its claim, or ""
+    when its content is already in the ledger (another run ingested it meanwhile, or it was
+    rewritten unchanged)."""
+    holder = claim(lake, key, digest, run_id, claim_ttl_hours)
+    if holder is not None:
+        log.info("skipping %s: run %s is ingesting it", lake.uri_of(key), holder)
+        return holder
+    if in_ledger(lake, key, digest):
+        log.info("skipping %s: its content is already in the ledger (another run ingested it meanwhile, "
+                 "or it was rewritten unchanged)", lake.uri_of(key))
+        return ""
+    return None
+
+
+def _stage_object(lake: lk.Lake, info: lk.ObjectInfo, digest: str, local: Path, folder: Path, part: str, date: str,
+                  run_id: str, *, max_object_bytes: int, max_decompressed_bytes: int, batch_rows: int,
+                  not_after: datetime | None) -> dict:
+    """One claimed object: staged as a bronze part, or rejected whole (kept in quarantine with its reason)."""
+    import time
+
+    key, started = info.key, time.perf_counter()
+    oversized = info.size > max_object_bytes
+    entry = {"key": key, "sha256": digest, "bytes": info.size, "size": info.size, "tag": info.tag,
+             "delivery_date": key_date(key) or date}
+    future = not_after is not None and (key_date(key) or "") > not_after.date().isoformat()
+    try:
+        if future:
+            raise FileRejected("future_partition", f"delivered under date={key_date(key)}, later than now "
+                                                   f"({not_after:%Y-%m-%d %H:%M} UTC with the allowed "
+                                                   "clock skew): a wrong partition or a wrong clock")
+        if oversized:
+            raise FileRejected("too_large", f"{info.size:,} bytes > {max_object_bytes:,} (the limit, "
+                                            "PIPELINE_MAX_OBJECT_MB); split the export, or raise the limit")
+        rows, extra, broken = _stage(key, digest, local, folder / part, max_decompressed_bytes, batch_rows)
+    except FileRejected as exc:
+        (folder / part).unlink(missing_ok=True)
+        qkey = layout.quarantined_file(run_id, key, digest)
+        if oversized:  # not copied: it stays in raw, never modified
+            quarantine = lake.uri_of(key)
+        else:
+            lake.upload_file(qkey, local)
+            quarantine = lake.uri_of(qkey)
+        lake.write_json(layout.quarantine_reason(qkey), {"source": lake.uri_of(key), "sha256": digest,
+                                                 "rule": exc.rule, "detail": exc.detail, "kept_at": quarantine})
+        entry.update(status="rejected_file", rule=exc.rule, detail=exc.detail,
+                     rows_delivered=None if oversized else _count_lines(local, max_decompressed_bytes),
+                     quarantine=quarantine)
+        log.warning("rejected %s: %s", lake.uri_of(key), exc)
+        return entry
+    entry.update(status="staged", rows_delivered=rows, bronze_part=part, extra_columns=extra, broken_lines=broken)
+    seconds = time.perf_counter() - started
+    log.info("staged %s: %d rows in %.1f s (%.0f rows/s)%s", lake.uri_of(key), rows, seconds,
+             rows / max(seconds, 1e-9), f" (extra columns ignored: {extra})" if extra else "")
+    return entry
 
 
 def _unreadable(lake: lk.Lake, info: lk.ObjectInfo, exc: Exception, max_attempts: int, run_id: str) -> dict | None:

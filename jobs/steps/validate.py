@@ -354,11 +354,8 @@ def commit_object(lake: lk.Lake, obj: dict, bronze: Path, checked: Checked, max_
     delivery_date = obj.get("delivery_date") or ""
     workdir = Path(checked.workdir)
     pf = pq.ParquetFile(bronze, pre_buffer=False)
-    total = checked.total
+    total, bad, rules, dates = checked.total, checked.bad, dict(checked.rules), set(checked.dates)
     out = ObjectOutcome(key, digest, total, size=obj.get("size"), tag=obj.get("tag"))
-    bad = checked.bad
-    rules = dict(checked.rules)
-    dates = set(checked.dates)
     staged_silver = _Staged(workdir / "silver.parquet", _arrow_schema(SILVER_SCHEMA_FIELDS), rows=checked.silver_rows)
     staged_quarantine = _Staged(workdir / "quarantine.parquet", quarantine_schema(), rows=checked.quarantine_rows)
     more_quarantine = _Staged(workdir / "quarantine-more.parquet", quarantine_schema())
@@ -370,27 +367,14 @@ def commit_object(lake: lk.Lake, obj: dict, bronze: Path, checked: Checked, max_
         dates = set()
     claimed = None
     if not rejected and staged_silver.rows:
-        # Ids are claimed in the index across every date first; only the rows that own their id go to silver.
-        claimed = id_index.claim(lake, staged_silver.path, total, key, digest, workdir, run_id)
-        if claimed.owned.any():
-            merged = tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, lambda: _owned(staged_silver,
-                                                                                           claimed.owned),
-                                           keys=["transaction_id", "date"], app_id=f"silver-{ident}",
-                                           partitions=dates, metadata={"run_id": run_id, "object": key,
-                                                                       "sha256": digest})
-            out.silver_version = merged["version"]
-            if merged["skipped"]:
-                log.info("%s: its rows were already merged into silver (a retry): not merged again",
-                         lake.uri_of(key))
+        claimed = _claim_and_merge(lake, staged_silver, total, key, digest, dates, workdir, run_id, out)
     landed = landed_rows(lake, key, digest, dates)
     if not rejected and len(landed) < staged_silver.rows:  # good rows whose id another row owns
         repeated = ~bad
         repeated[landed] = False
         conflicting = repeated & claimed.conflict  # claimed: good rows reached the index
-        _quarantine_rows_of(pf, conflicting, CONFLICT_IN_SILVER, more_quarantine, rules, run_id, delivery_date,
-                            batch_rows)
-        _quarantine_rows_of(pf, repeated & ~conflicting, DUPLICATE_IN_SILVER, more_quarantine, rules, run_id,
-                            delivery_date, batch_rows)
+        for rows, reason in ((conflicting, CONFLICT_IN_SILVER), (repeated & ~conflicting, DUPLICATE_IN_SILVER)):
+            _quarantine_rows_of(pf, rows, reason, more_quarantine, rules, run_id, delivery_date, batch_rows)
     more_quarantine.close()
     quarantined = staged_quarantine.rows + more_quarantine.rows
     if quarantined:
@@ -400,23 +384,41 @@ def commit_object(lake: lk.Lake, obj: dict, bronze: Path, checked: Checked, max_
                               metadata={"run_id": run_id, "object": key, "sha256": digest})
     out.rows_silver, out.rows_quarantined = len(landed), quarantined
     out.broken_rules = rules
-    extra = obj.get("extra_columns") or []
-    broken = obj.get("broken_lines") or []
     if rejected:
         out.status = "rejected_rows"
-        out.detail = f"{int(bad.sum())} of {total} rows break the contract"
-    if extra:
-        out.detail = "; ".join(filter(None, [out.detail, f"extra columns ignored: {', '.join(extra)}"]))
-    if broken:
-        from jobs.storage.raw import named_lines
-
-        out.detail = "; ".join(filter(None, [out.detail, f"malformed lines quarantined: {named_lines(broken)}"]))
+    out.detail = _detail(obj, f"{int(bad.sum())} of {total} rows break the contract" if rejected else "")
     record_in_ledger(lake, [_ledger_entry(out, run_id)])
     seconds = time.perf_counter() - started
     log.info("%s: %d rows -> %d silver, %d quarantined%s (commits %.1f s, peak memory %.2f GiB)",
              lake.uri_of(key), out.rows_delivered, out.rows_silver, out.rows_quarantined,
              " (delivery rejected)" if rejected else "", seconds, _peak_gib())
     return out, dates if len(landed) else set()  # the dates that received rows
+
+
+def _claim_and_merge(lake: lk.Lake, staged_silver: _Staged, total: int, key: str, digest: str, dates: set[str],
+                     workdir: Path, run_id: str, out: ObjectOutcome):
+    """Claim the object's ids in the index across every date, then MERGE the rows that own theirs into silver."""
+    from jobs.storage import tables
+
+    claimed = id_index.claim(lake, staged_silver.path, total, key, digest, workdir, run_id)
+    if claimed.owned.any():
+        merged = tables.merge_new_rows(lake, layout.SILVER_TRANSACTIONS, lambda: _owned(staged_silver, claimed.owned),
+                                       keys=["transaction_id", "date"],
+                                       app_id=f"silver-{layout.object_id(key, digest)}", partitions=dates,
+                                       metadata={"run_id": run_id, "object": key, "sha256": digest})
+        out.silver_version = merged["version"]
+        if merged["skipped"]:
+            log.info("%s: its rows were already merged into silver (a retry): not merged again", lake.uri_of(key))
+    return claimed
+
+
+def _detail(obj: dict, rejection: str) -> str:
+    """The ledger's detail for an object: why it was rejected, extra columns ignored, malformed lines."""
+    from jobs.storage.raw import named_lines
+
+    extra, broken = obj.get("extra_columns") or [], obj.get("broken_lines") or []
+    return "; ".join(filter(None, [rejection, f"extra columns ignored: {', '.join(extra)}" if extra else "",
+                                   f"malformed lines quarantined: {named_lines(broken)}" if broken else ""]))
 
 
 def _owned(staged: _Staged, owned):
@@ -502,6 +504,48 @@ def _ledger_entry(out: ObjectOutcome, run_id: str) -> dict:
     return {**out.__dict__, "run_id": run_id, "ingested_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
+def _staged_objects(lake: lk.Lake, batch_key: str, manifest: dict, stack: contextlib.ExitStack,
+                    scratch: Path) -> dict[int, tuple[dict, str, str]]:
+    """Position in the manifest -> (object, its local bronze file, a work folder), for every staged object."""
+    staged = {}
+    for n, obj in enumerate(manifest["objects"], start=1):
+        if obj["status"] != "rejected_file":
+            part = lake.partition_file(batch_key, obj["bronze_part"])
+            (path,) = stack.enter_context(lake.local_files([lake.uri_of(part)]))
+            (scratch / f"object-{n}").mkdir()
+            staged[n] = ({**obj, "uri": lake.uri_of(obj["key"])}, path, str(scratch / f"object-{n}"))
+    return staged
+
+
+def _rejected_file(lake: lk.Lake, obj: dict, run_id: str) -> ObjectOutcome:
+    """An object ingestion rejected whole: every delivered row counted as quarantined, in the ledger."""
+    from jobs.storage.ledger import record_in_ledger
+
+    out = ObjectOutcome(obj["key"], obj["sha256"], obj.get("rows_delivered") or 0,
+                        status="rejected_file", size=obj.get("size"), tag=obj.get("tag"))
+    out.rows_quarantined = out.rows_delivered
+    out.broken_rules = {obj["rule"]: out.rows_delivered}
+    out.detail = f"{obj['detail']} (file kept at {obj['quarantine']})"
+    record_in_ledger(lake, [_ledger_entry(out, run_id)])
+    return out
+
+
+def _rejection_message(lake: lk.Lake, rejected: list[ObjectOutcome], delivered: int, touched: set[str]) -> str:
+    """What failed, file by file with its rules, and which dates landed anyway."""
+    lines = [
+        f"{lake.uri_of(o.key)}: {o.status}, {o.rows_delivered} rows delivered, "
+        f"{o.rows_quarantined} quarantined; broken rules: "
+        + ", ".join(f"{rule} ({n} rows)" for rule, n in o.broken_rules.items())
+        + (f"; {o.detail}" if o.detail else "")
+        for o in rejected
+    ]
+    landed = (f"{len(touched)} date(s) of good rows landed in silver and flow on: {', '.join(sorted(touched))}. "
+              if touched else "")
+    return (f"{len(rejected)} of {delivered} delivered object(s) rejected; {landed}The pipeline stops "
+            f"for the rejected data. Raw files are untouched; quarantine: {lake.uri_of(layout.QUARANTINE)}\n  "
+            + "\n  ".join(lines))
+
+
 def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_share: float,
                    parameters: dict | None = None, fail_on_rejection: bool = True,
                    batch_rows: int = DEFAULT_BATCH_ROWS, not_after=None) -> dict:
@@ -513,7 +557,6 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
     """
     import pyarrow as pa
 
-    from jobs.storage.ledger import record_in_ledger
 
     # The system allocator hands freed pages back (Arrow's default pool keeps them): the staged
     # rows streamed into the MERGE and the rows read back from silver are freed as they go.
@@ -531,13 +574,7 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="validate-")))
         docs_dir = scratch / "data-docs"
         docs_dir.mkdir()
-        staged: dict[int, tuple[dict, str, str]] = {}  # position in the manifest: (object, bronze, work folder)
-        for n, obj in enumerate(manifest["objects"], start=1):
-            if obj["status"] != "rejected_file":
-                part = lake.partition_file(batch_key, obj["bronze_part"])
-                (path,) = stack.enter_context(lake.local_files([lake.uri_of(part)]))
-                (scratch / f"object-{n}").mkdir()
-                staged[n] = ({**obj, "uri": lake.uri_of(obj["key"])}, path, str(scratch / f"object-{n}"))
+        staged = _staged_objects(lake, batch_key, manifest, stack, scratch)
         # First the contract, over every object, in a child process that hands its memory back;
         # then the commits, object by object, in this one.
         checked = dict(zip(staged, _in_child(check_objects, list(staged.values()), expectations_dir, docs_dir,
@@ -545,13 +582,7 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
         for n, obj in enumerate(manifest["objects"], start=1):
             log.info("object %d of %d: %s", n, len(manifest["objects"]), lake.uri_of(obj["key"]))
             if obj["status"] == "rejected_file":
-                out = ObjectOutcome(obj["key"], obj["sha256"], obj.get("rows_delivered") or 0,
-                                    status="rejected_file", size=obj.get("size"), tag=obj.get("tag"))
-                out.rows_quarantined = out.rows_delivered
-                out.broken_rules = {obj["rule"]: out.rows_delivered}
-                out.detail = f"{obj['detail']} (file kept at {obj['quarantine']})"
-                record_in_ledger(lake, [_ledger_entry(out, run_id)])
-                outcomes.append(out)
+                outcomes.append(_rejected_file(lake, obj, run_id))
                 continue
             out, dates = commit_object(lake, obj, Path(staged[n][1]), checked[n], max_bad_share, run_id, batch_rows)
             outcomes.append(out)
@@ -571,20 +602,8 @@ def validate_batch(lake: lk.Lake, run_id: str, expectations_dir: Path, max_bad_s
             report["links"] = {links.DATA_DOCS: links.data_docs(run_id)}
     lake.write_json(layout.validation_report(run_id), report)
     rejected = [o for o in outcomes if o.status != "ingested"]
-    message = ""
+    message = _rejection_message(lake, rejected, len(outcomes), touched) if rejected else ""
     if rejected:
-        lines = [
-            f"{lake.uri_of(o.key)}: {o.status}, {o.rows_delivered} rows delivered, "
-            f"{o.rows_quarantined} quarantined; broken rules: "
-            + ", ".join(f"{rule} ({n} rows)" for rule, n in o.broken_rules.items())
-            + (f"; {o.detail}" if o.detail else "")
-            for o in rejected
-        ]
-        landed = (f"{len(touched)} date(s) of good rows landed in silver and flow on: {', '.join(sorted(touched))}. "
-                  if touched else "")
-        message = (f"{len(rejected)} of {len(outcomes)} delivered object(s) rejected; {landed}The pipeline stops "
-                   f"for the rejected data. Raw files are untouched; quarantine: {lake.uri_of(layout.QUARANTINE)}\n  "
-                   + "\n  ".join(lines))
         if fail_on_rejection:
             raise DataRejected(message)
         log.error("%s", message)

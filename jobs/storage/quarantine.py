@@ -17,10 +17,9 @@ def quarantine_report(lake: lk.Lake, run_id: str | None = None) -> dict:
 
     files = []
     for key in lake.list(layout.quarantined_files(run_id) if run_id else layout.QUARANTINE_FILES):
-        if key.endswith(".reason.json"):
+        if (kept := layout.reason_of(key)) is not None:
             reason = lake.read_json(key)
-            run = key.removeprefix(layout.QUARANTINE_FILES + "/").split("/", 1)[0]
-            files.append({"run_id": run, "quarantined": lake.uri_of(key.removesuffix(".reason.json")),
+            files.append({"run_id": layout.run_of_quarantined(key), "quarantined": lake.uri_of(kept),
                           "source": reason["source"], "rule": reason["rule"], "detail": reason["detail"]})
 
     rows: dict[str, Counter] = {}

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 WORKER = "airflow-scheduler"  # LocalExecutor: the scheduler runs the tasks, so the Docker runner
-# Variables of the runner (plugins/pipeline/runners.py) and of the DAG files, beside jobs.settings.
+# Variables of the runner (plugins/pipeline/execution/runners.py) and of the DAG files, beside jobs.settings.
 RUNNER_AND_DAG_VARIABLES = {
     "PIPELINE_JOB_RUNNER", "PIPELINE_JOB_IMAGE", "PIPELINE_JOB_IMAGE_GPU", "PIPELINE_JOB_GPUS",
     "PIPELINE_DOCKER_URL", "PIPELINE_DOCKER_NETWORK", "PIPELINE_DOCKER_MOUNTS",

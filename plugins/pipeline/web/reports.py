@@ -130,14 +130,14 @@ def drift_trend(_: Authorized) -> Response:
 def newest_reports(lake, limit: int = _NEWEST) -> dict[str, list[tuple[str, str]]]:
     """(title, path) of the newest gate reports, drift reports and Data Docs sites."""
     keys = lake.list
-    gate = sorted((k for k in keys(f"{layout.REPORTS}/gate") if k.endswith(".html")), reverse=True)[:limit]
-    drift = sorted((k for k in keys(layout.DRIFT_SIGNAL) if k.endswith("/drift.html")), reverse=True)[:limit]
-    docs_root = layout.data_docs("")
-    runs = sorted({k[len(docs_root):].split("/", 1)[0] for k in keys(docs_root.rstrip("/"))
+    gate = sorted((k for k in keys(layout.GATE_REPORTS) if k.endswith(".html")), reverse=True)[:limit]
+    drift = sorted((k for k in keys(layout.DRIFT_REPORTS) if k.endswith("/drift.html")), reverse=True)[:limit]
+    docs_root = layout.DATA_DOCS + "/"
+    runs = sorted({k[len(docs_root):].split("/", 1)[0] for k in keys(layout.DATA_DOCS)
                    if k.endswith("/index.html")}, reverse=True)[:limit]
     return {
-        "Gate reports": [(k.removeprefix(f"{layout.REPORTS}/gate/"), links.report(k)) for k in gate],
-        "Drift reports": [(k.removeprefix(f"{layout.DRIFT_SIGNAL}/"), links.report(k)) for k in drift],
+        "Gate reports": [(k.removeprefix(f"{layout.GATE_REPORTS}/"), links.report(k)) for k in gate],
+        "Drift reports": [(k.removeprefix(f"{layout.DRIFT_REPORTS}/"), links.report(k)) for k in drift],
         "Data Docs (validation runs)": [(run, links.data_docs(run)) for run in runs],
     }
 
