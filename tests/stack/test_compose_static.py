@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from pipeline.settings import AirflowSettings
 
 from jobs.settings import Settings
 
@@ -24,13 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 WORKER = "airflow-scheduler"  # LocalExecutor: the scheduler runs the tasks, so the Docker runner
-# Variables of the runner (plugins/pipeline/execution/runners.py) and of the DAG files, beside jobs.settings.
-RUNNER_AND_DAG_VARIABLES = {
-    "PIPELINE_JOB_RUNNER", "PIPELINE_JOB_IMAGE", "PIPELINE_JOB_IMAGE_GPU", "PIPELINE_JOB_GPUS",
-    "PIPELINE_DOCKER_URL", "PIPELINE_DOCKER_NETWORK", "PIPELINE_DOCKER_MOUNTS",
-    "PIPELINE_TRAIN_PROCESSES", "PIPELINE_PROMOTION_APPROVAL", "PIPELINE_NOTIFY_EMAIL", "PIPELINE_NOTIFY_FROM",
-    "PIPELINE_PREDICTIONS_DEADLINE_MINUTES", "PIPELINE_MLFLOW_UI_URL",
-}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL")
 REFERENCE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*(:?-[^}]*)?\}")
 REQUIRED = re.compile(r"\$\{([A-Z_][A-Z0-9_]*):\?[^}]*\}")  # ${NAME:?message}: compose refuses to start without it
@@ -200,7 +194,8 @@ def test_images_are_pinned(services):
 
 
 def test_pipeline_variables_are_settings_or_runner_variables(services):
-    known = {f"PIPELINE_{field.upper()}" for field in Settings.model_fields} | RUNNER_AND_DAG_VARIABLES
+    # The two settings objects, the jobs' and the Airflow side's, are everything that reads PIPELINE_*.
+    known = {f"PIPELINE_{field.upper()}" for cls in (Settings, AirflowSettings) for field in cls.model_fields}
     for name, svc in services.items():
         unknown = {key for key in environment(svc) if key.startswith("PIPELINE_")} - known
         assert not unknown, f"{name} sets variables nothing reads (a typo?): {sorted(unknown)}"

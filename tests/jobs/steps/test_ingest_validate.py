@@ -303,7 +303,8 @@ def test_ledger_as_json_lines(lake, monkeypatch):
     # scans left Arrow threads closing delta-rs's Python files into the interpreter's shutdown,
     # which aborted the process (134) after a successful step: CI met it here, and a third of
     # these runs did (apache/arrow#34314).
-    script = ("from jobs import layout, tables; from jobs.storage.lake import get_lake; lake = get_lake(); "
+    script = ("from jobs.shared import layout; from jobs.storage import tables; "
+              "from jobs.storage.lake import get_lake; lake = get_lake(); "
               "[tables.read(lake, t) for t in (layout.SILVER_TRANSACTIONS, layout.QUARANTINE_ROWS, layout.LEDGER)]")
     env = {**__import__("os").environ, "PIPELINE_LAKE_URI": lake.uri, "OMP_NUM_THREADS": "32",
            "ARROW_IO_THREADS": "32"}
