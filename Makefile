@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: help preflight setup browser postgres docs run test test-fast up down lint lock clean env
+.PHONY: help preflight setup browser postgres docs serve run test test-fast up down lint lock clean env
 help:
 	@echo "make run    - set up, generate data, run the whole pipeline through Airflow, print a summary"
 	@echo "make test   - set up and run every test (DAG integrity, jobs, end-to-end)"
@@ -19,7 +19,8 @@ help:
 	@echo "make down   - stop them"
 	@echo "make lint   - ruff"
 	@echo "make env    - write .env for docker compose, every secret generated (scripts/make_env.py)"
-	@echo "make docs   - build the documentation site (docs/, MkDocs) and serve it on http://127.0.0.1:8000"
+	@echo "make docs   - build the documentation site (docs/, MkDocs) and serve it on http://127.0.0.1:8001"
+	@echo "make serve  - the real-time scoring service on the local state (http://127.0.0.1:8000, docs/serving.md)"
 
 # What the machine must have before anything is installed; each missing piece with its one-line fix.
 preflight:
@@ -66,9 +67,14 @@ test: postgres setup browser
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not e2e"
 
+# The real-time scoring service on the embedded default (the state `make run` leaves): 127.0.0.1:8000,
+# its first API key written to .state/serving/api-key (docs/serving.md).
+serve: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m services.scoring
+
 # The documentation site; tests/docs runs the same build with --strict (every link and anchor resolves).
 docs: setup
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
 up: setup
 	PATH="$(abspath $(BIN)):$$PATH" scripts/stack.sh up

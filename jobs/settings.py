@@ -199,6 +199,20 @@ class Settings(BaseSettings):
     retrain_window_days: int = Field(default=14, json_schema_extra=in_groups("drift"))
     """The window max_retrains_per_window counts in."""
 
+    # --- real-time scoring (services/scoring) ---------------------------------------------
+    serving_host: str = "127.0.0.1"
+    """Address the scoring service listens on (loopback unless said otherwise)."""
+    serving_port: int = Field(default=8000, ge=1, le=65535)
+    """Port of the scoring service."""
+    serving_max_batch: int = Field(default=100, ge=1)
+    """Most transactions one scoring request may carry (more: 422)."""
+    serving_max_body_kb: int = Field(default=256, ge=1)
+    """Largest request body the scoring service reads (larger: 413)."""
+    serving_rate_limit: str = "2000/second"
+    """Requests one client may make (a ``limits`` rate string: N/second, N/minute); more: 429 with Retry-After."""
+    serving_refresh_seconds: float = Field(default=10.0, gt=0)
+    """How often a running service asks the registry whether the champion moved (then loads, verifies, swaps)."""
+
     def group(self, name: str) -> dict:
         """The settings of one step's group (``training``, ``gate``, ``drift``), name -> value.
 
@@ -231,6 +245,11 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{(self.state_dir.resolve() / 'mlflow' / 'mlflow.db')}"
+
+    @property
+    def serving_dir(self) -> Path:
+        """The scoring service's files in the state folder: API keys and the online store."""
+        return self.state_dir.resolve() / "serving"
 
     @property
     def mlflow_artifact_root(self) -> str:

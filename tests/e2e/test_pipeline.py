@@ -215,6 +215,149 @@ def test_undrifted_data_is_not_flagged(env, chain):
     assert asset_events(env, "drift_detected") == []
 
 
+def _delivered(frame: pd.DataFrame) -> list[dict]:
+    """Silver rows as a terminal sends them: the raw delivery fields, the time in ISO 8601 with Z."""
+    from jobs.shared.schemas import RAW_COLUMNS
+
+    out = frame[[c for c in RAW_COLUMNS if c != "is_fraud"]].copy()
+    out["timestamp"] = pd.to_datetime(out["timestamp"]).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out.sort_values(["timestamp", "transaction_id"], kind="stable").to_dict("records")
+
+
+def test_make_serve_starts_the_service_with_a_first_key_and_it_answers(env, chain):
+    """`python -m services.scoring` (what `make serve` runs) as a real process on a loopback port:
+    it writes the first client's key (owner-only), loads the champion, answers, and stops on SIGTERM."""
+    import socket
+    import stat
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT, text=True,
+                            env={**env, "PIPELINE_SERVING_PORT": str(port)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    base, key_file = f"http://127.0.0.1:{port}", Path(env["PIPELINE_STATE_DIR"]) / "serving" / "api-key"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
+                    assert json.load(ready)["model_version"] == "1"
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        txn = {"transaction_id": "tx_serve_1", "card_id": "card_serve", "customer_id": "cust_1", "merchant_id": "m_1",
+               "merchant_category": "grocery", "amount": 12.5, "currency": "USD",
+               "timestamp": f"{END}T23:59:59Z", "channel": "pos", "country": "US"}
+        request = urllib.request.Request(f"{base}/v1/score", data=json.dumps(txn).encode(), method="POST",
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {key_file.read_text().strip()}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            body = json.load(answer)
+        assert body["model_version"] == "1" and 0 <= body["results"][0]["fraud_probability"] <= 1
+        assert body["results"][0]["card_history"] is False  # a card the store never saw
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{base}/v1/score", data=json.dumps(txn).encode(),
+                                                          method="POST", headers={"Content-Type": "application/json"}))
+        assert refused.value.code == 401
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"API key of client 'default' written to {key_file}" in out
+
+
+def test_the_scoring_service_answers_as_the_batch_build_and_scorer_do(env, chain):
+    """One definition, two paths: the online store loaded with the card histories before the day
+    (the batch layer), the day's transactions sent one by one through the HTTP API in time order
+    (each joining its card's history: the speed layer). Every feature equals gold's and every score
+    the score job's prediction, for every row; a retried request counts once."""
+    from fastapi.testclient import TestClient
+
+    from jobs.ml.features_online import epoch_seconds
+    from jobs.settings import Settings
+    from jobs.shared.schemas import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from services.scoring.app import create_app
+    from services.scoring.keys import ApiKeys
+
+    settings = Settings(state_dir=Path(env["PIPELINE_STATE_DIR"]))
+    gold = table_rows(env, "gold/features", END).set_index("transaction_id")
+    predicted = table_rows(env, "predictions", END).set_index("transaction_id")
+    silver = table_rows(env, "silver/transactions")
+    app = create_app(settings)
+    loaded = app.state.store.load([silver[~silver["transaction_id"].isin(gold.index)]],
+                                  until_ts=epoch_seconds(f"{END}T00:00:00Z"))
+    assert loaded["rows_added"] == len(silver) - len(gold)
+    app.state.champion.refresh()
+    key = ApiKeys(settings.serving_dir).create("terminal")
+    with TestClient(app) as http:
+        assert http.get("/readyz").json() == {"ready": True, "reasons": [], "model_version": "1"}
+        day = _delivered(silver[silver["transaction_id"].isin(gold.index)])
+        assert len(day) == len(gold) == len(predicted) > 900
+        for txn in day:
+            answer = http.post("/v1/score?features=true", json=txn, headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200, answer.text
+            (got,) = answer.json()["results"]
+            want = gold.loc[txn["transaction_id"]]
+            for name in NUMERIC_FEATURES:
+                assert abs(got["features"][name] - float(want[name])) <= 1e-6, (txn["transaction_id"], name)
+            assert [got["features"][c] for c in CATEGORICAL_FEATURES] == [want[c] for c in CATEGORICAL_FEATURES]
+            batch = predicted.loc[txn["transaction_id"]]
+            assert abs(got["fraud_probability"] - float(batch["fraud_probability"])) <= 1e-6, txn["transaction_id"]
+            assert got["is_flagged"] == bool(batch["is_flagged"])
+        held = app.state.store.size()
+        again = http.post("/v1/score", json=day[-1], headers={"Authorization": f"Bearer {key}"}).json()
+        assert app.state.store.size() == held  # a client's retry joins the history once
+        assert abs(again["results"][0]["fraud_probability"] - float(predicted.loc[day[-1]["transaction_id"],
+                                                                                 "fraud_probability"])) <= 1e-6
+        metrics = http.get("/metrics", headers={"Authorization": f"Bearer {key}"}).text
+        assert 'scoring_requests_total{status="200"}' in metrics and "scoring_model_version 1.0" in metrics
+
+
+def test_the_scoring_gateway_lets_no_one_in_by_accident(env, chain):
+    """401 without a known key, 403 for a revoked one, 422 with the contract's rule for bad fields,
+    413 for a body over the limit, 429 with Retry-After over the rate limit; nothing it refuses
+    joins the history, and no answer carries a stack trace."""
+    from fastapi.testclient import TestClient
+
+    from jobs.settings import Settings
+    from services.scoring.app import create_app
+    from services.scoring.keys import ApiKeys
+
+    settings = Settings(state_dir=Path(env["PIPELINE_STATE_DIR"]), serving_rate_limit="4/minute",
+                        serving_max_body_kb=4)
+    keys = ApiKeys(settings.serving_dir)
+    key, revoked = keys.create("gate-test"), keys.create("former-partner")
+    keys.revoke("former-partner")
+    app = create_app(settings)
+    app.state.champion.refresh()
+    txn = {"transaction_id": "tx_gateway_1", "card_id": "card_gateway", "customer_id": "cust_1",
+           "merchant_id": "m_1", "merchant_category": "grocery", "amount": 12.5, "currency": "USD",
+           "timestamp": f"{END}T12:00:00Z", "channel": "pos", "country": "US"}
+    held = app.state.store.size()
+    with TestClient(app, raise_server_exceptions=False) as http:
+        assert http.get("/healthz").json() == {"status": "alive"}
+        assert http.post("/v1/score", json=txn).status_code == 401
+        assert http.post("/v1/score", json=txn, headers={"Authorization": "Bearer not-a-key"}).status_code == 401
+        assert http.post("/v1/score", json=txn, headers={"Authorization": f"Bearer {revoked}"}).status_code == 403
+        auth = {"Authorization": f"Bearer {key}"}
+        bad = http.post("/v1/score", json={**txn, "currency": "XYZ"}, headers=auth)
+        assert bad.status_code == 422 and "currency is one we settle in" in bad.json()["detail"]
+        labelled = http.post("/v1/score", json={**txn, "is_fraud": 0}, headers=auth)
+        assert labelled.status_code == 422 and labelled.json()["detail"] == "is_fraud: Extra inputs are not permitted"
+        assert http.post("/v1/score", json={**txn, "amount": -1}, headers=auth).json()["detail"].startswith("amount:")
+        assert "Traceback" not in labelled.text
+        big = http.post("/v1/score", json={"transactions": [txn] * 40}, headers=auth)
+        assert big.status_code == 413
+        assert app.state.store.size() == held  # nothing refused joined a history
+        assert http.get("/metrics").status_code == 401
+        answers = [http.post("/v1/score", json={**txn, "transaction_id": f"tx_gateway_{n}"}, headers=auth)
+                   for n in range(3)]  # 4 a minute: the three refused for their fields above counted too
+        assert [a.status_code for a in answers] == [200, 429, 429]
+        assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
+
+
 def test_every_report_opens_from_its_task_in_a_browser(env, chain, tmp_path):
     """Links on every task: a person signed in to the Airflow UI opens a task instance of the chain,
     clicks each of its extra links in headless Chromium, and sees the report (Data Docs, gate report,

@@ -1,0 +1,275 @@
+"""The real-time scoring service: the champion answers one transaction (or a few) while the card is
+at the terminal, with the features training used.
+
+- ``POST /v1/score``: a transaction in the raw delivery schema (``is_fraud`` absent), or
+  ``{"transactions": [...]}``; answers the calibrated ``fraud_probability``, ``is_flagged`` at the
+  champion's threshold, the model version, whether the card had history, the server-side latency,
+  and with ``?features=true`` the feature values. Each transaction scored joins its card's history
+  (the speed layer), once per ``transaction_id``.
+- ``GET /healthz`` (alive), ``GET /readyz`` (a gated champion loaded with its hashes verified and
+  the online store reachable), ``GET /metrics`` (Prometheus).
+
+The champion is loaded through the batch scorer's code path (``jobs.storage.registry``: the gate's
+signed verdict checked, the bundle's hashes verified, an ungated champion refused). Every request
+but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>`` (401 without a known key, 403
+for a revoked one); each client has a rate limit (429 with ``Retry-After``); bodies are limited
+(413); every field is checked against the delivery contract (``expectations/``), with the rule in
+the 422; no answer carries a stack trace; no CORS.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from datetime import datetime
+
+from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from jobs.ml.features_online import epoch_seconds, features
+from jobs.quality.contract import load_suite_json
+from jobs.settings import Settings
+from jobs.shared.schemas import RAW_COLUMNS
+from jobs.storage.online_store import OnlineStore
+from services.scoring.keys import ApiKeys
+
+log = logging.getLogger(__name__)
+
+FIELDS = [c for c in RAW_COLUMNS if c != "is_fraud"]
+
+
+class Transaction(BaseModel):
+    """One transaction as a delivery carries it, without its label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transaction_id: str = Field(min_length=1, max_length=128)
+    card_id: str = Field(min_length=1, max_length=128)
+    customer_id: str = Field(min_length=1, max_length=128)
+    merchant_id: str = Field(min_length=1, max_length=128)
+    merchant_category: str = Field(min_length=1, max_length=64)
+    amount: float = Field(gt=0, allow_inf_nan=False)
+    currency: str = Field(min_length=3, max_length=3)
+    timestamp: str = Field(min_length=10, max_length=40, description="ISO 8601 with an offset: 2026-03-02T02:04:48Z")
+    channel: str = Field(min_length=1, max_length=16)
+    country: str = Field(min_length=2, max_length=2)
+
+
+class Batch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transactions: list[Transaction] = Field(min_length=1)
+
+
+class Refused(Exception):
+    """A request answered with a 4xx or 503 and a reason (never a stack trace)."""
+
+    def __init__(self, status: int, reason: str, headers: dict | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.headers = status, reason, headers or {}
+
+
+def _parsed(body: dict) -> list[Transaction]:
+    """The request's transactions, or a 422 that says, field by field, what is wrong."""
+    try:
+        if "transactions" in body:
+            return Batch.model_validate(body).transactions
+        return [Transaction.model_validate(body)]
+    except ValidationError as exc:
+        reasons = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
+        raise Refused(422, "; ".join(reasons)) from None
+
+
+def contract_rules(suite: dict) -> list[tuple[str, str, object, str]]:
+    """(column, kind, value, rule) of the delivery contract's value checks a single request can be held to."""
+    import re
+
+    rules = []
+    for e in suite["expectations"]:
+        column, rule = e["kwargs"].get("column"), e.get("meta", {}).get("rule", e["type"])
+        if column not in FIELDS:
+            continue
+        if e["type"] == "expect_column_values_to_be_in_set":
+            rules.append((column, "in", set(e["kwargs"]["value_set"]), rule))
+        elif e["type"] == "expect_column_values_to_match_regex":
+            rules.append((column, "match", re.compile(e["kwargs"]["regex"]), rule))
+    return rules
+
+
+def violations(txn: dict, rules) -> list[str]:
+    """What in one transaction breaks the contract, rule by rule."""
+    found = []
+    for column, kind, value, rule in rules:
+        ok = txn[column] in value if kind == "in" else value.fullmatch(txn[column]) is not None
+        if not ok:
+            found.append(f"{column}: {rule} (got {txn[column]!r})")
+    try:
+        moment = datetime.fromisoformat(txn["timestamp"].replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            found.append("timestamp: needs an offset (Z or +hh:mm)")
+    except ValueError:
+        found.append(f"timestamp: not an ISO 8601 time (got {txn['timestamp']!r})")
+    return found
+
+
+class Champion:
+    """The bundle that answers: loaded beside the old one, verified, then swapped in one assignment."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.bundle = None
+        self.error: str | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> str | None:
+        """Load the current gated champion if it is not the one serving; keep serving on any failure."""
+        from jobs.storage.registry import gated_champion, load_bundle, mlflow_client
+
+        with self._lock:
+            try:
+                client = mlflow_client(self.settings)
+                version = gated_champion(client, self.settings)
+                if version is None:
+                    raise RuntimeError(f"no @{self.settings.champion_alias} for {self.settings.model_name} yet")
+                if self.bundle is None or self.bundle.version != str(version):
+                    bundle = load_bundle(client, self.settings, str(version))  # hashes verified here
+                    self.bundle = bundle
+                    log.info("serving %s v%s", self.settings.model_name, version)
+                self.error = None
+            except Exception as exc:  # noqa: BLE001 - the old bundle keeps serving; readyz says why
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.warning("champion not (re)loaded: %s", self.error)
+            return self.bundle.version if self.bundle is not None else None
+
+
+def create_app(settings: Settings, champion: Champion | None = None) -> FastAPI:
+    """The service on ``settings`` (its state folder: keys, online store; its registry: the champion)."""
+    import pandas as pd
+    from limits import parse, storage, strategies
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    keys = ApiKeys(settings.serving_dir)
+    store = OnlineStore(settings.serving_dir / "online.db")
+    champion = champion or Champion(settings)
+    rules = contract_rules(load_suite_json(settings.expectations_dir))
+    limiter, rate = strategies.MovingWindowRateLimiter(storage.MemoryStorage()), parse(settings.serving_rate_limit)
+    store_lock = threading.Lock()  # the speed layer: a card's transactions join its history in order
+
+    metrics = CollectorRegistry()
+    requests = Counter("scoring_requests", "Scoring requests by answer", ["status"], registry=metrics)
+    latency = Histogram("scoring_latency_seconds", "Server-side latency of /v1/score", registry=metrics,
+                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+    scores = Histogram("scoring_fraud_probability", "Scores answered", registry=metrics,
+                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99))
+    flagged = Counter("scoring_flagged", "Transactions flagged at the champion's threshold", registry=metrics)
+    serving = Gauge("scoring_model_version", "The champion version serving", registry=metrics)
+    store_seconds = Histogram("scoring_store_latency_seconds", "Online store reads and writes per request",
+                              registry=metrics, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
+
+    app = FastAPI(title="Fraud scoring", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.champion, app.state.store, app.state.keys = champion, store, keys
+
+    @app.exception_handler(Refused)
+    def refused(request: Request, exc: Refused):
+        requests.labels(str(exc.status)).inc()
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    def failed(request: Request, exc: Exception):  # logged here, never shown to the client
+        log.exception("scoring failed")
+        requests.labels("500").inc()
+        return JSONResponse({"detail": "internal error (logged by the service)"}, status_code=500)
+
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next):
+        limit = settings.serving_max_body_kb * 1024
+        declared = request.headers.get("content-length")
+        if (declared is not None and (not declared.isdigit() or int(declared) > limit)) or (
+                declared is None and len(await request.body()) > limit):
+            requests.labels("413").inc()
+            return JSONResponse({"detail": f"request body over {settings.serving_max_body_kb} KiB"}, status_code=413)
+        return await call_next(request)
+
+    def client(request: Request) -> str:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            raise Refused(401, "an API key is required: Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"})
+        name, revoked = keys.client_of(presented.strip())
+        if name is None:
+            raise Refused(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
+        if revoked:
+            raise Refused(403, f"the API key of client {name!r} is revoked")
+        if not limiter.hit(rate, name):
+            reset = limiter.get_window_stats(rate, name).reset_time
+            raise Refused(429, f"rate limit of {settings.serving_rate_limit} for client {name!r}",
+                          {"Retry-After": str(max(1, math.ceil(reset - time.time())))})
+        return name
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    def readyz():
+        reasons = []
+        if champion.bundle is None:
+            reasons.append(f"no champion loaded ({champion.error or 'not loaded yet'})")
+        elif champion.error:
+            reasons.append(f"serving v{champion.bundle.version}, but the registry is not reachable: {champion.error}")
+        try:
+            store.size()
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            reasons.append(f"online store unreachable: {exc}")
+        body = {"ready": not reasons and champion.bundle is not None, "reasons": reasons,
+                "model_version": champion.bundle.version if champion.bundle else None}
+        return JSONResponse(body, status_code=200 if champion.bundle is not None and not any(
+            r.startswith("online store") for r in reasons) else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus(_: str = Depends(client)) -> str:
+        return generate_latest(metrics).decode()
+
+    @app.post("/v1/score")
+    def score(body: dict = Body(...), who: str = Depends(client),
+              with_features: bool = Query(False, alias="features")) -> dict:
+        started = time.perf_counter()
+        txns = [t.model_dump() for t in _parsed(body)]
+        if len(txns) > settings.serving_max_batch:
+            raise Refused(422, f"{len(txns)} transactions in one request; at most {settings.serving_max_batch}")
+        bad = {t["transaction_id"]: v for t in txns if (v := violations(t, rules))}
+        if bad:
+            raise Refused(422, "; ".join(f"{tid}: {', '.join(v)}" for tid, v in bad.items()))
+        bundle = champion.bundle  # one bundle for the whole request, even if a swap happens meanwhile
+        if bundle is None:
+            raise Refused(503, f"no champion loaded: {champion.error or 'not loaded yet'}")
+        rows, known = [], []
+        with store_lock:
+            store_started = time.perf_counter()
+            for t in txns:
+                history = store.history(t["card_id"], epoch_seconds(t["timestamp"]))
+                known.append(bool(history) or store.known(t["card_id"]))
+                rows.append(features(t, history))
+                store.append([t])
+            store_seconds.observe(time.perf_counter() - store_started)
+        probabilities = bundle.predict(pd.DataFrame(rows))
+        answers = []
+        for t, p, row, seen in zip(txns, probabilities, rows, known, strict=True):
+            p = float(p)
+            answer = {"transaction_id": t["transaction_id"], "fraud_probability": p,
+                      "is_flagged": p >= bundle.threshold, "card_history": seen}
+            if with_features:
+                answer["features"] = row
+            answers.append(answer)
+            scores.observe(p)
+            flagged.inc(answer["is_flagged"])
+        serving.set(float(bundle.version))
+        seconds = time.perf_counter() - started
+        latency.observe(seconds)
+        requests.labels("200").inc()
+        return {"model_version": bundle.version, "decision_threshold": bundle.threshold,
+                "latency_ms": seconds * 1000, "results": answers}
+
+    return app
