@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: help preflight setup browser postgres docs serve run test test-fast up down lint lock clean env
+.PHONY: help preflight setup browser postgres redis docs serve run test test-fast up down lint lock clean env
 help:
 	@echo "make run    - set up, generate data, run the whole pipeline through Airflow, print a summary"
 	@echo "make test   - set up and run every test (DAG integrity, jobs, end-to-end)"
@@ -37,30 +37,17 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" scripts/run-pipeline.sh
 
-# Headless Chromium for the UI tests (tests/browser.py): Debian's package, where this user may install it.
-# Elsewhere the UI tests skip (CI sets PIPELINE_REQUIRE_BROWSER=1: there they must run).
-browser:
-	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing Debian's chromium for the UI tests"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-	    || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
-	else echo "no Chromium here: the UI tests will skip (Debian/Ubuntu: sudo apt-get install chromium)"; fi
-
-# PostgreSQL's server binaries for tests/e2e/test_postgres.py (it starts its own server from them):
-# Debian's package, where this user may install it. Elsewhere that test skips (CI requires it).
-postgres:
-	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing Debian's postgresql for the PostgreSQL tests"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
-	    || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }; \
-	else echo "no PostgreSQL here: tests/e2e/test_postgres.py will skip (Debian/Ubuntu: sudo apt-get install postgresql)"; fi
+# What the tests need beside Python, as Debian packages where this user may install them
+# (scripts/system-package.sh); elsewhere the tests that need them skip, and CI requires them.
+browser:  # headless Chromium for the UI tests (tests/browser.py)
+	@scripts/system-package.sh chromium "the UI tests" chromium chromium-browser google-chrome
+postgres:  # PostgreSQL's server binaries: tests/e2e/test_postgres.py starts its own server from them
+	@scripts/system-package.sh postgresql "the PostgreSQL tests" initdb "/usr/lib/postgresql/*/bin/initdb"
+redis:  # redis-server: the online store's tests start their own (tests/redis_server.py)
+	@scripts/system-package.sh redis-server "the Redis online store tests" redis-server /usr/bin/redis-server
 
 test: export PREFLIGHT_TESTS := 1
-test: postgres setup browser
+test: postgres redis setup browser
 	$(BIN)/ruff check dags plugins jobs services tests bench
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --durations=15
 

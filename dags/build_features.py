@@ -15,6 +15,9 @@ before its own, so training and scoring see the same thing.
 range from the UI's Backfill option (or `POST /api/v2/backfills`): one run per day; clear one
 partition's run to recompute it. A manual run with `start_date`/`date` rebuilds a range in one
 Spark job (e.g. after a feature change).
+
+**Then** `online`: the scoring service's batch layer loads silver's last 7 days into the online
+store (SQLite on the embedded default, Redis in the stack) and expires what left the window.
 """
 
 from __future__ import annotations
@@ -55,7 +58,16 @@ with DAG(
         outlets=[GOLD_FEATURES],
         doc_md="Builds gold features with Spark for the planned dates; each date is published atomically.",
     )
-    plan >> features
+    online = job_task(
+        step="online",
+        date=plan["end"],
+        arguments=[FORCE_ARG],
+        trigger_rule="none_failed",  # features unchanged: the store may still lack the days (a Redis restarted)
+        job_resources=Resources(cpu=1, memory_gb=1),
+        doc_md="The scoring service's batch layer: silver's 7 days up to the date into the online store "
+               "(days it holds unchanged are skipped), then what left the window expires.",
+    )
+    plan >> features >> online
 
 
 if __name__ == "__main__":

@@ -176,6 +176,29 @@ def features(
 
 @app.command()
 @step
+def online(
+    date: DateOpt,
+    force: Annotated[bool, typer.Option(help="Load every day of the window, even those the store holds unchanged.")
+                     ] = False,
+):
+    """Load silver's 7 days up to --date into the online store (the scoring service's batch layer)."""
+    from jobs.steps.online import load_online
+
+    return load_online(_lake(), date, _settings(), force=force)
+
+
+@app.command()
+@step
+def deploy(reason: Annotated[str, typer.Option(help="Why (recorded in the log).")] = ""):
+    """Tell the running scoring services to serve the champion, and check each with a known transaction."""
+    from jobs.steps.deploy import deploy as run
+
+    logging.getLogger("jobs.steps.deploy").info("deploying the champion: %s", reason or "asked by hand")
+    return run(_settings())
+
+
+@app.command()
+@step
 def train(
     date: DateOpt,
     run_id: RunIdOpt = "",

@@ -212,6 +212,16 @@ class Settings(BaseSettings):
     """Requests one client may make (a ``limits`` rate string: N/second, N/minute); more: 429 with Retry-After."""
     serving_refresh_seconds: float = Field(default=10.0, gt=0)
     """How often a running service asks the registry whether the champion moved (then loads, verifies, swaps)."""
+    serving_store_url: SecretStr = SecretStr("")
+    """The online feature store: empty for SQLite in the state folder (one process), or a Redis URL
+    (``redis://[:password@]host:6379/0``, ``rediss://`` for TLS) that every replica shares."""
+    serving_url: str = ""
+    """Where the deploy_model DAG reaches the running scoring services (comma-separated base URLs);
+    empty: the services running on this machine that registered in ``<state>/serving/endpoints``."""
+    serving_deploy_key: SecretStr = SecretStr("")
+    """The pipeline's API key to the scoring services (role ``deploy``); empty: ``<state>/serving/deploy-key``."""
+    serving_deploy_timeout_seconds: float = Field(default=120.0, gt=0)
+    """How long a deployment waits for a service to serve the new champion before it fails."""
 
     def group(self, name: str) -> dict:
         """The settings of one step's group (``training``, ``gate``, ``drift``), name -> value.

@@ -44,6 +44,7 @@ python -m jobs generate --date "$END_DATE" --days "$DAYS" --rows-per-day "$ROWS_
 dag ingest_transactions
 dag build_features -c "{\"start_date\": \"$START_DATE\"}"
 dag train_model
+dag deploy_model
 dag score_transactions -c "{\"start_date\": \"$SCORE_FROM\"}"
 dag monitor_drift
 

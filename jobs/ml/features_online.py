@@ -66,3 +66,10 @@ def past_of(transaction: dict) -> Past:
     """What the history keeps of a transaction once it has been seen."""
     return Past(epoch_seconds(transaction["timestamp"]), float(transaction["amount"]),
                 transaction["merchant_category"], transaction["country"])
+
+
+# The transaction a deployment checks every scoring service with (a card without history): the
+# service's answer must equal the bundle's own score of these features.
+CHECK_TRANSACTION = {"transaction_id": "deploy-check", "card_id": "deploy-check", "customer_id": "deploy-check",
+                     "merchant_id": "deploy-check", "merchant_category": "grocery", "amount": 42.5,
+                     "currency": "USD", "timestamp": "2026-01-01T12:00:00Z", "channel": "pos", "country": "US"}

@@ -7,6 +7,7 @@ next to the model, so training, evaluation and scoring encode rows identically.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -47,11 +48,26 @@ class Preprocessing:
         numeric = frame[self.numeric].astype("float32").fillna(0.0).to_numpy()
         cats = np.stack(
             [
-                frame[c].astype(str).map({v: i + 1 for i, v in enumerate(self.vocab[c])}).fillna(UNKNOWN).to_numpy()
-                for c in self.categorical
+                frame[c].astype(str).map(self._index[j]).fillna(UNKNOWN).to_numpy()
+                for j, c in enumerate(self.categorical)
             ],
             axis=1,
         ).astype("int64")
+        return numeric, cats
+
+    @cached_property
+    def _index(self) -> list[dict[str, int]]:
+        return [{v: i + 1 for i, v in enumerate(self.vocab[c])} for c in self.categorical]
+
+    def encode_rows(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`encode` for a few rows as dicts (one request's), without building a DataFrame: the
+        same arrays (a missing or null numeric value is 0.0, an unseen category 0)."""
+        index = self._index
+        numeric = np.array([[0.0 if (v := row.get(c)) is None else v for c in self.numeric] for row in rows],
+                           dtype="float32").reshape(len(rows), len(self.numeric))
+        numeric[np.isnan(numeric)] = 0.0
+        cats = np.array([[index[j].get(str(row[c]), UNKNOWN) for j, c in enumerate(self.categorical)] for row in rows],
+                        dtype="int64").reshape(len(rows), len(self.categorical))
         return numeric, cats
 
     def to_dict(self) -> dict:

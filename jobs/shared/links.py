@@ -34,7 +34,10 @@ GATE_REPORT = "Gate report"
 DRIFT_REPORT = "Drift report"
 DATA_DOCS = "Data Docs"
 DRIFT_TREND = "Drift trend"
-NAMES = (MLFLOW_RUN, MODEL_VERSION, GATE_REPORT, DRIFT_REPORT, DATA_DOCS, DRIFT_TREND)
+SERVICE_HEALTH = "Service health"  # a scoring service's /readyz (the deployment's first service)
+SERVICE_METRICS = "Service metrics"  # its /metrics (Prometheus; a key with role metrics or deploy)
+NAMES = (MLFLOW_RUN, MODEL_VERSION, GATE_REPORT, DRIFT_REPORT, DATA_DOCS, DRIFT_TREND, SERVICE_HEALTH,
+         SERVICE_METRICS)
 
 # Zones of the lake the report view may serve: reports only, never data.
 SERVED_ZONES = (layout.REPORTS,)
@@ -75,7 +78,10 @@ def servable(key: str) -> bool:
 
 def absolute(base_url: str, path: str) -> str:
     """``path`` under the Airflow UI's address (e.g. ``http://127.0.0.1:8080``); ``path`` itself
-    when no address is known (the Airflow UI resolves it against its own)."""
+    when no address is known (the Airflow UI resolves it against its own). A full URL (a scoring
+    service's) is its own address."""
+    if path.startswith(("http://", "https://")):
+        return path
     return f"{base_url.rstrip('/')}{path}" if base_url else path
 
 

@@ -32,6 +32,10 @@ SIGNED_TAGS = (GATE_PASSED_TAG, GATE_CHAMPION_TAG, GATE_VERDICT_TAG, ONNX_SHA_TA
 PROMOTED_AT_TAG = "promoted_at"
 PROMOTED_BY_RUN_TAG = "promoted_airflow_run_id"
 
+# Version tags written by deployment (jobs/steps/deploy.py): where it serves, since when.
+SERVING_SERVICES_TAG = "serving_services"
+SERVING_AT_TAG = "serving_deployed_at"
+
 # The run tag that marks the long-lived drift monitoring run of a model.
 MONITOR_TAG = "drift_monitor"
 

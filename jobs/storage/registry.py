@@ -166,9 +166,16 @@ class ModelBundle:
 
     def predict(self, frame):
         """Calibrated fraud probability for each row of a gold features frame."""
+        return self._calibrated(self.raw_scores(frame))
+
+    def predict_rows(self, rows: list[dict]):
+        """:meth:`predict` for a few rows of feature values as dicts (a scoring request's), no DataFrame."""
+        numeric, categorical = self.preprocessing.encode_rows(rows)
+        return self._calibrated(self.session.run(None, {"numeric": numeric, "categorical": categorical})[0])
+
+    def _calibrated(self, scores):
         from jobs.ml.calibration import apply
 
-        scores = self.raw_scores(frame)
         if not self.decision:
             return scores
         return apply(self.decision["calibration"], scores).astype(scores.dtype)

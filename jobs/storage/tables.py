@@ -165,6 +165,23 @@ def select(lake: Lake, name: str, columns: list[str], dates: Iterable[str] | Non
     return pa.concat_tables(kept, promote_options="permissive")
 
 
+def batches(lake: Lake, name: str, columns: list[str], dates: Iterable[str] | None = None,
+            batch_size: int = 50_000, version: int | None = None):
+    """``columns`` of the table (the ``dates`` partitions), as pyarrow record batches of at most
+    ``batch_size`` rows, read one after another: memory holds a batch or two, whatever the size."""
+    from deltalake.exceptions import DeltaError
+
+    dates = list(dates) if dates is not None else None
+    table = open_table(lake, name, version)
+    if table is None or dates == []:
+        return
+    try:
+        yield from _dataset(table, name, dates).to_batches(columns=columns, batch_size=batch_size,
+                                                           batch_readahead=1, fragment_readahead=1, **SCAN)
+    except (DeltaError, OSError) as exc:
+        raise _storage_error(lake, name, "reading", exc) from exc
+
+
 def count(lake: Lake, name: str, dates: Iterable[str] | None = None) -> int:
     """Rows in the table (or in the ``dates`` partitions), from the log's file statistics when present."""
     table = open_table(lake, name)

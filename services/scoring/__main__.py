@@ -1,18 +1,24 @@
 """``python -m services.scoring``: the scoring service on the state folder, until stopped.
 
-Creates the first client's API key when there is none (written once to ``<state>/serving/api-key``),
-loads the champion, and asks the registry every ``PIPELINE_SERVING_REFRESH_SECONDS`` whether it moved.
+Creates the first clients' API keys when there are none (``<state>/serving/api-key`` to score,
+``<state>/serving/deploy-key`` for the pipeline), loads the champion, and asks the registry every
+``PIPELINE_SERVING_REFRESH_SECONDS`` whether it moved. ``python -m services.scoring keys create
+<client> [--role score|deploy|metrics]`` prints a new key once; ``keys revoke <client>`` revokes one.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
 import threading
+from pathlib import Path
 
 from jobs.settings import get_settings
 
 
-def main() -> None:
+def serve() -> None:
     import uvicorn
 
     from services.scoring.app import Champion, create_app
@@ -20,10 +26,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
-    first = ApiKeys(settings.serving_dir).first_key()
-    if first is not None:
-        print(f"API key of client 'default' written to {first} (send it as: Authorization: Bearer <key>)",
-              flush=True)
+    for path in ApiKeys(settings.serving_dir).first_keys():
+        print(f"API key written to {path} (send it as: Authorization: Bearer <key>)", flush=True)
     champion = Champion(settings)
     champion.refresh()
     stop = threading.Event()
@@ -33,11 +37,52 @@ def main() -> None:
             champion.refresh()
 
     threading.Thread(target=watch, name="champion-watch", daemon=True).start()
-    try:
-        uvicorn.run(create_app(settings, champion), host=settings.serving_host, port=settings.serving_port,
-                    log_level="info", access_log=False)
-    finally:
+    registration = register(settings)
+
+    def stopped() -> None:  # uvicorn re-raises SIGTERM after shutdown: clean up in the lifespan's end
         stop.set()
+        registration.unlink(missing_ok=True)
+
+    try:
+        uvicorn.run(create_app(settings, champion, on_stop=stopped), host=settings.serving_host,
+                    port=settings.serving_port, log_level="info", access_log=False)
+    finally:
+        stopped()
+
+
+def register(settings) -> Path:
+    """Say where this service answers, for the deploy_model DAG on this machine (``endpoints/``;
+    removed at shutdown, and by a deployment that finds the process gone)."""
+    folder = settings.serving_dir / "endpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    host = "127.0.0.1" if settings.serving_host in ("0.0.0.0", "::") else settings.serving_host
+    path = folder / f"{settings.serving_port}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": f"http://{host}:{settings.serving_port}", "pid": os.getpid()}))
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from services.scoring.keys import ROLES, ApiKeys
+
+    parser = argparse.ArgumentParser(prog="python -m services.scoring", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the service (the default)")
+    keys = commands.add_parser("keys", help="manage the clients' API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="a new key for a client (printed once, stored hashed)")
+    create.add_argument("client")
+    create.add_argument("--role", choices=sorted(ROLES), default="score")
+    keys.add_parser("revoke", help="revoke a client's key (403 from the next request)").add_argument("client")
+    args = parser.parse_args(argv)
+    if args.command in (None, "serve"):
+        return serve()
+    store = ApiKeys(get_settings().serving_dir)
+    if args.action == "create":
+        print(store.create(args.client, args.role))
+    else:
+        store.revoke(args.client)
+        print(f"revoked the key of {args.client}")
 
 
 if __name__ == "__main__":

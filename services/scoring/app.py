@@ -8,17 +8,25 @@ at the terminal, with the features training used.
   (the speed layer), once per ``transaction_id``.
 - ``GET /healthz`` (alive), ``GET /readyz`` (a gated champion loaded with its hashes verified and
   the online store reachable), ``GET /metrics`` (Prometheus).
+- ``POST /v1/champion`` (the ``deploy_model`` DAG): load the current champion now (beside the old
+  one, verified, swapped); ``POST /v1/check``: score one transaction as a card without history,
+  touching nothing, so a deployment can compare the answer with the bundle's own.
+
+A retry of a transaction already scored gets its first answer back (``"replayed": true``) and adds
+nothing to the card's history. When the online store does not answer, the request gets a 503 with
+the reason: never a score computed on a partial history.
 
 The champion is loaded through the batch scorer's code path (``jobs.storage.registry``: the gate's
 signed verdict checked, the bundle's hashes verified, an ungated champion refused). Every request
 but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>`` (401 without a known key, 403
-for a revoked one); each client has a rate limit (429 with ``Retry-After``); bodies are limited
-(413); every field is checked against the delivery contract (``expectations/``), with the rule in
-the 422; no answer carries a stack trace; no CORS.
+for a revoked one or an endpoint its role does not open); each client has a rate limit (429 with
+``Retry-After``); bodies are limited (413); every field is checked against the delivery contract
+(``expectations/``), with the rule in the 422; no answer carries a stack trace; no CORS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -29,12 +37,12 @@ from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs.ml.features_online import epoch_seconds, features
+from jobs.ml.features_online import CHECK_TRANSACTION, epoch_seconds, features, past_of
 from jobs.quality.contract import load_suite_json
 from jobs.settings import Settings
 from jobs.shared.schemas import RAW_COLUMNS
-from jobs.storage.online_store import OnlineStore
-from services.scoring.keys import ApiKeys
+from jobs.storage.online_store import StoreUnavailable, open_store
+from services.scoring.keys import ROLES, ApiKeys
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +123,9 @@ def violations(txn: dict, rules) -> list[str]:
     return found
 
 
+CHECK_FEATURES = features(CHECK_TRANSACTION, [])
+
+
 class Champion:
     """The bundle that answers: loaded beside the old one, verified, then swapped in one assignment."""
 
@@ -136,7 +147,8 @@ class Champion:
                     raise RuntimeError(f"no @{self.settings.champion_alias} for {self.settings.model_name} yet")
                 if self.bundle is None or self.bundle.version != str(version):
                     bundle = load_bundle(client, self.settings, str(version))  # hashes verified here
-                    self.bundle = bundle
+                    bundle.predict_rows([CHECK_FEATURES])  # warmed before it serves a request
+                    self.bundle = bundle  # the swap: one assignment; requests under way keep theirs
                     log.info("serving %s v%s", self.settings.model_name, version)
                 self.error = None
             except Exception as exc:  # noqa: BLE001 - the old bundle keeps serving; readyz says why
@@ -145,18 +157,17 @@ class Champion:
             return self.bundle.version if self.bundle is not None else None
 
 
-def create_app(settings: Settings, champion: Champion | None = None) -> FastAPI:
-    """The service on ``settings`` (its state folder: keys, online store; its registry: the champion)."""
-    import pandas as pd
+def create_app(settings: Settings, champion: Champion | None = None, store=None, on_stop=None) -> FastAPI:
+    """The service on ``settings`` (its state folder: keys; its online store; its registry: the champion);
+    ``on_stop`` is called when the server shuts down (after the last request)."""
     from limits import parse, storage, strategies
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
     keys = ApiKeys(settings.serving_dir)
-    store = OnlineStore(settings.serving_dir / "online.db")
+    store = store or open_store(settings)
     champion = champion or Champion(settings)
     rules = contract_rules(load_suite_json(settings.expectations_dir))
     limiter, rate = strategies.MovingWindowRateLimiter(storage.MemoryStorage()), parse(settings.serving_rate_limit)
-    store_lock = threading.Lock()  # the speed layer: a card's transactions join its history in order
 
     metrics = CollectorRegistry()
     requests = Counter("scoring_requests", "Scoring requests by answer", ["status"], registry=metrics)
@@ -164,18 +175,51 @@ def create_app(settings: Settings, champion: Champion | None = None) -> FastAPI:
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
     scores = Histogram("scoring_fraud_probability", "Scores answered", registry=metrics,
                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99))
+    scored = Counter("scoring_transactions", "Transactions scored (first answers)", registry=metrics)
     flagged = Counter("scoring_flagged", "Transactions flagged at the champion's threshold", registry=metrics)
+    replayed = Counter("scoring_replayed", "Retries answered with their transaction's first answer", registry=metrics)
     serving = Gauge("scoring_model_version", "The champion version serving", registry=metrics)
+    registry_ok = Gauge("scoring_registry_reachable", "1 when the last champion refresh reached the registry",
+                        registry=metrics)
     store_seconds = Histogram("scoring_store_latency_seconds", "Online store reads and writes per request",
                               registry=metrics, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
+    store_errors = Counter("scoring_store_errors", "Requests refused because the online store did not answer",
+                           registry=metrics)
+    batch_age = Gauge("scoring_batch_layer_age_seconds", "Seconds since the batch layer last loaded the store "
+                      "(-1: never, or the store did not answer)", registry=metrics)
 
-    app = FastAPI(title="Fraud scoring", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    def age() -> float:
+        try:
+            last = store.last_load()
+        except StoreUnavailable:
+            return -1.0
+        return -1.0 if last is None else time.time() - float(last["loaded_at"])
+
+    batch_age.set_function(age)
+    registry_ok.set_function(lambda: 0.0 if champion.error else 1.0)
+    serving.set_function(lambda: float(champion.bundle.version) if champion.bundle else 0.0)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        if on_stop is not None:
+            on_stop()
+
+    app = FastAPI(title="Fraud scoring", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.champion, app.state.store, app.state.keys = champion, store, keys
 
     @app.exception_handler(Refused)
     def refused(request: Request, exc: Refused):
         requests.labels(str(exc.status)).inc()
         return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StoreUnavailable)
+    def store_down(request: Request, exc: StoreUnavailable):
+        store_errors.inc()
+        requests.labels("503").inc()
+        return JSONResponse({"detail": f"online feature store unavailable, no score given: {exc}"},
+                            status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     def failed(request: Request, exc: Exception):  # logged here, never shown to the client
@@ -193,20 +237,26 @@ def create_app(settings: Settings, champion: Champion | None = None) -> FastAPI:
             return JSONResponse({"detail": f"request body over {settings.serving_max_body_kb} KiB"}, status_code=413)
         return await call_next(request)
 
-    def client(request: Request) -> str:
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            raise Refused(401, "an API key is required: Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"})
-        name, revoked = keys.client_of(presented.strip())
-        if name is None:
-            raise Refused(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
-        if revoked:
-            raise Refused(403, f"the API key of client {name!r} is revoked")
-        if not limiter.hit(rate, name):
-            reset = limiter.get_window_stats(rate, name).reset_time
-            raise Refused(429, f"rate limit of {settings.serving_rate_limit} for client {name!r}",
-                          {"Retry-After": str(max(1, math.ceil(reset - time.time())))})
-        return name
+    def allowed(permission: str):
+        def client(request: Request) -> str:
+            scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not presented:
+                raise Refused(401, "an API key is required: Authorization: Bearer <key>",
+                              {"WWW-Authenticate": "Bearer"})
+            name, revoked, role = keys.client_of(presented.strip())
+            if name is None:
+                raise Refused(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
+            if revoked:
+                raise Refused(403, f"the API key of client {name!r} is revoked")
+            if permission not in ROLES.get(role, ()):
+                raise Refused(403, f"client {name!r} (role {role!r}) may not {permission}")
+            if not limiter.hit(rate, name):
+                reset = limiter.get_window_stats(rate, name).reset_time
+                raise Refused(429, f"rate limit of {settings.serving_rate_limit} for client {name!r}",
+                              {"Retry-After": str(max(1, math.ceil(reset - time.time())))})
+            return name
+
+        return client
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -214,26 +264,44 @@ def create_app(settings: Settings, champion: Champion | None = None) -> FastAPI:
 
     @app.get("/readyz")
     def readyz():
-        reasons = []
+        reasons, store_ok = [], True
         if champion.bundle is None:
             reasons.append(f"no champion loaded ({champion.error or 'not loaded yet'})")
         elif champion.error:
             reasons.append(f"serving v{champion.bundle.version}, but the registry is not reachable: {champion.error}")
         try:
-            store.size()
-        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            store.ping()
+        except StoreUnavailable as exc:
+            store_ok = False
             reasons.append(f"online store unreachable: {exc}")
-        body = {"ready": not reasons and champion.bundle is not None, "reasons": reasons,
+        ready = champion.bundle is not None and store_ok
+        body = {"ready": ready, "reasons": reasons, "store": repr(store),
                 "model_version": champion.bundle.version if champion.bundle else None}
-        return JSONResponse(body, status_code=200 if champion.bundle is not None and not any(
-            r.startswith("online store") for r in reasons) else 503)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus(_: str = Depends(client)) -> str:
+    def prometheus(_: str = Depends(allowed("metrics"))) -> str:
         return generate_latest(metrics).decode()
 
+    @app.post("/v1/champion")
+    def reload(_: str = Depends(allowed("deploy"))) -> dict:
+        """Load the champion the registry names now (the deploy_model DAG), instead of at the next refresh."""
+        version = champion.refresh()
+        return {"model_version": version, "error": champion.error}
+
+    @app.post("/v1/check")
+    def check(body: dict = Body(...), _: str = Depends(allowed("deploy"))) -> dict:
+        """Score one transaction as a card without history, recording nothing (a deployment's check)."""
+        txn = _parsed(body)[0].model_dump()
+        bundle = champion.bundle
+        if bundle is None:
+            raise Refused(503, f"no champion loaded: {champion.error or 'not loaded yet'}")
+        row = features(txn, [])
+        return {"model_version": bundle.version, "fraud_probability": float(bundle.predict_rows([row])[0]),
+                "features": row}
+
     @app.post("/v1/score")
-    def score(body: dict = Body(...), who: str = Depends(client),
+    def score(body: dict = Body(...), who: str = Depends(allowed("score")),
               with_features: bool = Query(False, alias="features")) -> dict:
         started = time.perf_counter()
         txns = [t.model_dump() for t in _parsed(body)]
@@ -242,34 +310,52 @@ def create_app(settings: Settings, champion: Champion | None = None) -> FastAPI:
         bad = {t["transaction_id"]: v for t in txns if (v := violations(t, rules))}
         if bad:
             raise Refused(422, "; ".join(f"{tid}: {', '.join(v)}" for tid, v in bad.items()))
+        if len({t["transaction_id"] for t in txns}) < len(txns):
+            raise Refused(422, "a transaction_id appears twice in one request")
         bundle = champion.bundle  # one bundle for the whole request, even if a swap happens meanwhile
         if bundle is None:
             raise Refused(503, f"no champion loaded: {champion.error or 'not loaded yet'}")
-        rows, known = [], []
-        with store_lock:
-            store_started = time.perf_counter()
-            for t in txns:
-                history = store.history(t["card_id"], epoch_seconds(t["timestamp"]))
-                known.append(bool(history) or store.known(t["card_id"]))
-                rows.append(features(t, history))
-                store.append([t])
-            store_seconds.observe(time.perf_counter() - store_started)
-        probabilities = bundle.predict(pd.DataFrame(rows))
-        answers = []
-        for t, p, row, seen in zip(txns, probabilities, rows, known, strict=True):
+        store_started = time.perf_counter()
+        answers: list[dict | None] = []
+        fresh, rows, known, earlier, replays = [], [], [], {}, set()
+        for t in txns:
+            first = store.answered(t["card_id"], t["transaction_id"])
+            answers.append(first)
+            if first is not None:
+                replays.add(len(answers) - 1)
+                continue
+            # the card's history, and this request's earlier transactions of the same card
+            history = store.history(t["card_id"], epoch_seconds(t["timestamp"])) + earlier.get(t["card_id"], [])
+            known.append(bool(history) or store.known(t["card_id"]))
+            rows.append(features(t, history))
+            fresh.append(len(answers) - 1)
+            earlier.setdefault(t["card_id"], []).append(past_of(t))
+        probabilities = bundle.predict_rows(rows) if rows else []
+        for at, row, p, seen in zip(fresh, rows, probabilities, known, strict=True):
             p = float(p)
-            answer = {"transaction_id": t["transaction_id"], "fraud_probability": p,
-                      "is_flagged": p >= bundle.threshold, "card_history": seen}
-            if with_features:
-                answer["features"] = row
-            answers.append(answer)
-            scores.observe(p)
-            flagged.inc(answer["is_flagged"])
-        serving.set(float(bundle.version))
+            answer = {"transaction_id": txns[at]["transaction_id"], "fraud_probability": p,
+                      "is_flagged": p >= bundle.threshold, "card_history": seen, "model_version": bundle.version,
+                      "features": row}
+            first = store.record(txns[at], answer)  # a concurrent retry may have been first: its answer holds
+            answers[at] = first if first is not None else answer
+            if first is not None:
+                replays.add(at)
+            else:
+                scored.inc()
+                scores.observe(p)
+                flagged.inc(answer["is_flagged"])
+        store_seconds.observe(time.perf_counter() - store_started)
+        results = []
+        for at, answer in enumerate(answers):
+            answer = {**answer, "replayed": at in replays}
+            replayed.inc(at in replays)
+            if not with_features:
+                answer.pop("features", None)
+            results.append(answer)
         seconds = time.perf_counter() - started
         latency.observe(seconds)
         requests.labels("200").inc()
         return {"model_version": bundle.version, "decision_threshold": bundle.threshold,
-                "latency_ms": seconds * 1000, "results": answers}
+                "latency_ms": seconds * 1000, "results": results}
 
     return app

@@ -1,8 +1,11 @@
-"""API keys of the scoring service's clients: stored hashed, one per client, revocable.
+"""API keys of the scoring service's clients: stored hashed, one per client, revocable, each with a role.
 
 The keys file (``<state>/serving/keys.json``, owner-only) holds the SHA-256 of each key, never the
-key. ``python -m services.scoring`` creates a first client's key when there is none and writes it
-once to ``<state>/serving/api-key`` (owner-only), saying where.
+key. Each client has one role, and a role opens only its endpoints (:data:`ROLES`): a terminal's key
+scores, the pipeline's deploys, Prometheus's reads metrics. ``python -m services.scoring`` creates
+the first keys when there are none and writes each once, owner-only, saying where:
+``<state>/serving/api-key`` (client ``default``, role ``score``) and ``<state>/serving/deploy-key``
+(client ``pipeline``, role ``deploy``, what the ``deploy_model`` DAG sends).
 """
 
 from __future__ import annotations
@@ -13,6 +16,13 @@ import json
 import os
 import secrets
 from pathlib import Path
+
+ROLES = {
+    "score": {"score"},  # POST /v1/score
+    "deploy": {"deploy", "metrics"},  # POST /v1/champion, POST /v1/check, GET /metrics
+    "metrics": {"metrics"},  # GET /metrics (a Prometheus scraper)
+}
+FIRST_KEYS = {"api-key": ("default", "score"), "deploy-key": ("pipeline", "deploy")}
 
 
 def _digest(key: str) -> str:
@@ -25,9 +35,18 @@ class ApiKeys:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.file = self.folder / "keys.json"
+        self._cached: tuple[tuple, dict] | None = None
 
     def _read(self) -> dict:
-        return json.loads(self.file.read_text()) if self.file.exists() else {"clients": {}}
+        """The keys file, read again only when it changed (a revocation applies on the next request)."""
+        try:
+            stat = self.file.stat()
+        except FileNotFoundError:
+            return {"clients": {}}
+        seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._cached is None or self._cached[0] != seen:
+            self._cached = (seen, json.loads(self.file.read_text()))
+        return self._cached[1]
 
     def _write(self, data: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -36,34 +55,39 @@ class ApiKeys:
         tmp.chmod(0o600)
         os.replace(tmp, self.file)
 
-    def create(self, client: str) -> str:
-        """A new key for ``client`` (replacing its old one); only its hash is kept."""
+    def create(self, client: str, role: str = "score") -> str:
+        """A new key for ``client`` with ``role`` (replacing its old one); only its hash is kept."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: one of {sorted(ROLES)}")
         key = secrets.token_urlsafe(32)
-        data = self._read()
-        data["clients"][client] = {"sha256": _digest(key), "revoked": False}
+        data = json.loads(json.dumps(self._read()))
+        data["clients"][client] = {"sha256": _digest(key), "revoked": False, "role": role}
         self._write(data)
         return key
 
     def revoke(self, client: str) -> None:
-        data = self._read()
+        data = json.loads(json.dumps(self._read()))
         data["clients"][client]["revoked"] = True
         self._write(data)
 
-    def first_key(self) -> Path | None:
-        """With no client yet: create ``default``'s key, write it to ``api-key`` (owner-only) and
-        return that file; else None."""
+    def first_keys(self) -> list[Path]:
+        """With no client yet: create the first clients' keys (:data:`FIRST_KEYS`), each written to
+        its file (owner-only); the files written (none when clients exist)."""
         if self._read()["clients"]:
-            return None
-        key = self.create("default")
-        path = self.folder / "api-key"
-        path.write_text(key + "\n")
-        path.chmod(0o600)
-        return path
+            return []
+        written = []
+        for name, (client, role) in FIRST_KEYS.items():
+            key = self.create(client, role)
+            path = self.folder / name
+            path.write_text(key + "\n")
+            path.chmod(0o600)
+            written.append(path)
+        return written
 
-    def client_of(self, key: str) -> tuple[str | None, bool]:
-        """(client, revoked) for a presented key; (None, False) for a key nobody holds."""
+    def client_of(self, key: str) -> tuple[str | None, bool, str]:
+        """(client, revoked, role) for a presented key; (None, False, "") for a key nobody holds."""
         wanted = _digest(key)
         for client, entry in self._read()["clients"].items():
             if hmac.compare_digest(entry["sha256"], wanted):
-                return client, bool(entry.get("revoked"))
-        return None, False
+                return client, bool(entry.get("revoked")), entry.get("role", "score")
+        return None, False, ""

@@ -18,7 +18,7 @@ PARSE_BUDGET_S = 2.0  # per file, well above the ~0.1 s they take, far below the
 EXPECTED_EDGES = {
     "ingest_transactions": {("wait_for_raw", "ingest"), ("ingest", "validate"), ("validate", "announce_silver"),
                             ("validate", "stop_on_rejections")},
-    "build_features": {("plan_dates", "features")},
+    "build_features": {("plan_dates", "features"), ("features", "online"), ("plan_dates", "online")},
     # ("evaluate", "promote"): promote takes the version from evaluate's result (an XComArg).
     "train_model": {("train", "evaluate"), ("evaluate", "gate"), ("gate", "promote"), ("gate", "keep_champion"),
                     ("evaluate", "promote")},
@@ -27,8 +27,9 @@ EXPECTED_EDGES = {
     "rollback_model": {("current_champion", "rollback"), ("rollback", "stale_predictions"),
                        ("stale_predictions", "rescore")},
     "maintain_lake": set(),
+    "deploy_model": set(),
 }
-OPERATIONS_DAGS = {"rollback_model", "maintain_lake"}  # not about a date: no date in their forms
+OPERATIONS_DAGS = {"rollback_model", "maintain_lake", "deploy_model"}  # not about a date: no date in their forms
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +136,13 @@ def test_assets_chain_the_dags(dagbag):
     assert produced[f"{lake}/gold/features"] == {"build_features"}
     assert produced[f"{lake}/predictions"] == {"score_transactions"}
     assert produced[f"{lake}/reports/drift"] == {"monitor_drift"}
+    assert produced[assets.CHAMPION_MODEL.uri] == {"train_model", "rollback_model"}
     consumers = {
         "build_features": assets.SILVER_TRANSACTIONS,
         "score_transactions": assets.GOLD_FEATURES,
         "monitor_drift": assets.PREDICTIONS,
         "train_model": assets.DRIFT_SIGNAL,
+        "deploy_model": assets.CHAMPION_MODEL,  # promotion and rollback
     }
     for dag_id, asset in consumers.items():
         condition = dagbag.dags[dag_id].timetable.asset_condition

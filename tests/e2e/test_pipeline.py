@@ -224,9 +224,36 @@ def _delivered(frame: pd.DataFrame) -> list[dict]:
     return out.sort_values(["timestamp", "transaction_id"], kind="stable").to_dict("records")
 
 
-def test_make_serve_starts_the_service_with_a_first_key_and_it_answers(env, chain):
+def _score(base: str, key: str, txn: dict) -> dict:
+    request = urllib.request.Request(f"{base}/v1/score", data=json.dumps(txn).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)
+
+
+def test_the_nightly_feature_build_loads_the_online_store(env, chain):
+    """build_features' batch-layer task loaded silver's 7 days up to END, every id once, each with
+    its values as silver holds them (before any service scored anything in this state)."""
+    from jobs.ml.features_online import epoch_seconds
+
+    db = Path(env["PIPELINE_STATE_DIR"]) / "serving" / "online.db"
+    silver = table_rows(env, "silver/transactions")
+    week = silver[silver["date"] >= (date.fromisoformat(END) - timedelta(days=6)).isoformat()]
+    with sqlite3.connect(db) as conn:
+        held = pd.read_sql("select * from card_history", conn).set_index("transaction_id").sort_index()
+        (last,) = conn.execute("select value from meta where name = 'last_load'").fetchone()
+    assert json.loads(last)["date"] == END
+    assert held.index.is_unique and set(held.index) == set(week["transaction_id"])
+    want = week.set_index("transaction_id").sort_index()
+    assert (held["card_id"] == want["card_id"]).all() and (held["amount"] == want["amount"]).all()
+    assert (held["ts"] == [epoch_seconds(t) for t in want["timestamp"]]).all()
+
+
+def test_make_serve_starts_the_service_and_deploy_model_deploys_to_it(env, chain):
     """`python -m services.scoring` (what `make serve` runs) as a real process on a loopback port:
-    it writes the first client's key (owner-only), loads the champion, answers, and stops on SIGTERM."""
+    it writes the first clients' keys (owner-only), loads the champion, answers, keeps a retry's first
+    answer, registers itself; the deploy_model DAG finds it, tells it to serve the champion, checks
+    it with a known transaction and records where the version serves; SIGTERM stops it."""
     import socket
     import stat
 
@@ -236,7 +263,8 @@ def test_make_serve_starts_the_service_with_a_first_key_and_it_answers(env, chai
     proc = subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT, text=True,
                             env={**env, "PIPELINE_SERVING_PORT": str(port)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    base, key_file = f"http://127.0.0.1:{port}", Path(env["PIPELINE_STATE_DIR"]) / "serving" / "api-key"
+    serving = Path(env["PIPELINE_STATE_DIR"]) / "serving"
+    base, key_file = f"http://127.0.0.1:{port}", serving / "api-key"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -247,28 +275,39 @@ def test_make_serve_starts_the_service_with_a_first_key_and_it_answers(env, chai
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.5)
         assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        for name in ("api-key", "deploy-key", "keys.json"):
+            assert stat.S_IMODE((serving / name).stat().st_mode) == 0o600, name
+        key = key_file.read_text().strip()
         txn = {"transaction_id": "tx_serve_1", "card_id": "card_serve", "customer_id": "cust_1", "merchant_id": "m_1",
                "merchant_category": "grocery", "amount": 12.5, "currency": "USD",
                "timestamp": f"{END}T23:59:59Z", "channel": "pos", "country": "US"}
-        request = urllib.request.Request(f"{base}/v1/score", data=json.dumps(txn).encode(), method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  "Authorization": f"Bearer {key_file.read_text().strip()}"})
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            body = json.load(answer)
-        assert body["model_version"] == "1" and 0 <= body["results"][0]["fraud_probability"] <= 1
-        assert body["results"][0]["card_history"] is False  # a card the store never saw
+        body = _score(base, key, txn)
+        (first,) = body["results"]
+        assert body["model_version"] == "1" and 0 <= first["fraud_probability"] <= 1
+        assert first["card_history"] is False and first["replayed"] is False  # a card the store never saw
+        (again,) = _score(base, key, {**txn, "amount": 9999.0})["results"]  # a retry, even with other values
+        assert again == {**first, "replayed": True}
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(f"{base}/v1/score", data=json.dumps(txn).encode(),
                                                           method="POST", headers={"Content-Type": "application/json"}))
         assert refused.value.code == 401
+        with pytest.raises(urllib.error.HTTPError) as refused:  # a terminal's key opens scoring only
+            urllib.request.urlopen(urllib.request.Request(f"{base}/metrics",
+                                                          headers={"Authorization": f"Bearer {key}"}))
+        assert refused.value.code == 403
+
+        deployed = dag_test(env, "deploy_model", END)  # what the champion's Asset starts
+        assert f"{base} serves v1" in deployed.stdout + deployed.stderr
+        tags = registry(env).get_model_version("fraud-detector", "1").tags
+        assert tags["serving_services"] == base and tags["serving_deployed_at"].startswith("20")
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
-    assert f"API key of client 'default' written to {key_file}" in out
+    assert f"API key written to {key_file}" in out
+    assert not (serving / "endpoints" / f"{port}.json").exists()  # a stopped service is deregistered
 
 
-def test_the_scoring_service_answers_as_the_batch_build_and_scorer_do(env, chain):
+def test_the_scoring_service_answers_as_the_batch_build_and_scorer_do(env, chain, tmp_path):
     """One definition, two paths: the online store loaded with the card histories before the day
     (the batch layer), the day's transactions sent one by one through the HTTP API in time order
     (each joining its card's history: the speed layer). Every feature equals gold's and every score
@@ -278,6 +317,7 @@ def test_the_scoring_service_answers_as_the_batch_build_and_scorer_do(env, chain
     from jobs.ml.features_online import epoch_seconds
     from jobs.settings import Settings
     from jobs.shared.schemas import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from jobs.storage.online_store import SqliteStore
     from services.scoring.app import create_app
     from services.scoring.keys import ApiKeys
 
@@ -285,14 +325,16 @@ def test_the_scoring_service_answers_as_the_batch_build_and_scorer_do(env, chain
     gold = table_rows(env, "gold/features", END).set_index("transaction_id")
     predicted = table_rows(env, "predictions", END).set_index("transaction_id")
     silver = table_rows(env, "silver/transactions")
-    app = create_app(settings)
-    loaded = app.state.store.load([silver[~silver["transaction_id"].isin(gold.index)]],
-                                  until_ts=epoch_seconds(f"{END}T00:00:00Z"))
+    store = SqliteStore(tmp_path / "online.db")  # as of the end of the day before
+    loaded = store.load([silver[~silver["transaction_id"].isin(gold.index)].to_dict("records")],
+                        until_ts=epoch_seconds(f"{END}T00:00:00Z"))
     assert loaded["rows_added"] == len(silver) - len(gold)
+    app = create_app(settings, store=store)
     app.state.champion.refresh()
-    key = ApiKeys(settings.serving_dir).create("terminal")
+    key, scraper = ApiKeys(settings.serving_dir).create("terminal"), ApiKeys(settings.serving_dir).create(
+        "prometheus", role="metrics")
     with TestClient(app) as http:
-        assert http.get("/readyz").json() == {"ready": True, "reasons": [], "model_version": "1"}
+        assert http.get("/readyz").json() == {"ready": True, "reasons": [], "model_version": "1", "store": repr(store)}
         day = _delivered(silver[silver["transaction_id"].isin(gold.index)])
         assert len(day) == len(gold) == len(predicted) > 900
         for txn in day:
@@ -306,13 +348,63 @@ def test_the_scoring_service_answers_as_the_batch_build_and_scorer_do(env, chain
             batch = predicted.loc[txn["transaction_id"]]
             assert abs(got["fraud_probability"] - float(batch["fraud_probability"])) <= 1e-6, txn["transaction_id"]
             assert got["is_flagged"] == bool(batch["is_flagged"])
-        held = app.state.store.size()
+        held = store.size()
         again = http.post("/v1/score", json=day[-1], headers={"Authorization": f"Bearer {key}"}).json()
-        assert app.state.store.size() == held  # a client's retry joins the history once
+        assert store.size() == held and again["results"][0]["replayed"]  # a client's retry joins the history once
         assert abs(again["results"][0]["fraud_probability"] - float(predicted.loc[day[-1]["transaction_id"],
                                                                                  "fraud_probability"])) <= 1e-6
-        metrics = http.get("/metrics", headers={"Authorization": f"Bearer {key}"}).text
-        assert 'scoring_requests_total{status="200"}' in metrics and "scoring_model_version 1.0" in metrics
+        metrics = http.get("/metrics", headers={"Authorization": f"Bearer {scraper}"}).text
+        assert f'scoring_requests_total{{status="200"}} {len(day) + 1}.0' in metrics
+        assert "scoring_model_version 1.0" in metrics and f"scoring_transactions_total {len(day)}.0" in metrics
+        assert "scoring_replayed_total 1.0" in metrics and "scoring_registry_reachable 1.0" in metrics
+
+
+def test_replicas_share_one_redis_store_and_an_outage_is_a_503(env, chain, tmp_path):
+    """Two replicas of the service on one real Redis server: the batch layer's job loads it, each
+    transaction scored on one replica is history for the other, a retry on the other gets the first
+    answer, and features equal gold's across them. Redis killed: 503 with the reason, readyz 503,
+    the outage counted; never a score on partial history."""
+    from fastapi.testclient import TestClient
+    from redis_server import start
+
+    from jobs.settings import Settings
+    from jobs.shared.schemas import NUMERIC_FEATURES
+    from jobs.steps.online import load_online
+    from jobs.storage.lake import open_lake
+    from services.scoring.app import create_app
+    from services.scoring.keys import ApiKeys
+
+    server = start(tmp_path)
+    try:
+        settings = Settings(state_dir=Path(env["PIPELINE_STATE_DIR"]), serving_store_url=server.url)
+        day_before = (date.fromisoformat(END) - timedelta(days=1)).isoformat()
+        the_lake = open_lake(settings.resolved_lake_uri)
+        first = load_online(the_lake, day_before, settings)
+        assert len(first["days_loaded"]) == 7 and first["rows_added"] == first["rows_held"] > 0
+        assert load_online(the_lake, day_before, settings)["days_unchanged"] == first["days_loaded"]
+        gold = table_rows(env, "gold/features", END).set_index("transaction_id")
+        day = _delivered(table_rows(env, "silver/transactions", END))[:300]
+        key = ApiKeys(settings.serving_dir).create("terminal-redis")
+        auth = {"Authorization": f"Bearer {key}"}
+        replicas = [create_app(settings), create_app(settings)]
+        with TestClient(replicas[0]) as a, TestClient(replicas[1]) as b:
+            for app in replicas:
+                app.state.champion.refresh()
+            for n, txn in enumerate(day):
+                (got,) = (a, b)[n % 2].post("/v1/score?features=true", json=txn, headers=auth).json()["results"]
+                want = gold.loc[txn["transaction_id"]]
+                for name in NUMERIC_FEATURES:
+                    assert abs(got["features"][name] - float(want[name])) <= 1e-6, (txn["transaction_id"], name)
+            (retried,) = b.post("/v1/score", json=day[0], headers=auth).json()["results"]  # first scored on a
+            assert retried["replayed"] and retried["transaction_id"] == day[0]["transaction_id"]
+            server.stop()  # SIGKILL: the store is gone
+            down = a.post("/v1/score", json={**day[-1], "transaction_id": "tx_during_outage"}, headers=auth)
+            assert down.status_code == 503 and "online feature store unavailable" in down.json()["detail"]
+            assert down.headers["Retry-After"] == "1"
+            ready = b.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["reasons"][0].startswith("online store unreachable")
+    finally:
+        server.stop()
 
 
 def test_the_scoring_gateway_lets_no_one_in_by_accident(env, chain):

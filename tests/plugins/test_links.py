@@ -14,7 +14,8 @@ from pipeline.web.links import JOB_LINKS, ui_address
 from jobs.shared import links
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = {"MLflow run", "Model version", "Gate report", "Drift report", "Data Docs", "Drift trend"}
+NAMES = {"MLflow run", "Model version", "Gate report", "Drift report", "Data Docs", "Drift trend", "Service health",
+         "Service metrics"}
 
 
 @pytest.mark.parametrize("runner", ["local", "docker", "kubernetes"])
@@ -37,13 +38,16 @@ def test_every_job_task_of_every_runner_carries_the_links(monkeypatch, runner):
 def test_a_link_is_what_the_job_result_names(monkeypatch):
     class Task:
         job_result = {"links": {"Gate report": links.report("reports/gate/date=2026-06-20/v3.html"),
-                                "Model version": links.model_version("fraud-detector", "3")}}
+                                "Model version": links.model_version("fraud-detector", "3"),
+                                "Service health": "http://scoring:8000/readyz"}}
 
     monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
     got = {link.name: link.get_link(Task(), ti_key=None) for link in JOB_LINKS}
     assert got == {"Gate report": "/pipeline/lake/reports/gate/date=2026-06-20/v3.html",
                    "Model version": "/pipeline/mlflow/models/fraud-detector/versions/3",
-                   "MLflow run": "", "Drift report": "", "Data Docs": "", "Drift trend": ""}  # empty: hidden
+                   "Service health": "http://scoring:8000/readyz",  # a service's own address
+                   "MLflow run": "", "Drift report": "", "Data Docs": "", "Drift trend": "",
+                   "Service metrics": ""}  # empty: hidden
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/")
     assert ui_address() == "https://airflow.example.com/"
     assert JOB_LINKS[1].get_link(Task(), ti_key=None) == \

@@ -295,3 +295,18 @@ def test_the_gate_signing_key_reaches_the_evaluate_job_only():
         assert plain["PIPELINE_GATE_PUBLIC_KEY"] == "cHVi"
     plain, secret = forwarded_env(worker, step="evaluate")
     assert secret["PIPELINE_GATE_SIGNING_KEY"] == "a2V5"
+
+
+@pytest.mark.parametrize(("variable", "value", "only"), [
+    ("PIPELINE_SERVING_DEPLOY_KEY", "deploy-key", "deploy"),
+    ("PIPELINE_SERVING_STORE_URL", "redis://:secret@redis:6379/0", "online"),
+])
+def test_the_serving_credentials_reach_their_job_only(variable, value, only):
+    worker = {**WORKER_ENV, variable: value}
+    for step in ("ingest", "validate", "features", "train", "evaluate", "promote", "score", "drift", "online",
+                 "deploy"):
+        plain, secret = forwarded_env(worker, step=step)
+        if step == only:
+            assert secret[variable] == value and variable not in plain
+        else:
+            assert variable not in {**plain, **secret}, step

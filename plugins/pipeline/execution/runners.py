@@ -38,14 +38,19 @@ _FORWARDED_PREFIXES = ("PIPELINE_", "AWS_", "MLFLOW_", "AIRFLOW_CONN_")
 # credentials stay on the worker).
 _RUNNER_ONLY = re.compile(r"^(PIPELINE_(JOB_(RUNNER|IMAGE|IMAGE_GPU|GPUS|RESULT_FILE)|DOCKER_\w+|K8S_\w+|NOTIFY_\w+|"
                           r"PREDICTIONS_DEADLINE_MINUTES)|AIRFLOW_CONN_SMTP\w*)$")
-_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|SIGNING_KEY|^AIRFLOW_CONN_")
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|SIGNING_KEY|DEPLOY_KEY|^AIRFLOW_CONN_")
 # The promotion identity (the MLflow user allowed to move aliases) goes to these jobs only.
 PROMOTION_STEPS = frozenset({"promote", "rollback"})
 _PROMOTION_ONLY = re.compile(r"^PIPELINE_PROMOTION_")
 # The gate's signing key (jobs/storage/verdict.py) goes to the evaluate job only.
 GATE_STEPS = frozenset({"evaluate"})
 _GATE_ONLY = re.compile(r"^PIPELINE_GATE_SIGNING_KEY$")
-_STEP_SCOPED = ((_PROMOTION_ONLY, PROMOTION_STEPS), (_GATE_ONLY, GATE_STEPS))
+# The scoring services' deploy key goes to the deploy job only; the online store's URL (it may hold
+# Redis's password) to the online store's batch layer only.
+_DEPLOY_ONLY = re.compile(r"^PIPELINE_SERVING_DEPLOY_KEY$")
+_STORE_ONLY = re.compile(r"^PIPELINE_SERVING_STORE_URL$")
+_STEP_SCOPED = ((_PROMOTION_ONLY, PROMOTION_STEPS), (_GATE_ONLY, GATE_STEPS), (_DEPLOY_ONLY, frozenset({"deploy"})),
+                (_STORE_ONLY, frozenset({"online"})))
 
 
 def reaches(key: str, step: str | None) -> bool:
@@ -61,7 +66,8 @@ def forwarded_env(environ: Mapping[str, str], extra: Mapping[str, str] = (), ste
     Secret ones (credentials, connection URIs, URIs with a password) must never be written
     into a rendered template, an operator's fields or a pod spec in clear. The promotion
     identity (``PIPELINE_PROMOTION_*``) reaches the promote and rollback jobs only, the gate's
-    signing key (``PIPELINE_GATE_SIGNING_KEY``) the evaluate job only.
+    signing key (``PIPELINE_GATE_SIGNING_KEY``) the evaluate job only, the scoring services' deploy
+    key the deploy job only, the online store's URL the online job only.
     """
     plain, secret = {}, {}
     for key, value in {**environ, **dict(extra)}.items():

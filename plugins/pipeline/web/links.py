@@ -59,5 +59,13 @@ class DriftTrendLink(JobResultLink):
     name = links.DRIFT_TREND
 
 
+class ServiceHealthLink(JobResultLink):
+    name = links.SERVICE_HEALTH
+
+
+class ServiceMetricsLink(JobResultLink):
+    name = links.SERVICE_METRICS
+
+
 JOB_LINKS = (MlflowRunLink(), ModelVersionLink(), GateReportLink(), DriftReportLink(), DataDocsLink(),
-             DriftTrendLink())
+             DriftTrendLink(), ServiceHealthLink(), ServiceMetricsLink())
