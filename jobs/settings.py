@@ -212,6 +212,8 @@ class Settings(BaseSettings):
     """Requests one client may make (a ``limits`` rate string: N/second, N/minute); more: 429 with Retry-After."""
     serving_refresh_seconds: float = Field(default=10.0, gt=0)
     """How often a running service asks the registry whether the champion moved (then loads, verifies, swaps)."""
+    serving_state_dir: Path | None = None
+    """Where a scoring service keeps its API keys, its registration and its SQLite store; empty: ``<state>/serving``."""
     serving_store_url: SecretStr = SecretStr("")
     """The online feature store: empty for SQLite in the state folder (one process), or a Redis URL
     (``redis://[:password@]host:6379/0``, ``rediss://`` for TLS) that every replica shares."""
@@ -258,8 +260,8 @@ class Settings(BaseSettings):
 
     @property
     def serving_dir(self) -> Path:
-        """The scoring service's files in the state folder: API keys and the online store."""
-        return self.state_dir.resolve() / "serving"
+        """The scoring service's files: API keys, its registration, the SQLite online store."""
+        return (self.serving_state_dir or self.state_dir / "serving").resolve()
 
     @property
     def mlflow_artifact_root(self) -> str:

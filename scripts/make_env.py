@@ -40,6 +40,11 @@ SECRETS = (
     # The gate's Ed25519 key pair (jobs/storage/verdict.py): the private half reaches the evaluate job only.
     "GATE_SIGNING_KEY",
     "GATE_PUBLIC_KEY",
+    # The online store and the scoring service's first clients (services/scoring/keys.py).
+    "REDIS_PASSWORD",
+    "SCORING_API_KEY",
+    "SCORING_DEPLOY_KEY",
+    "SCORING_METRICS_KEY",
 )
 MIN_LENGTH = 16
 PLACEHOLDER = re.compile(r"change.?me|replace|generate|example|secret$|password$|^admin$", re.IGNORECASE)

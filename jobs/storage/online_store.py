@@ -60,6 +60,15 @@ class OnlineStore:
         """The first answer given for this transaction, if it was scored before."""
         raise NotImplementedError
 
+    def lookup(self, card_id: str, transaction_id: str, ts: int) -> tuple[dict | None, list[Past], bool]:
+        """What scoring one transaction reads, at once: its first answer if it was scored before, the
+        card's history before ``ts`` (:meth:`history`) and whether the card was ever seen (:meth:`known`)."""
+        first = self.answered(card_id, transaction_id)
+        if first is not None:
+            return first, [], True
+        history = self.history(card_id, ts)
+        return None, history, bool(history) or self.known(card_id)
+
     def record(self, transaction: dict, answer: dict) -> dict | None:
         """The speed layer: join the card's history and keep ``answer``, unless the transaction was
         scored already; then nothing changes and the first answer is returned."""
@@ -277,12 +286,8 @@ class RedisStore(OnlineStore):
         self._redis.close()
 
     def history(self, card_id: str, ts: int) -> list[Past]:
-        found = self._call(self._redis.zrangebyscore, self._card(card_id), ts - LONGEST, ts - 1, None, None, True)
-        out = []
-        for member, score in found:
-            _, amount, category, country = member.split(_SEP)
-            out.append(Past(int(score), float(amount), category, country))
-        return out
+        return self._pasts(self._call(self._redis.zrangebyscore, self._card(card_id), ts - LONGEST, ts - 1, None,
+                                      None, True))
 
     def known(self, card_id: str) -> bool:
         return bool(self._call(self._redis.exists, self._card(card_id)))
@@ -290,6 +295,27 @@ class RedisStore(OnlineStore):
     def answered(self, card_id: str, transaction_id: str) -> dict | None:
         found = self._call(self._redis.get, self._answer(card_id, transaction_id))
         return json.loads(found) if found else None
+
+    def lookup(self, card_id: str, transaction_id: str, ts: int) -> tuple[dict | None, list[Past], bool]:
+        def read():  # one round trip
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(self._answer(card_id, transaction_id))
+            pipe.zrangebyscore(self._card(card_id), ts - LONGEST, ts - 1, withscores=True)
+            pipe.exists(self._card(card_id))
+            return pipe.execute()
+
+        first, found, known = self._call(read)
+        if first:
+            return json.loads(first), [], True
+        return None, self._pasts(found), bool(known)
+
+    @staticmethod
+    def _pasts(found) -> list[Past]:
+        out = []
+        for member, score in found:
+            _, amount, category, country = member.split(_SEP)
+            out.append(Past(int(score), float(amount), category, country))
+        return out
 
     def record(self, transaction: dict, answer: dict) -> dict | None:
         row = _row(transaction)

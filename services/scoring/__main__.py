@@ -3,7 +3,9 @@
 Creates the first clients' API keys when there are none (``<state>/serving/api-key`` to score,
 ``<state>/serving/deploy-key`` for the pipeline), loads the champion, and asks the registry every
 ``PIPELINE_SERVING_REFRESH_SECONDS`` whether it moved. ``python -m services.scoring keys create
-<client> [--role score|deploy|metrics]`` prints a new key once; ``keys revoke <client>`` revokes one.
+<client> [--role score|deploy|metrics]`` prints a new key once; ``keys set <client> --role R
+--from-env VAR`` stores the hash of a key generated elsewhere (the stack's ``make env``, a Kubernetes
+Secret); ``keys revoke <client>`` revokes one.
 """
 
 from __future__ import annotations
@@ -52,14 +54,19 @@ def serve() -> None:
 
 def register(settings) -> Path:
     """Say where this service answers, for the deploy_model DAG on this machine (``endpoints/``;
-    removed at shutdown, and by a deployment that finds the process gone)."""
+    removed at shutdown, and by a deployment that finds the process gone). A read-only serving folder
+    (keys from a Kubernetes Secret) registers nothing: there the pipeline names the Service."""
     folder = settings.serving_dir / "endpoints"
-    folder.mkdir(parents=True, exist_ok=True)
     host = "127.0.0.1" if settings.serving_host in ("0.0.0.0", "::") else settings.serving_host
     path = folder / f"{settings.serving_port}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": f"http://{host}:{settings.serving_port}", "pid": os.getpid()}))
-    os.replace(tmp, path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"url": f"http://{host}:{settings.serving_port}", "pid": os.getpid()}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        logging.getLogger(__name__).info("not registered in %s (%s): deployments reach this service by its URL",
+                                         folder, exc.strerror)
     return path
 
 
@@ -73,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     create = keys.add_parser("create", help="a new key for a client (printed once, stored hashed)")
     create.add_argument("client")
     create.add_argument("--role", choices=sorted(ROLES), default="score")
+    given = keys.add_parser("set", help="give a client a key generated elsewhere, read from an environment variable")
+    given.add_argument("client")
+    given.add_argument("--role", choices=sorted(ROLES), default="score")
+    given.add_argument("--from-env", required=True, metavar="VARIABLE", help="the variable holding the key")
     keys.add_parser("revoke", help="revoke a client's key (403 from the next request)").add_argument("client")
     args = parser.parse_args(argv)
     if args.command in (None, "serve"):
@@ -80,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     store = ApiKeys(get_settings().serving_dir)
     if args.action == "create":
         print(store.create(args.client, args.role))
+    elif args.action == "set":
+        if not os.environ.get(args.from_env):
+            raise SystemExit(f"{args.from_env} is empty: no key to give {args.client}")
+        store.set(args.client, os.environ[args.from_env], args.role)
+        print(f"{args.client} ({args.role}): key from {args.from_env} stored hashed in {store.file}")
     else:
         store.revoke(args.client)
         print(f"revoked the key of {args.client}")

@@ -57,13 +57,20 @@ class ApiKeys:
 
     def create(self, client: str, role: str = "score") -> str:
         """A new key for ``client`` with ``role`` (replacing its old one); only its hash is kept."""
+        key = secrets.token_urlsafe(32)
+        self.set(client, key, role)
+        return key
+
+    def set(self, client: str, key: str, role: str = "score") -> None:
+        """Give ``client`` this ``key`` (one generated elsewhere: ``make env`` for the stack, a Secret on
+        Kubernetes), replacing its old one; only its hash is kept."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}: one of {sorted(ROLES)}")
-        key = secrets.token_urlsafe(32)
+        if len(key) < 32:
+            raise ValueError(f"the key of {client!r} is {len(key)} characters: at least 32")
         data = json.loads(json.dumps(self._read()))
         data["clients"][client] = {"sha256": _digest(key), "revoked": False, "role": role}
         self._write(data)
-        return key
 
     def revoke(self, client: str) -> None:
         data = json.loads(json.dumps(self._read()))

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 WORKER = "airflow-scheduler"  # LocalExecutor: the scheduler runs the tasks, so the Docker runner
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|API_KEY|DEPLOY_KEY|METRICS_KEY|"
+                         r"SIGNING_KEY")
 REFERENCE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*(:?-[^}]*)?\}")
 REQUIRED = re.compile(r"\$\{([A-Z_][A-Z0-9_]*):\?[^}]*\}")  # ${NAME:?message}: compose refuses to start without it
 # Interpolated by compose: $VAR or ${VAR...}, but not $$VAR (a literal dollar for the container's shell).
@@ -218,7 +219,8 @@ def test_airflow_services_share_one_configuration(services):
     airflow = {name: svc for name, svc in services.items() if name.startswith("airflow-")}
     assert {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
             "airflow-triggerer"} <= set(airflow)
-    scoped = ("PIPELINE_PROMOTION_MLFLOW_USERNAME", "PIPELINE_PROMOTION_MLFLOW_PASSWORD", "PIPELINE_GATE_SIGNING_KEY")
+    scoped = ("PIPELINE_PROMOTION_MLFLOW_USERNAME", "PIPELINE_PROMOTION_MLFLOW_PASSWORD", "PIPELINE_GATE_SIGNING_KEY",
+              "PIPELINE_SERVING_DEPLOY_KEY", "PIPELINE_SERVING_STORE_URL")
     worker = environment(airflow[WORKER])
     assert all(worker.get(k) for k in scoped), "the worker hands the step-scoped secrets to their jobs"
     reference = {k: v for k, v in worker.items() if k not in scoped}

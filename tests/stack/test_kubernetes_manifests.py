@@ -19,6 +19,8 @@ from jobs.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 DAG_VARIABLES = {"PIPELINE_TRAIN_PROCESSES", "PIPELINE_PROMOTION_APPROVAL"}
+SECRET_LISTS = ("PIPELINE_K8S_ENV_SECRETS", "PIPELINE_K8S_PROMOTION_ENV_SECRETS", "PIPELINE_K8S_GATE_ENV_SECRETS",
+                "PIPELINE_K8S_DEPLOY_ENV_SECRETS", "PIPELINE_K8S_ONLINE_ENV_SECRETS")
 
 
 def documents(name: str) -> list[dict]:
@@ -50,8 +52,7 @@ def test_every_pipeline_variable_is_read_by_the_code():
 
 def test_no_credentials_in_the_values():
     for key, value in values_env().items():
-        if key not in ("PIPELINE_K8S_ENV_SECRETS", "PIPELINE_K8S_PROMOTION_ENV_SECRETS",
-                       "PIPELINE_K8S_GATE_ENV_SECRETS"):  # names Secrets, holds none
+        if key not in SECRET_LISTS:  # names Secrets, holds none
             assert not any(word in key for word in ("SECRET", "PASSWORD", "ACCESS_KEY", "TOKEN")), key
         assert "@" not in value, f"{key} looks like a URI with credentials"
 
@@ -63,8 +64,7 @@ def test_values_name_what_the_manifests_define():
     assert ("Namespace", env["PIPELINE_K8S_NAMESPACE"]) in kinds
     assert ("ServiceAccount", env["PIPELINE_K8S_SERVICE_ACCOUNT"]) in kinds
     secrets = {d["metadata"]["name"] for d in documents("secrets.example.yaml") if d["kind"] == "Secret"}
-    named = {name for key in ("PIPELINE_K8S_ENV_SECRETS", "PIPELINE_K8S_PROMOTION_ENV_SECRETS",
-                              "PIPELINE_K8S_GATE_ENV_SECRETS") for name in env[key].split(",")}
+    named = {name for key in SECRET_LISTS for name in env[key].split(",")}
     assert named == secrets
     cluster_scoped = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")  # bound to the namespace
     assert all(d["metadata"].get("namespace", d["metadata"]["name"]) == env["PIPELINE_K8S_NAMESPACE"]

@@ -26,7 +26,8 @@ from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import models as k8s
 
 from jobs.shared.result import RESULT_FILE_ENV
-from pipeline.execution.runners import GATE_STEPS, PROMOTION_STEPS, Resources, forwarded_env
+from pipeline.execution.runners import (DEPLOY_STEPS, GATE_STEPS, ONLINE_STEPS, PROMOTION_STEPS, Resources,
+                                        forwarded_env)
 from pipeline.execution.task import JobTask
 from pipeline.settings import AirflowSettings
 from pipeline.web.links import JOB_LINKS
@@ -42,12 +43,15 @@ def _pairs(spec: str) -> dict[str, str]:
 
 def env_secrets(settings: AirflowSettings, step: str) -> list[str]:
     """The Secrets a job's pod gets as environment: everyone's, for promote/rollback the promotion identity,
-    for evaluate the gate's signing key."""
+    for evaluate the gate's signing key, for deploy the scoring services' deploy key, for online the
+    online store's URL."""
     names = settings.k8s_env_secrets.split(",")
-    if step in PROMOTION_STEPS:
-        names += settings.k8s_promotion_env_secrets.split(",")
-    if step in GATE_STEPS:
-        names += settings.k8s_gate_env_secrets.split(",")
+    for steps, scoped in ((PROMOTION_STEPS, settings.k8s_promotion_env_secrets),
+                          (GATE_STEPS, settings.k8s_gate_env_secrets),
+                          (DEPLOY_STEPS, settings.k8s_deploy_env_secrets),
+                          (ONLINE_STEPS, settings.k8s_online_env_secrets)):
+        if step in steps:
+            names += scoped.split(",")
     return [name.strip() for name in names if name.strip()]
 
 

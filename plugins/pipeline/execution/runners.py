@@ -47,10 +47,12 @@ GATE_STEPS = frozenset({"evaluate"})
 _GATE_ONLY = re.compile(r"^PIPELINE_GATE_SIGNING_KEY$")
 # The scoring services' deploy key goes to the deploy job only; the online store's URL (it may hold
 # Redis's password) to the online store's batch layer only.
+DEPLOY_STEPS = frozenset({"deploy"})
 _DEPLOY_ONLY = re.compile(r"^PIPELINE_SERVING_DEPLOY_KEY$")
+ONLINE_STEPS = frozenset({"online"})
 _STORE_ONLY = re.compile(r"^PIPELINE_SERVING_STORE_URL$")
-_STEP_SCOPED = ((_PROMOTION_ONLY, PROMOTION_STEPS), (_GATE_ONLY, GATE_STEPS), (_DEPLOY_ONLY, frozenset({"deploy"})),
-                (_STORE_ONLY, frozenset({"online"})))
+_STEP_SCOPED = ((_PROMOTION_ONLY, PROMOTION_STEPS), (_GATE_ONLY, GATE_STEPS), (_DEPLOY_ONLY, DEPLOY_STEPS),
+                (_STORE_ONLY, ONLINE_STEPS))
 
 
 def reaches(key: str, step: str | None) -> bool:
