@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make run    - set up, generate data, run the whole pipeline through Airflow, print a summary"
 	@echo "make test   - set up and run every test (DAG integrity, jobs, end-to-end)"
-	@echo "make preflight - check Python 3.11, Java 17+ (and for the tests PostgreSQL), with a fix for each"
+	@echo "make preflight - check Python 3.11, Java 17+ (and for the tests PostgreSQL and Redis), with a fix for each"
 	@echo "make up     - start the Airflow UI (standalone) and the MLflow UI on the local state"
 	@echo "make down   - stop them"
 	@echo "make lint   - ruff"

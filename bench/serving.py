@@ -13,7 +13,10 @@ days, starts ``python -m services.scoring`` as a process, and prints side by sid
 - the maximum sustained throughput: closed loop with C connections for the same time;
 - a champion swap under load: the service told to load, verify and swap its bundle every second
   (``POST /v1/champion?reload=true``) while 500 requests a second arrive: failed requests, p99;
-- the server's CPU per request (what a replica costs).
+- the same closed loop spread over ``--replicas`` service processes on one store (what Kubernetes
+  does with the Deployment's replicas);
+- the servers' CPU per request (what a replica costs) and the load generator's own (on 2 shared
+  cores, what it takes is what the servers cannot have).
 
 Targets (2 cores, the load generator on the same cores): p99 <= 10 ms at 500 rps with 0 errors,
 >= 1,500 rps, 0 failed requests during swaps. The load generator stops by itself.
@@ -91,8 +94,9 @@ def floor(settings, store, txns: list[dict]) -> dict:
 class Load:
     """An aiohttp client sending one transaction per request."""
 
-    def __init__(self, base: str, key: str, txns: list[dict], connections: int):
-        self.base, self.key, self.txns, self.connections = base, key, iter(txns), connections
+    def __init__(self, bases: list[str], key: str, txns: list[dict], connections: int):
+        self.bases, self.key, self.txns, self.connections = bases, key, iter(txns), connections
+        self.sent = 0
 
     async def __aenter__(self):
         import aiohttp
@@ -106,7 +110,9 @@ class Load:
 
     async def one(self, scheduled: float, out: dict) -> None:
         try:
-            async with self.http.post(f"{self.base}/v1/score", json=next(self.txns)) as answer:
+            self.sent += 1
+            base = self.bases[self.sent % len(self.bases)]  # round robin, as a load balancer would
+            async with self.http.post(f"{base}/v1/score", json=next(self.txns)) as answer:
                 body = await answer.json()
                 if answer.status == 200:
                     out["server"].append(body["latency_ms"])
@@ -122,7 +128,7 @@ class Load:
     async def open_loop(self, rate: float, seconds: float, during=None) -> dict:
         """Requests sent on schedule at ``rate`` for ``seconds``, answered or not."""
         out = {"client": [], "server": [], "errors": 0}
-        start, tasks, n = time.perf_counter(), [], 0
+        start, tasks, n, cpu = time.perf_counter(), [], 0, time.process_time()
         side = asyncio.create_task(during()) if during else None
         while (at := start + n / rate) < start + seconds:
             delay = at - time.perf_counter()
@@ -131,7 +137,7 @@ class Load:
             tasks.append(asyncio.create_task(self.one(at, out)))
             n += 1
         await asyncio.gather(*tasks)
-        out["elapsed"] = time.perf_counter() - start
+        out["elapsed"], out["client_cpu"] = time.perf_counter() - start, time.process_time() - cpu
         if side:
             out["side"] = await side
         return out
@@ -139,22 +145,24 @@ class Load:
     async def closed_loop(self, seconds: float) -> dict:
         """``connections`` clients, each sending its next request when the last one is answered."""
         out = {"client": [], "server": [], "errors": 0}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
 
         async def client():
             while time.perf_counter() - start < seconds:
                 await self.one(time.perf_counter(), out)
 
         await asyncio.gather(*(client() for _ in range(self.connections)))
-        out["elapsed"] = time.perf_counter() - start
+        out["elapsed"], out["client_cpu"] = time.perf_counter() - start, time.process_time() - cpu
         return out
 
 
 def summary(name: str, out: dict, cpu: float | None = None) -> dict:
     done = len(out["client"])
+    client_cpu = out.get("client_cpu")
     return {"phase": name, "requests": done, "rps": done / out["elapsed"], "p50": pct(out["client"], 50),
             "p99": pct(out["client"], 99), "server_p99": pct(out["server"], 99), "errors": out["errors"],
             "cpu_us_per_request": None if cpu is None else cpu / max(done, 1) * 1e6,
+            "client_us_per_request": None if client_cpu is None else client_cpu / max(done, 1) * 1e6,
             "detail": {k: v for k, v in out.items() if k in ("statuses", "failures", "side")}}
 
 
@@ -168,7 +176,7 @@ def run_store(kind: str, settings, txns: list[dict], last_day: str, args, scratc
     from services.scoring.keys import ApiKeys
 
     env = {**os.environ, "PIPELINE_STATE_DIR": str(settings.state_dir), "PIPELINE_SERVING_STATE_DIR": str(scratch),
-           "PIPELINE_SERVING_RATE_LIMIT": "1000000/second", "PIPELINE_SERVING_REFRESH_SECONDS": "3600"}
+           "PIPELINE_SERVING_RATE_LIMIT": "1000000/second"}  # the default refresh: 10 s
     server = None
     if kind == "redis":
         from redis_server import start
@@ -185,26 +193,29 @@ def run_store(kind: str, settings, txns: list[dict], last_day: str, args, scratc
     txns = txns[2000:]
     keys = ApiKeys(scratch)
     key, deploy = keys.create("bench"), keys.create("bench-deploy", role="deploy")
-    port = free_port()
-    env["PIPELINE_SERVING_PORT"] = str(port)
-    proc = subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base, rows = f"http://127.0.0.1:{port}", []
+    procs, bases, rows = [], [], []
     try:
-        wait_ready(base, proc)
-        service = psutil.Process(proc.pid)
+        for _ in range(args.replicas):
+            port = free_port()
+            procs.append(subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT,
+                                          env={**env, "PIPELINE_SERVING_PORT": str(port)},
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            bases.append(f"http://127.0.0.1:{port}")
+        for base, proc in zip(bases, procs, strict=True):
+            wait_ready(base, proc)
+        services = [psutil.Process(p.pid) for p in procs]
+        one = services[:1]
 
         async def phases():
-            nonlocal txns
-            async with Load(base, key, txns, args.connections) as load:
+            async with Load(bases[:1], key, txns, args.connections) as load:
                 await load.closed_loop(2.0)  # warm-up
                 for rate in args.rates:
-                    cpu = service.cpu_times()
+                    cpu = cpu_times(one)
                     out = await load.open_loop(rate, args.seconds)
-                    rows.append(summary(f"open loop {rate:.0f}/s", out, cpu_spent(service, cpu)))
-                cpu = service.cpu_times()
+                    rows.append(summary(f"open loop {rate:.0f}/s", out, cpu_times(one) - cpu))
+                cpu = cpu_times(one)
                 out = await load.closed_loop(args.seconds)
-                rows.append(summary(f"closed loop, {args.connections} connections", out, cpu_spent(service, cpu)))
+                rows.append(summary(f"closed loop, {args.connections} connections", out, cpu_times(one) - cpu))
 
                 async def swaps():
                     import aiohttp
@@ -213,26 +224,35 @@ def run_store(kind: str, settings, txns: list[dict], last_day: str, args, scratc
                     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {deploy}"}) as http:
                         for _ in range(int(args.seconds)):
                             await asyncio.sleep(1)
-                            async with http.post(f"{base}/v1/champion?reload=true") as answer:
+                            async with http.post(f"{bases[0]}/v1/champion?reload=true") as answer:
                                 ok = answer.status == 200 and (await answer.json())["error"] is None
                                 done, failed = done + ok, failed + (not ok)
                     return {"swaps": done, "swap_failures": failed}
 
                 out = await load.open_loop(500, args.seconds, during=swaps)
                 rows.append(summary("swap every 1 s at 500/s", out))
+            if len(bases) > 1:  # replicas behind a round-robin balancer, one store
+                async with Load(bases, key, txns[load.sent:], args.connections) as spread:
+                    cpu = cpu_times(services)
+                    out = await spread.closed_loop(args.seconds)
+                    rows.append(summary(f"closed loop, {len(bases)} replicas", out, cpu_times(services) - cpu))
 
         asyncio.run(phases())
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
         if server:
             server.stop()
     return base_floor, rows
 
 
-def cpu_spent(process, before) -> float:
-    after = process.cpu_times()
-    return (after.user + after.system) - (before.user + before.system)
+def cpu_times(processes) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def wait_ready(base: str, proc) -> None:
@@ -257,6 +277,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--connections", type=int, default=32, help="connections of the closed loop")
     parser.add_argument("--stores", default="sqlite,redis", help="online stores to measure")
+    parser.add_argument("--replicas", type=int, default=2, help="service processes of the last phase (one store)")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
 
@@ -268,6 +289,9 @@ def main() -> None:
         raise SystemExit(f"no gated champion in {settings.state_dir}: run `make run` first")
     needed = 2000 + int(sum(args.rates) * args.seconds + 500 * args.seconds + 4000 * args.seconds + 10_000)
     last_day, txns = transactions(settings, needed)
+    import gc
+
+    gc.freeze()  # the load generator's own garbage collections (a million objects) would stall its clock
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()};"
           f" {args.seconds:.0f} s per phase; the load generator shares the cores", flush=True)
     for kind in args.stores.split(","):
@@ -277,17 +301,19 @@ def main() -> None:
         print(f"floor (in process, no HTTP): p50 {base_floor['p50']:.2f} ms, p99 {base_floor['p99']:.2f} ms, "
               f"{base_floor['rps_one_core']:.0f} transactions/s on one core")
         print(f"{'phase':<32} {'requests':>8} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'srv p99':>7} {'errors':>6} "
-              f"{'cpu us/req':>10}  vs floor p99")
+              f"{'srv us/req':>10} {'client us/req':>13}  vs floor p99")
         for r in rows:
             cpu = "" if r["cpu_us_per_request"] is None else f"{r['cpu_us_per_request']:.0f}"
+            own = "" if r["client_us_per_request"] is None else f"{r['client_us_per_request']:.0f}"
             print(f"{r['phase']:<32} {r['requests']:>8} {r['rps']:>7.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} "
-                  f"{r['server_p99']:>7.2f} {r['errors']:>6} {cpu:>10}  {r['p99'] / base_floor['p99']:>5.1f}x"
+                  f"{r['server_p99']:>7.2f} {r['errors']:>6} {cpu:>10} {own:>13}  {r['p99'] / base_floor['p99']:>5.1f}x"
                   + (f"  {r['detail']}" if r["detail"] else ""))
         at500 = next((r for r in rows if r["phase"] == "open loop 500/s"), None)
         peak = max(r["rps"] for r in rows)
-        swap = rows[-1]
+        swap = next(r for r in rows if r["phase"].startswith("swap"))
         if at500:
-            print(f"target p99 <= {TARGET_P99_MS} ms at 500/s, 0 errors: {at500['p99']:.2f} ms, {at500['errors']} errors")
+            print(f"target p99 <= {TARGET_P99_MS} ms at 500/s, 0 errors: {at500['p99']:.2f} ms, "
+                  f"{at500['errors']} errors")
         print(f"target >= {TARGET_RPS} rps: {peak:.0f} rps; target 0 failed during swaps: {swap['errors']} "
               f"({swap['detail'].get('side')})")
 

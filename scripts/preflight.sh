@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make preflight` (run before every `make setup`): what this machine must have before the virtual
 # environment is built, each with a one-line fix. Usage:
-#   scripts/preflight.sh [PYTHON]        the host: Python 3.11 with venv, Java 17+, and for the tests PostgreSQL
+#   scripts/preflight.sh [PYTHON]        the host: Python 3.11 with venv, Java 17+, and for the tests PostgreSQL and Redis
 #   scripts/preflight.sh --venv VENV     after installing: one distribution per package, the runtimes importable
 # Exit status 1 when something required is missing; notes (optional tools) never fail it.
 set -uo pipefail
@@ -88,6 +88,14 @@ if [[ "${PREFLIGHT_TESTS:-0}" == 1 ]]; then
         "$(fix 'sudo apt-get install postgresql' 'brew install postgresql@16')"
   else
     note "no PostgreSQL server binaries: tests/e2e/test_postgres.py will skip ($(fix 'sudo apt-get install postgresql' 'brew install postgresql@16'))"
+  fi
+  redis="$(command -v redis-server || true)"
+  if [[ -n "$redis" ]]; then
+    ok "redis-server ($redis) for the Redis online store tests"
+  elif [[ "${PIPELINE_REQUIRE_REDIS:-0}" == 1 ]]; then
+    bad "redis-server, required here by PIPELINE_REQUIRE_REDIS=1" "$(fix 'sudo apt-get install redis-server' 'brew install redis')"
+  else
+    note "no redis-server: the Redis online store tests will skip ($(fix 'sudo apt-get install redis-server' 'brew install redis'))"
   fi
 fi
 

@@ -138,19 +138,41 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WIT
 class SqliteStore(OnlineStore):
     """Card histories in a SQLite file (``path``); one connection, its writes serialized."""
 
+    CHECKPOINT_SECONDS = 1.0
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # No checkpoint inside a write: copying the WAL into the file (and its fsync) would stall the
+        # request that happens to commit the 1000th page. A thread of this store checkpoints instead,
+        # on its own connection, without the lock (sqlite releases the interpreter meanwhile).
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
         self._lock = threading.RLock()
+        self._closed = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint, name="online-store-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint(self) -> None:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            while not self._closed.wait(self.CHECKPOINT_SECONDS):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next one tries again; readers and writers go on
+                    log.warning("online store checkpoint: %s", exc)
+        finally:
+            db.close()
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path})"
 
     def close(self) -> None:
+        self._closed.set()
+        self._checkpointer.join(5)
         self._db.close()
 
     def history(self, card_id: str, ts: int) -> list[Past]:

@@ -186,15 +186,24 @@ class ModelBundle:
         return float(self.decision["threshold"]) if self.decision else LEGACY_THRESHOLD
 
 
-def load_bundle(client, settings: Settings, version: str, providers: list[str] | None = None) -> ModelBundle:
-    """Download a model version, check its ONNX hash against the registry, open an ORT session.
+@dataclass(frozen=True)
+class BundleFiles:
+    """A model version's bundle on local disk, every file checked against the hashes the registry
+    recorded at training (:func:`fetch_bundle`); what :func:`open_bundle` turns into a scorer."""
 
-    Raises a clear error when the artifact's hash differs from the one recorded at training.
-    """
+    version: str
+    run_id: str
+    onnx_path: Path
+    onnx_sha256: str
+    preprocessing: dict
+    decision: dict | None
+
+
+def fetch_bundle(client, settings: Settings, version: str) -> BundleFiles:
+    """Download a model version's bundle (ONNX, preprocessing, calibration and threshold) and check
+    each file's hash against the registry: a clear error when one differs from training's."""
     import mlflow
-    import onnxruntime as ort
 
-    from jobs.ml.model import Preprocessing
     from jobs.shared.result import JobError
 
     mv = client.get_model_version(settings.model_name, version)
@@ -219,7 +228,6 @@ def load_bundle(client, settings: Settings, version: str, providers: list[str] |
             f"preprocessing.json of {settings.model_name} v{version} does not match the sha256 recorded at "
             f"training ({expected_pre}): refusing to score with a tampered or corrupt bundle"
         )
-    pre = Preprocessing(**json.loads(Path(pre_file).read_text()))
     decision = None
     expected_decision = mv.tags.get(DECISION_SHA_TAG)
     if expected_decision is not None:
@@ -234,12 +242,33 @@ def load_bundle(client, settings: Settings, version: str, providers: list[str] |
     else:
         log.warning("%s v%s has no calibration and threshold (trained before they existed): raw scores, "
                     "threshold %.2f", settings.model_name, version, LEGACY_THRESHOLD)
+    return BundleFiles(version=str(version), run_id=mv.run_id, onnx_path=onnx_path, onnx_sha256=actual,
+                       preprocessing=json.loads(Path(pre_file).read_text()), decision=decision)
+
+
+def open_bundle(files: BundleFiles, providers: list[str] | None = None) -> ModelBundle:
+    """An onnxruntime session on fetched files (the ONNX file's hash checked again: it may have
+    crossed a process boundary as a path)."""
+    import onnxruntime as ort
+
+    from jobs.ml.model import Preprocessing
+    from jobs.shared.result import JobError
+
+    if file_sha256(files.onnx_path) != files.onnx_sha256:
+        raise JobError(f"{files.onnx_path} changed after it was verified: refusing to score with it")
     wanted = providers or onnx_providers()
-    session = ort.InferenceSession(str(onnx_path), providers=wanted)
+    session = ort.InferenceSession(str(files.onnx_path), providers=wanted)
     used = session.get_providers()
-    log.info("model v%s loaded; onnxruntime providers in use: %s", version, used)
-    return ModelBundle(version=str(version), run_id=mv.run_id, session=session, preprocessing=pre,
-                       onnx_path=onnx_path, providers=used, decision=decision)
+    log.info("model v%s loaded; onnxruntime providers in use: %s", files.version, used)
+    return ModelBundle(version=files.version, run_id=files.run_id, session=session,
+                       preprocessing=Preprocessing(**files.preprocessing), onnx_path=files.onnx_path, providers=used,
+                       decision=files.decision)
+
+
+def load_bundle(client, settings: Settings, version: str, providers: list[str] | None = None) -> ModelBundle:
+    """Download a model version, check its hashes against the registry, open an ORT session
+    (:func:`fetch_bundle`, then :func:`open_bundle`)."""
+    return open_bundle(fetch_bundle(client, settings, version), providers)
 
 
 def cuda_driver_present() -> bool:

@@ -2,7 +2,8 @@
 
 Creates the first clients' API keys when there are none (``<state>/serving/api-key`` to score,
 ``<state>/serving/deploy-key`` for the pipeline), loads the champion, and asks the registry every
-``PIPELINE_SERVING_REFRESH_SECONDS`` whether it moved. ``python -m services.scoring keys create
+``PIPELINE_SERVING_REFRESH_SECONDS`` whether it moved (from a child process: the service's own
+interpreter only opens and swaps verified bundles). ``python -m services.scoring keys create
 <client> [--role score|deploy|metrics]`` prints a new key once; ``keys set <client> --role R
 --from-env VAR`` stores the hash of a key generated elsewhere (the stack's ``make env``, a Kubernetes
 Secret); ``keys revoke <client>`` revokes one.
@@ -11,10 +12,10 @@ Secret); ``keys revoke <client>`` revokes one.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
-import threading
 from pathlib import Path
 
 from jobs.settings import get_settings
@@ -23,7 +24,7 @@ from jobs.settings import get_settings
 def serve() -> None:
     import uvicorn
 
-    from services.scoring.app import Champion, create_app
+    from services.scoring.app import Champion, RegistryWatcher, create_app
     from services.scoring.keys import ApiKeys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -31,18 +32,16 @@ def serve() -> None:
     for path in ApiKeys(settings.serving_dir).first_keys():
         print(f"API key written to {path} (send it as: Authorization: Bearer <key>)", flush=True)
     champion = Champion(settings)
-    champion.refresh()
-    stop = threading.Event()
-
-    def watch() -> None:  # promotion or rollback: load beside, verify, swap; failures keep the old one
-        while not stop.wait(settings.serving_refresh_seconds):
-            champion.refresh()
-
-    threading.Thread(target=watch, name="champion-watch", daemon=True).start()
+    watcher = RegistryWatcher(champion)  # the registry's questions, in a child process
+    champion.watcher = watcher
+    watcher.start()
     registration = register(settings)
+    # What is loaded by now (the libraries, the bundle) stays: out of the collector's full passes,
+    # which would otherwise walk it every time and stall requests for tens of milliseconds.
+    gc.freeze()
 
     def stopped() -> None:  # uvicorn re-raises SIGTERM after shutdown: clean up in the lifespan's end
-        stop.set()
+        watcher.stop()
         registration.unlink(missing_ok=True)
 
     try:

@@ -128,18 +128,26 @@ CHECK_FEATURES = features(CHECK_TRANSACTION, [])
 
 
 class Champion:
-    """The bundle that answers: loaded beside the old one, verified, then swapped in one assignment."""
+    """The bundle that answers: loaded beside the old one, verified, then swapped in one assignment.
+
+    :meth:`refresh` asks the registry in this process (tests, one-off use). A running service hands
+    the registry's questions to a :class:`RegistryWatcher` process instead (``watcher``), so the
+    downloads and checks never hold this process's interpreter while it answers requests.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.bundle = None
         self.error: str | None = None
+        self.watcher: RegistryWatcher | None = None
         self._lock = threading.Lock()
 
     def refresh(self, reload: bool = False) -> str | None:
         """Load the current gated champion if it is not the one serving (``reload``: even if it is);
-        keep serving the old bundle on any failure."""
-        from jobs.storage.registry import gated_champion, load_bundle, mlflow_client
+        keep serving the old bundle on any failure. The version serving after it."""
+        if self.watcher is not None:
+            return self.watcher.ask(reload)
+        from jobs.storage.registry import fetch_bundle, gated_champion, mlflow_client
 
         with self._lock:
             try:
@@ -148,15 +156,132 @@ class Champion:
                 if version is None:
                     raise RuntimeError(f"no @{self.settings.champion_alias} for {self.settings.model_name} yet")
                 if reload or self.bundle is None or self.bundle.version != str(version):
-                    bundle = load_bundle(client, self.settings, str(version))  # hashes verified here
-                    bundle.predict_rows([CHECK_FEATURES])  # warmed before it serves a request
-                    self.bundle = bundle  # the swap: one assignment; requests under way keep theirs
-                    log.info("serving %s v%s", self.settings.model_name, version)
+                    self.swap(fetch_bundle(client, self.settings, str(version)))  # hashes verified there
                 self.error = None
             except Exception as exc:  # noqa: BLE001 - the old bundle keeps serving; readyz says why
-                self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("champion not (re)loaded: %s", self.error)
-            return self.bundle.version if self.bundle is not None else None
+                self.failed(f"{type(exc).__name__}: {exc}")
+            return self.version
+
+    @property
+    def version(self) -> str | None:
+        return self.bundle.version if self.bundle is not None else None
+
+    def swap(self, files) -> None:
+        """Open verified files beside the bundle serving, warm them, then swap (requests under way keep theirs)."""
+        from jobs.storage.registry import open_bundle
+
+        bundle = open_bundle(files)
+        bundle.predict_rows([CHECK_FEATURES])  # warmed before it serves a request
+        self.bundle, self.error = bundle, None
+        log.info("serving %s v%s", self.settings.model_name, bundle.version)
+
+    def failed(self, error: str) -> None:
+        self.error = error
+        log.warning("champion not (re)loaded: %s", error)
+
+
+def _watch_registry(settings: Settings, asks, found) -> None:
+    """The registry watcher's process: every ``serving_refresh_seconds``, or when asked, is the gated
+    champion still the version held? If not (or ``reload``), fetch and verify its bundle and say so."""
+    import queue
+
+    from jobs.storage.registry import fetch_bundle, gated_champion, mlflow_client
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s registry-watcher: %(message)s")
+    held = None
+    ask = (0, True)  # the first look, at start
+    while True:
+        number, reload = ask
+        try:
+            client = mlflow_client(settings)
+            version = gated_champion(client, settings)
+            if version is None:
+                raise RuntimeError(f"no @{settings.champion_alias} for {settings.model_name} yet")
+            if reload or str(version) != held:
+                found.put((number, "bundle", fetch_bundle(client, settings, str(version))))
+                held = str(version)
+            else:
+                found.put((number, "same", held))
+        except Exception as exc:  # noqa: BLE001 - told to the service, which keeps serving
+            found.put((number, "error", f"{type(exc).__name__}: {exc}"))
+        try:
+            ask = asks.get(timeout=settings.serving_refresh_seconds)
+        except queue.Empty:
+            ask = (0, False)
+        if ask is None:
+            return
+
+
+class RegistryWatcher:
+    """Asks the registry from a child process (:func:`_watch_registry`) and swaps what it verified.
+
+    The child downloads and checks; this process only opens the verified files (an onnxruntime
+    session) and swaps, so a promotion or rollback neither fails nor slows a request."""
+
+    def __init__(self, champion: Champion, timeout: float = 120.0):
+        import multiprocessing
+
+        self.champion, self.timeout = champion, timeout
+        context = multiprocessing.get_context("spawn")
+        self.asks, self.found = context.Queue(), context.Queue()
+        self.process = context.Process(target=_watch_registry, args=(champion.settings, self.asks, self.found),
+                                       name="registry-watcher", daemon=True)
+        self._answered: dict[int, threading.Event] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._receive, name="registry-receive", daemon=True)
+
+    def start(self, wait: bool = True) -> None:
+        """Start the child; with ``wait``, until its first answer (a champion loaded, or why not)."""
+        first = self._register(0)
+        self.process.start()
+        self._thread.start()
+        if wait:
+            first.wait(self.timeout)
+
+    def _register(self, number: int) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._answered[number] = event
+        return event
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                number, kind, value = self.found.get()
+            except (EOFError, OSError):
+                return
+            if kind == "bundle":
+                try:
+                    self.champion.swap(value)
+                except Exception as exc:  # noqa: BLE001 - the old bundle keeps serving
+                    self.champion.failed(f"{type(exc).__name__}: {exc}")
+            elif kind == "same":
+                self.champion.error = None
+            else:
+                self.champion.failed(value)
+            with self._lock:
+                event = self._answered.pop(number, None)
+            if event is not None:
+                event.set()
+
+    def ask(self, reload: bool = False) -> str | None:
+        """Look now (``reload``: fetch and swap even the same version); the version serving after it."""
+        with self._lock:
+            self._next += 1
+            number = self._next
+        answered = self._register(number)
+        self.asks.put((number, reload))
+        if not answered.wait(self.timeout):
+            self.champion.failed(f"the registry watcher did not answer within {self.timeout:.0f} s")
+        return self.champion.version
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.asks.put(None)
+            self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
 
 
 def create_app(settings: Settings, champion: Champion | None = None, store=None, on_stop=None) -> FastAPI:
@@ -289,8 +414,7 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
             store_ok = False
             reasons.append(f"online store unreachable: {exc}")
         ready = champion.bundle is not None and store_ok
-        body = {"ready": ready, "reasons": reasons, "store": repr(store),
-                "model_version": champion.bundle.version if champion.bundle else None}
+        body = {"ready": ready, "reasons": reasons, "store": repr(store), "model_version": champion.version}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -315,28 +439,16 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
         return {"model_version": bundle.version, "fraud_probability": float(bundle.predict_rows([row])[0]),
                 "features": row}
 
-    # Async, on the event loop: a request is ~0.3 ms of CPU (store, features, onnxruntime), cheaper
-    # inline than handed to a thread pool and back.
-    @app.post("/v1/score")
-    async def score(request: Request, who: str = Depends(allowed("score")),
-                    with_features: bool = Query(False, alias="features")) -> Response:
-        started = time.perf_counter()
-        txns = [t.model_dump() for t in _parsed(await body_of(request))]
-        if len(txns) > settings.serving_max_batch:
-            raise Refused(422, f"{len(txns)} transactions in one request; at most {settings.serving_max_batch}")
-        bad = {t["transaction_id"]: v for t in txns if (v := violations(t, rules))}
-        if bad:
-            raise Refused(422, "; ".join(f"{tid}: {', '.join(v)}" for tid, v in bad.items()))
-        if len({t["transaction_id"] for t in txns}) < len(txns):
-            raise Refused(422, "a transaction_id appears twice in one request")
-        bundle = champion.bundle  # one bundle for the whole request, even if a swap happens meanwhile
-        if bundle is None:
-            raise Refused(503, f"no champion loaded: {champion.error or 'not loaded yet'}")
-        store_started = time.perf_counter()
+    def decide(txns: list[dict], bundle) -> tuple[list[dict], set[int]]:
+        """Each transaction's answer: its first one when it was scored before (a replay), else the
+        champion's, from its card's history, recorded as the speed layer."""
+        waited = 0.0
         answers: list[dict | None] = []
         fresh, rows, known, earlier, replays = [], [], [], {}, set()
         for t in txns:
+            begun = time.perf_counter()
             first, history, seen = store.lookup(t["card_id"], t["transaction_id"], epoch_seconds(t["timestamp"]))
+            waited += time.perf_counter() - begun
             answers.append(first)
             if first is not None:
                 replays.add(len(answers) - 1)
@@ -353,7 +465,9 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
             answer = {"transaction_id": txns[at]["transaction_id"], "fraud_probability": p,
                       "is_flagged": p >= bundle.threshold, "card_history": seen, "model_version": bundle.version,
                       "features": row}
+            begun = time.perf_counter()
             first = store.record(txns[at], answer)  # a concurrent retry may have been first: its answer holds
+            waited += time.perf_counter() - begun
             answers[at] = first if first is not None else answer
             if first is not None:
                 replays.add(at)
@@ -361,7 +475,29 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
                 scored.inc()
                 scores.observe(p)
                 flagged.inc(answer["is_flagged"])
-        store_seconds.observe(time.perf_counter() - store_started)
+        store_seconds.observe(waited)
+        return answers, replays
+
+    # Async, on the event loop: a request is a fraction of a millisecond of CPU (store, features,
+    # onnxruntime), cheaper inline than handed to a thread pool and back.
+    @app.post("/v1/score")
+    async def score(request: Request, who: str = Depends(allowed("score")),
+                    with_features: bool = Query(False, alias="features")) -> Response:
+        started = time.perf_counter()
+        txns = [t.model_dump() for t in _parsed(await body_of(request))]
+        if len(txns) > settings.serving_max_batch:
+            raise Refused(422, f"{len(txns)} transactions in one request; at most {settings.serving_max_batch}")
+        bad = {t["transaction_id"]: v for t in txns if (v := violations(t, rules))}
+        if bad:
+            raise Refused(422, "; ".join(f"{tid}: {', '.join(v)}" for tid, v in bad.items()))
+        if len({t["transaction_id"] for t in txns}) < len(txns):
+            raise Refused(422, "a transaction_id appears twice in one request")
+        bundle = champion.bundle  # one bundle for the whole request, even if a swap happens meanwhile
+        if bundle is None:
+            raise Refused(503, f"no champion loaded: {champion.error or 'not loaded yet'}")
+        # Inline, not on a worker thread: the store's calls cost CPU more than waiting here (measured in
+        # bench/serving.py: a thread pool made Redis slower), and the event loop is one core anyway.
+        answers, replays = decide(txns, bundle)
         results = []
         for at, answer in enumerate(answers):
             answer = {**answer, "replayed": at in replays}

@@ -296,6 +296,35 @@ def test_make_serve_starts_the_service_and_deploy_model_deploys_to_it(env, chain
                                                           headers={"Authorization": f"Bearer {key}"}))
         assert refused.value.code == 403
 
+        # Swaps under load: the bundle loaded beside, verified, swapped three times while a client scores.
+        import threading
+
+        statuses, stop = [], threading.Event()
+
+        def terminal():
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    _score(base, key, {**txn, "transaction_id": f"tx_swap_{n}", "timestamp": f"{END}T23:00:00Z"})
+                    statuses.append(200)
+                except urllib.error.HTTPError as exc:
+                    statuses.append(exc.code)
+                except OSError as exc:
+                    statuses.append(type(exc).__name__)
+
+        client = threading.Thread(target=terminal)
+        client.start()
+        deploy_key = (serving / "deploy-key").read_text().strip()
+        for _ in range(3):
+            swap = urllib.request.Request(f"{base}/v1/champion?reload=true", method="POST",
+                                          headers={"Authorization": f"Bearer {deploy_key}"})
+            with urllib.request.urlopen(swap, timeout=60) as answer:
+                assert json.load(answer) == {"model_version": "1", "error": None}
+        stop.set()
+        client.join(30)
+        assert len(statuses) > 10 and set(statuses) == {200}, statuses
+
         deployed = dag_test(env, "deploy_model", END)  # what the champion's Asset starts
         assert f"{base} serves v1" in deployed.stdout + deployed.stderr
         tags = registry(env).get_model_version("fraud-detector", "1").tags
@@ -417,7 +446,7 @@ def test_the_scoring_gateway_lets_no_one_in_by_accident(env, chain):
     from services.scoring.app import create_app
     from services.scoring.keys import ApiKeys
 
-    settings = Settings(state_dir=Path(env["PIPELINE_STATE_DIR"]), serving_rate_limit="4/minute",
+    settings = Settings(state_dir=Path(env["PIPELINE_STATE_DIR"]), serving_rate_limit="5/minute",
                         serving_max_body_kb=4)
     keys = ApiKeys(settings.serving_dir)
     key, revoked = keys.create("gate-test"), keys.create("former-partner")
@@ -445,7 +474,7 @@ def test_the_scoring_gateway_lets_no_one_in_by_accident(env, chain):
         assert app.state.store.size() == held  # nothing refused joined a history
         assert http.get("/metrics").status_code == 401
         answers = [http.post("/v1/score", json={**txn, "transaction_id": f"tx_gateway_{n}"}, headers=auth)
-                   for n in range(3)]  # 4 a minute: the three refused for their fields above counted too
+                   for n in range(3)]  # 5 a minute: the four refused above (fields, size) counted too
         assert [a.status_code for a in answers] == [200, 429, 429]
         assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
 

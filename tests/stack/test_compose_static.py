@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 WORKER = "airflow-scheduler"  # LocalExecutor: the scheduler runs the tasks, so the Docker runner
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|API_KEY|DEPLOY_KEY|METRICS_KEY|"
-                         r"SIGNING_KEY")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|API_KEY|DEPLOY_KEY|"
+                         r"METRICS_KEY|SIGNING_KEY")
 REFERENCE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*(:?-[^}]*)?\}")
 REQUIRED = re.compile(r"\$\{([A-Z_][A-Z0-9_]*):\?[^}]*\}")  # ${NAME:?message}: compose refuses to start without it
 # Interpolated by compose: $VAR or ${VAR...}, but not $$VAR (a literal dollar for the container's shell).

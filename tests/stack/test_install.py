@@ -129,15 +129,17 @@ def test_preflight_names_an_old_java(tmp_path):
     assert 'is: openjdk version "11.0.24" 2024-07-16)' in out.stderr
 
 
-def test_preflight_requires_postgresql_only_where_asked(tmp_path):
-    """Without initdb: a note for `make test`, an error where PIPELINE_REQUIRE_POSTGRES=1 (CI)."""
+def test_preflight_requires_postgresql_and_redis_only_where_asked(tmp_path):
+    """Without initdb or redis-server: a note for `make test`, an error where PIPELINE_REQUIRE_POSTGRES=1
+    or PIPELINE_REQUIRE_REDIS=1 (CI)."""
     bin_dir = tmp_path / "bin"  # the preflight's tools, without initdb
     bin_dir.mkdir()
     for tool in ("sed", "head", "tail", "ls", "df", "awk", "uname", "dirname", "java"):
         real = shutil.which(tool)
         assert real, tool
         (bin_dir / tool).symlink_to(real)
-    env = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "PIPELINE_REQUIRE_POSTGRES")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAVA_HOME", "PIPELINE_REQUIRE_POSTGRES", "PIPELINE_REQUIRE_REDIS")}
     # Debian's /usr/lib/postgresql/<version>/bin is searched too: point that search at an empty folder.
     env.update(PATH=str(bin_dir), PREFLIGHT_TESTS="1", PREFLIGHT_POSTGRES_GLOB=str(tmp_path / "pg" / "*" / "initdb"))
 
@@ -152,6 +154,9 @@ def test_preflight_requires_postgresql_only_where_asked(tmp_path):
     assert strict.returncode == 1
     assert "MISSING PostgreSQL server binaries (initdb, pg_ctl), required here by PIPELINE_REQUIRE_POSTGRES=1" \
         in strict.stderr
+    assert "note    no redis-server: the Redis online store tests will skip" in relaxed.stdout
+    strict = run(PIPELINE_REQUIRE_REDIS="1")
+    assert strict.returncode == 1 and "MISSING redis-server, required here by PIPELINE_REQUIRE_REDIS=1" in strict.stderr
 
 
 def test_venv_check_passes_for_this_environment():

@@ -18,7 +18,8 @@ K8S = ROOT / "deploy" / "kubernetes"
 MODELS = {("v1", "Namespace"): "V1Namespace", ("v1", "ServiceAccount"): "V1ServiceAccount",
           ("apps/v1", "Deployment"): "V1Deployment", ("v1", "Service"): "V1Service",
           ("autoscaling/v2", "HorizontalPodAutoscaler"): "V2HorizontalPodAutoscaler",
-          ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget", ("networking.k8s.io/v1", "Ingress"): "V1Ingress",
+          ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget",
+          ("networking.k8s.io/v1", "Ingress"): "V1Ingress",
           ("apps/v1", "StatefulSet"): "V1StatefulSet", ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
           ("v1", "Secret"): "V1Secret"}
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
