@@ -30,6 +30,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import queue
 import threading
 import time
 from datetime import datetime
@@ -180,11 +182,13 @@ class Champion:
         log.warning("champion not (re)loaded: %s", error)
 
 
-def _watch_registry(settings: Settings, asks, found) -> None:
+def _watch_registry(settings: Settings, asks, found, parent: int) -> None:
     """The registry watcher's process: every ``serving_refresh_seconds``, or when asked, is the gated
-    champion still the version held? If not (or ``reload``), fetch and verify its bundle and say so."""
-    import queue
-
+    champion still the version held? If not (or ``reload``), fetch and verify its bundle and say so.
+    Ends with the service (``parent``), also when the service was killed."""
+    # An outage is told within seconds (readyz, the metric), not after MLflow's minutes of back-off.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from jobs.storage.registry import fetch_bundle, gated_champion, mlflow_client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s registry-watcher: %(message)s")
@@ -204,12 +208,22 @@ def _watch_registry(settings: Settings, asks, found) -> None:
                 found.put((number, "same", held))
         except Exception as exc:  # noqa: BLE001 - told to the service, which keeps serving
             found.put((number, "error", f"{type(exc).__name__}: {exc}"))
-        try:
-            ask = asks.get(timeout=settings.serving_refresh_seconds)
-        except queue.Empty:
-            ask = (0, False)
+        ask = _next_ask(settings, asks, parent)
         if ask is None:
             return
+
+
+def _next_ask(settings: Settings, asks, parent: int):
+    """The service's next question, or ``(0, False)`` when the refresh period is over; None when
+    the service asked to stop or is gone (killed: its watcher must not outlive it)."""
+    due = time.monotonic() + settings.serving_refresh_seconds
+    while (left := due - time.monotonic()) > 0:
+        try:
+            return asks.get(timeout=min(left, 2.0))
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
+    return (0, False) if os.getppid() == parent else None
 
 
 class RegistryWatcher:
@@ -224,7 +238,8 @@ class RegistryWatcher:
         self.champion, self.timeout = champion, timeout
         context = multiprocessing.get_context("spawn")
         self.asks, self.found = context.Queue(), context.Queue()
-        self.process = context.Process(target=_watch_registry, args=(champion.settings, self.asks, self.found),
+        self.process = context.Process(target=_watch_registry,
+                                       args=(champion.settings, self.asks, self.found, os.getpid()),
                                        name="registry-watcher", daemon=True)
         self._answered: dict[int, threading.Event] = {}
         self._next = 0
@@ -443,21 +458,23 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
         """Each transaction's answer: its first one when it was scored before (a replay), else the
         champion's, from its card's history, recorded as the speed layer."""
         waited = 0.0
-        answers: list[dict | None] = []
+        answers: list[dict | None] = [None] * len(txns)
         fresh, rows, known, earlier, replays = [], [], [], {}, set()
-        for t in txns:
+        moments = [epoch_seconds(t["timestamp"]) for t in txns]
+        for at in sorted(range(len(txns)), key=lambda i: (moments[i], i)):  # in time order, answered in order sent
+            t = txns[at]
             begun = time.perf_counter()
-            first, history, seen = store.lookup(t["card_id"], t["transaction_id"], epoch_seconds(t["timestamp"]))
+            first, history, seen = store.lookup(t["card_id"], t["transaction_id"], moments[at])
             waited += time.perf_counter() - begun
-            answers.append(first)
             if first is not None:
-                replays.add(len(answers) - 1)
+                answers[at] = first
+                replays.add(at)
                 continue
             # the card's history, and this request's earlier transactions of the same card
             history += earlier.get(t["card_id"], [])
             known.append(seen or bool(history))
             rows.append(features(t, history))
-            fresh.append(len(answers) - 1)
+            fresh.append(at)
             earlier.setdefault(t["card_id"], []).append(past_of(t))
         probabilities = bundle.predict_rows(rows) if rows else []
         for at, row, p, seen in zip(fresh, rows, probabilities, known, strict=True):

@@ -231,6 +231,23 @@ def _score(base: str, key: str, txn: dict) -> dict:
         return json.load(answer)
 
 
+def test_the_registry_watcher_ends_when_its_service_is_killed():
+    """A watcher whose service is gone (SIGKILL leaves no one to ask it to stop) ends by itself
+    within its polling period instead of polling the registry forever."""
+    import multiprocessing
+
+    from jobs.settings import Settings
+    from services.scoring.app import _next_ask
+
+    asks = multiprocessing.get_context("spawn").Queue()
+    settings = Settings(serving_refresh_seconds=60)
+    started = time.monotonic()
+    assert _next_ask(settings, asks, parent=os.getpid()) is None  # "parent" is not this process's parent
+    assert time.monotonic() - started < 10
+    asks.put((7, True))
+    assert _next_ask(settings, asks, parent=os.getppid()) == (7, True)
+
+
 def test_the_nightly_feature_build_loads_the_online_store(env, chain):
     """build_features' batch-layer task loaded silver's 7 days up to END, every id once, each with
     its values as silver holds them (before any service scored anything in this state)."""
@@ -329,10 +346,15 @@ def test_make_serve_starts_the_service_and_deploy_model_deploys_to_it(env, chain
         assert f"{base} serves v1" in deployed.stdout + deployed.stderr
         tags = registry(env).get_model_version("fraud-detector", "1").tags
         assert tags["serving_services"] == base and tags["serving_deployed_at"].startswith("20")
+        import psutil
+
+        helpers = psutil.Process(proc.pid).children()  # the registry watcher (and multiprocessing's tracker)
+        assert helpers
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert f"API key written to {key_file}" in out
+    assert psutil.wait_procs(helpers, timeout=30)[1] == []  # they ended with the service
     assert not (serving / "endpoints" / f"{port}.json").exists()  # a stopped service is deregistered
 
 
@@ -477,6 +499,71 @@ def test_the_scoring_gateway_lets_no_one_in_by_accident(env, chain):
                    for n in range(3)]  # 5 a minute: the four refused above (fields, size) counted too
         assert [a.status_code for a in answers] == [200, 429, 429]
         assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
+
+
+def test_a_batch_request_scores_its_transactions_in_time_order(env, chain, tmp_path):
+    """Two transactions of one new card in one request, the later one sent first: each sees only
+    what came before it in time (the earlier one no history, the later one the earlier), answered
+    in the order sent; the same request again is two replays."""
+    from fastapi.testclient import TestClient
+
+    from jobs.settings import Settings
+    from jobs.storage.online_store import SqliteStore
+    from services.scoring.app import create_app
+    from services.scoring.keys import ApiKeys
+
+    settings = Settings(state_dir=Path(env["PIPELINE_STATE_DIR"]))
+    app = create_app(settings, store=SqliteStore(tmp_path / "online.db"))
+    app.state.champion.refresh()
+    key = ApiKeys(settings.serving_dir).create("terminal-batch")
+    base = {"card_id": "card_batch", "customer_id": "cust_1", "merchant_id": "m_1", "merchant_category": "grocery",
+            "amount": 12.5, "currency": "USD", "channel": "pos", "country": "US"}
+    later = {**base, "transaction_id": "tx_batch_later", "timestamp": f"{END}T12:30:00Z"}
+    earlier = {**base, "transaction_id": "tx_batch_earlier", "timestamp": f"{END}T12:00:00Z"}
+    with TestClient(app) as http:
+        auth = {"Authorization": f"Bearer {key}"}
+        first = http.post("/v1/score?features=true", json={"transactions": [later, earlier]}, headers=auth).json()
+        again = http.post("/v1/score", json={"transactions": [later, earlier]}, headers=auth).json()
+    assert [r["transaction_id"] for r in first["results"]] == ["tx_batch_later", "tx_batch_earlier"]
+    assert [r["features"]["card_txn_count_1h"] for r in first["results"]] == [1.0, 0.0]
+    assert [r["card_history"] for r in first["results"]] == [True, False]
+    assert [r["replayed"] for r in again["results"]] == [True, True]
+    assert [r["fraud_probability"] for r in again["results"]] == [r["fraud_probability"] for r in first["results"]]
+
+
+def test_a_service_that_loses_the_registry_keeps_serving_and_says_so(env, chain, monkeypatch):
+    """The registry unreachable after the champion loaded (a closed port): the service keeps its
+    verified bundle and answers, /readyz stays 200 and names the problem, the metric says 0; a body
+    that is not JSON is a 422, never a 500."""
+    from fastapi.testclient import TestClient
+
+    from jobs.settings import Settings
+    from services.scoring.app import create_app
+    from services.scoring.keys import ApiKeys
+
+    settings = Settings(state_dir=Path(env["PIPELINE_STATE_DIR"]))
+    app = create_app(settings)
+    champion = app.state.champion
+    assert champion.refresh() == "1" and champion.error is None
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's client would back off for minutes
+    champion.settings = Settings(state_dir=settings.state_dir, mlflow_tracking_uri="http://127.0.0.1:9/")
+    assert champion.refresh() == "1" and champion.error  # still v1, and why it could not ask
+    keys = ApiKeys(settings.serving_dir)
+    key, scraper = keys.create("terminal-offline"), keys.create("prometheus-offline", role="metrics")
+    txn = {"transaction_id": "tx_offline_1", "card_id": "card_offline", "customer_id": "cust_1",
+           "merchant_id": "m_1", "merchant_category": "grocery", "amount": 12.5, "currency": "USD",
+           "timestamp": f"{END}T12:00:00Z", "channel": "pos", "country": "US"}
+    with TestClient(app, raise_server_exceptions=False) as http:
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["model_version"] == "1"
+        assert "the registry is not reachable" in ready.json()["reasons"][0]
+        answer = http.post("/v1/score", json=txn, headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+        assert "scoring_registry_reachable 0.0" in http.get(
+            "/metrics", headers={"Authorization": f"Bearer {scraper}"}).text
+        garbage = http.post("/v1/score", content=b"{not json", headers={"Authorization": f"Bearer {key}",
+                                                                           "Content-Type": "application/json"})
+        assert garbage.status_code == 422 and garbage.json() == {"detail": "the body is not JSON"}
 
 
 def test_every_report_opens_from_its_task_in_a_browser(env, chain, tmp_path):
