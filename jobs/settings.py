@@ -217,6 +217,12 @@ class Settings(BaseSettings):
     serving_store_url: SecretStr = SecretStr("")
     """The online feature store: empty for SQLite in the state folder (one process), or a Redis URL
     (``redis://[:password@]host:6379/0``, ``rediss://`` for TLS) that every replica shares."""
+    serving_decisions: bool = True
+    """Write every first answer to the lake's decisions log (Delta ``decisions``: versions, scores, latency)."""
+    serving_decisions_buffer_rows: int = Field(default=1000, ge=1)
+    """Decisions a service buffers before it writes them (a crash loses at most these)."""
+    serving_decisions_flush_seconds: float = Field(default=5.0, gt=0)
+    """Longest a decision waits in the buffer before it is written."""
     serving_url: str = ""
     """Where the deploy_model DAG reaches the running scoring services (comma-separated base URLs);
     empty: the services running on this machine that registered in ``<state>/serving/endpoints``."""

@@ -32,6 +32,7 @@ QUARANTINE_ROWS = "quarantine/rows"
 QUARANTINE_FILES = "quarantine/files"
 GOLD_FEATURES = "gold/features"
 PREDICTIONS = "predictions"
+DECISIONS = "decisions"  # every first answer of the scoring service, with the versions that gave it
 REPORTS = "reports"
 LEDGER = "_ledger/objects"
 BATCH_MANIFEST = "_batch.json"  # in a bronze batch folder: what the batch holds, object by object
@@ -48,6 +49,7 @@ TABLES: dict[str, str | None] = {
     QUARANTINE_ROWS: "delivery_date",
     GOLD_FEATURES: "date",
     PREDICTIONS: "date",
+    DECISIONS: "date",
     LEDGER: None,
     ID_INDEX: "bucket",
 }

@@ -355,6 +355,31 @@ def replace_partitions(lake: Lake, name: str, data, dates: Iterable[str], metada
     raise StorageUnavailable(f"replacing {dates} of {lake.uri_of(name)}: {COMMIT_ATTEMPTS} conflicts in a row")
 
 
+def append_rows(lake: Lake, name: str, data, app_id: str) -> dict:
+    """Append ``data`` (a pyarrow Table) in one commit under ``app_id``: a retried append whose
+    commit already happened (the answer was lost, the process died after it) adds nothing."""
+    from deltalake import write_deltalake
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    column = _partition_column(name)
+    uri, options = lake.table_location(name)
+    for attempt in range(COMMIT_ATTEMPTS):
+        table = _ensure(lake, name, data.schema)
+        if table.transaction_version(app_id) is not None:
+            return {"skipped": True, "version": table.version(), "rows": 0}
+        try:
+            write_deltalake(uri, data, mode="append", partition_by=[column] if column else None,
+                            storage_options=options, commit_properties=_commit_properties(app_id, None))
+        except CommitFailedError:
+            _backoff(attempt)
+            continue
+        except (DeltaError, OSError) as exc:
+            raise _storage_error(lake, name, "appending to", exc) from exc
+        faults.wrote(f"append {name}")
+        return {"skipped": False, "version": open_table(lake, name).version(), "rows": data.num_rows}
+    raise StorageUnavailable(f"append to {lake.uri_of(name)}: {COMMIT_ATTEMPTS} conflicts in a row")
+
+
 def history(lake: Lake, name: str, limit: int | None = None) -> list[dict]:
     """Commits of the table, newest first (operation, metrics, the metadata the writer added)."""
     table = open_table(lake, name)

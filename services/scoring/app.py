@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import threading
 import time
 from datetime import datetime
@@ -44,6 +45,7 @@ from jobs.ml.features_online import CHECK_TRANSACTION, epoch_seconds, features, 
 from jobs.quality.contract import load_suite_json
 from jobs.settings import Settings
 from jobs.shared.schemas import RAW_COLUMNS
+from jobs.storage.decisions import row as decision_row
 from jobs.storage.online_store import StoreUnavailable, open_store
 from services.scoring.keys import ROLES, ApiKeys
 
@@ -344,15 +346,30 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
     registry_ok.set_function(lambda: 0.0 if champion.error else 1.0)
     serving.set_function(lambda: float(champion.bundle.version) if champion.bundle else 0.0)
 
+    decisions = None
+    if settings.serving_decisions:
+        from jobs.storage.decisions import DecisionLog
+        from jobs.storage.lake import open_lake
+
+        decisions = DecisionLog(open_lake(settings.resolved_lake_uri), settings.serving_decisions_buffer_rows,
+                                settings.serving_decisions_flush_seconds)
+        Gauge("scoring_decisions_pending", "Decisions not yet written to the lake (a crash would lose them)",
+              registry=metrics).set_function(lambda: decisions.pending)
+        Gauge("scoring_decisions_write_failures", "Writes of the decisions log that failed and were retried",
+              registry=metrics).set_function(lambda: decisions.failures)
+    service_name = f"{socket.gethostname()}:{os.getpid()}"
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
+        if decisions is not None:
+            decisions.close()  # what is buffered is written before the process ends
         if on_stop is not None:
             on_stop()
 
     app = FastAPI(title="Fraud scoring", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
-    app.state.champion, app.state.store, app.state.keys = champion, store, keys
+    app.state.champion, app.state.store, app.state.keys, app.state.decisions = champion, store, keys, decisions
 
     @app.exception_handler(Refused)
     def refused(request: Request, exc: Refused):
@@ -454,9 +471,9 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
         return {"model_version": bundle.version, "fraud_probability": float(bundle.predict_rows([row])[0]),
                 "features": row}
 
-    def decide(txns: list[dict], bundle) -> tuple[list[dict], set[int]]:
+    def decide(txns: list[dict], bundle, started: float) -> tuple[list[dict], set[int]]:
         """Each transaction's answer: its first one when it was scored before (a replay), else the
-        champion's, from its card's history, recorded as the speed layer."""
+        champion's, from its card's history, recorded as the speed layer and in the decisions log."""
         waited = 0.0
         answers: list[dict | None] = [None] * len(txns)
         fresh, rows, known, earlier, replays = [], [], [], {}, set()
@@ -492,6 +509,9 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
                 scored.inc()
                 scores.observe(p)
                 flagged.inc(answer["is_flagged"])
+                if decisions is not None:
+                    decisions.record(decision_row(txns[at], service_name, (
+                        bundle.version, p, answer["is_flagged"], (time.perf_counter() - started) * 1000)))
         store_seconds.observe(waited)
         return answers, replays
 
@@ -514,7 +534,7 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
             raise Refused(503, f"no champion loaded: {champion.error or 'not loaded yet'}")
         # Inline, not on a worker thread: the store's calls cost CPU more than waiting here (measured in
         # bench/serving.py: a thread pool made Redis slower), and the event loop is one core anyway.
-        answers, replays = decide(txns, bundle)
+        answers, replays = decide(txns, bundle, started)
         results = []
         for at, answer in enumerate(answers):
             answer = {**answer, "replayed": at in replays}

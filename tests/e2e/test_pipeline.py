@@ -408,6 +408,12 @@ def test_the_scoring_service_answers_as_the_batch_build_and_scorer_do(env, chain
         assert f'scoring_requests_total{{status="200"}} {len(day) + 1}.0' in metrics
         assert "scoring_model_version 1.0" in metrics and f"scoring_transactions_total {len(day)}.0" in metrics
         assert "scoring_replayed_total 1.0" in metrics and "scoring_registry_reachable 1.0" in metrics
+    # The decisions log (written at shutdown at the latest): one row per scored transaction, none for the retry.
+    logged = table_rows(env, "decisions")
+    logged = logged[logged["transaction_id"].isin(gold.index)].set_index("transaction_id")
+    assert len(logged) == len(day) and logged.index.is_unique
+    assert set(logged["champion_version"]) == {"1"} and set(logged["served_by"]) == {"champion"}
+    assert (logged["champion_probability"] - predicted.loc[logged.index, "fraud_probability"]).abs().max() <= 1e-6
 
 
 def test_replicas_share_one_redis_store_and_an_outage_is_a_503(env, chain, tmp_path):
@@ -427,7 +433,8 @@ def test_replicas_share_one_redis_store_and_an_outage_is_a_503(env, chain, tmp_p
 
     server = start(tmp_path)
     try:
-        settings = Settings(state_dir=Path(env["PIPELINE_STATE_DIR"]), serving_store_url=server.url)
+        settings = Settings(state_dir=Path(env["PIPELINE_STATE_DIR"]), serving_store_url=server.url,
+                            serving_decisions=False)  # its own store: these transactions were decided above
         day_before = (date.fromisoformat(END) - timedelta(days=1)).isoformat()
         the_lake = open_lake(settings.resolved_lake_uri)
         first = load_online(the_lake, day_before, settings)
