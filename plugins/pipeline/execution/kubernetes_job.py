@@ -26,8 +26,7 @@ from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import models as k8s
 
 from jobs.shared.result import RESULT_FILE_ENV
-from pipeline.execution.runners import (DEPLOY_STEPS, GATE_STEPS, ONLINE_STEPS, PROMOTION_STEPS, Resources,
-                                        forwarded_env)
+from pipeline.execution.runners import DEPLOY_STEPS, GATE_STEPS, ONLINE_STEPS, PROMOTION_STEPS, Resources, forwarded_env
 from pipeline.execution.task import JobTask
 from pipeline.settings import AirflowSettings
 from pipeline.web.links import JOB_LINKS
