@@ -151,16 +151,11 @@ class Champion:
         keep serving the old bundle on any failure. The version serving after it."""
         if self.watcher is not None:
             return self.watcher.ask(reload)
-        from jobs.storage.registry import fetch_bundle, gated_champion, mlflow_client
-
         with self._lock:
             try:
-                client = mlflow_client(self.settings)
-                version = gated_champion(client, self.settings)
-                if version is None:
-                    raise RuntimeError(f"no @{self.settings.champion_alias} for {self.settings.model_name} yet")
-                if reload or self.bundle is None or self.bundle.version != str(version):
-                    self.swap(fetch_bundle(client, self.settings, str(version)))  # hashes verified there
+                files = look_up_champion(self.settings, self.version, reload)
+                if files is not None:
+                    self.swap(files)
                 self.error = None
             except Exception as exc:  # noqa: BLE001 - the old bundle keeps serving; readyz says why
                 self.failed(f"{type(exc).__name__}: {exc}")
@@ -184,6 +179,20 @@ class Champion:
         log.warning("champion not (re)loaded: %s", error)
 
 
+def look_up_champion(settings: Settings, held: str | None, reload: bool = False):
+    """The gated champion's verified bundle files when it is not ``held`` (or ``reload``), else None;
+    raises when there is no gated champion or the registry does not answer."""
+    from jobs.storage.registry import fetch_bundle, gated_champion, mlflow_client
+
+    client = mlflow_client(settings)
+    version = gated_champion(client, settings)
+    if version is None:
+        raise RuntimeError(f"no @{settings.champion_alias} for {settings.model_name} yet")
+    if reload or str(version) != held:
+        return fetch_bundle(client, settings, str(version))  # hashes verified there
+    return None
+
+
 def _watch_registry(settings: Settings, asks, found, parent: int) -> None:
     """The registry watcher's process: every ``serving_refresh_seconds``, or when asked, is the gated
     champion still the version held? If not (or ``reload``), fetch and verify its bundle and say so.
@@ -191,21 +200,16 @@ def _watch_registry(settings: Settings, asks, found, parent: int) -> None:
     # An outage is told within seconds (readyz, the metric), not after MLflow's minutes of back-off.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    from jobs.storage.registry import fetch_bundle, gated_champion, mlflow_client
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s registry-watcher: %(message)s")
     held = None
     ask = (0, True)  # the first look, at start
     while True:
         number, reload = ask
         try:
-            client = mlflow_client(settings)
-            version = gated_champion(client, settings)
-            if version is None:
-                raise RuntimeError(f"no @{settings.champion_alias} for {settings.model_name} yet")
-            if reload or str(version) != held:
-                found.put((number, "bundle", fetch_bundle(client, settings, str(version))))
-                held = str(version)
+            files = look_up_champion(settings, held, reload)
+            if files is not None:
+                found.put((number, "bundle", files))
+                held = files.version
             else:
                 found.put((number, "same", held))
         except Exception as exc:  # noqa: BLE001 - told to the service, which keeps serving
