@@ -13,6 +13,9 @@ days, starts ``python -m services.scoring`` as a process, and prints side by sid
 - the maximum sustained throughput: closed loop with C connections for the same time;
 - a champion swap under load: the service told to load, verify and swap its bundle every second
   (``POST /v1/champion?reload=true``) while 500 requests a second arrive: failed requests, p99;
+- with ``--shadow``: 500 requests a second with a challenger in shadow on every request (the
+  champion's own version under the ``challenger`` alias for the phase, then removed): what a live
+  trial costs a request;
 - the same closed loop spread over ``--replicas`` service processes on one store (what Kubernetes
   does with the Deployment's replicas);
 - the servers' CPU per request (what a replica costs) and the load generator's own (on 2 shared
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import socket
@@ -231,6 +235,11 @@ def run_store(kind: str, settings, txns: list[dict], last_day: str, args, scratc
 
                 out = await load.open_loop(500, args.seconds, during=swaps)
                 rows.append(summary("swap every 1 s at 500/s", out))
+                if args.shadow:  # the champion's own version on trial: every request scored twice
+                    with shadowing(settings, bases[0], deploy):
+                        cpu = cpu_times(one)
+                        out = await load.open_loop(500, args.seconds)
+                        rows.append(summary("shadow challenger at 500/s", out, cpu_times(one) - cpu))
             if len(bases) > 1:  # replicas behind a round-robin balancer, one store
                 async with Load(bases, key, txns[load.sent:], args.connections) as spread:
                     cpu = cpu_times(services)
@@ -245,6 +254,41 @@ def run_store(kind: str, settings, txns: list[dict], last_day: str, args, scratc
         if server:
             server.stop()
     return base_floor, rows
+
+
+@contextlib.contextmanager
+def shadowing(settings, base: str, deploy_key: str):
+    """A challenger in shadow on every request, for one phase: the champion's own version takes the
+    ``challenger`` alias (the same model, so the cost of a shadow is all that changes), the service is
+    told to load it, and the alias is removed afterwards."""
+    import json
+    import urllib.request
+
+    from jobs.shared.names import LIVE_MODE_TAG, LIVE_SHADOW_SHARE_TAG
+    from jobs.storage.registry import alias_version, mlflow_client
+
+    client = mlflow_client(settings)
+    if alias_version(client, settings, settings.challenger_alias) is not None:
+        raise SystemExit("a challenger is on live trial in this state: --shadow would replace it")
+    version = alias_version(client, settings, settings.champion_alias)
+    client.set_model_version_tag(settings.model_name, version, LIVE_MODE_TAG, "shadow")
+    client.set_model_version_tag(settings.model_name, version, LIVE_SHADOW_SHARE_TAG, "1.0")
+    client.set_registered_model_alias(settings.model_name, settings.challenger_alias, version)
+
+    def reload() -> dict:
+        ask = urllib.request.Request(f"{base}/v1/champion", method="POST",
+                                     headers={"Authorization": f"Bearer {deploy_key}"})
+        with urllib.request.urlopen(ask, timeout=60) as answer:
+            return json.load(answer)
+
+    try:
+        assert reload()["challenger_version"] == version
+        yield
+    finally:
+        client.delete_registered_model_alias(settings.model_name, settings.challenger_alias)
+        for tag in (LIVE_MODE_TAG, LIVE_SHADOW_SHARE_TAG):
+            client.delete_model_version_tag(settings.model_name, version, tag)
+        reload()
 
 
 def cpu_times(processes) -> float:
@@ -278,6 +322,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="connections of the closed loop")
     parser.add_argument("--stores", default="sqlite,redis", help="online stores to measure")
     parser.add_argument("--replicas", type=int, default=2, help="service processes of the last phase (one store)")
+    parser.add_argument("--shadow", action="store_true", help="also 500/s with a challenger in shadow on every "
+                                                              "request (the champion's version, for the phase)")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
 
@@ -287,7 +333,7 @@ def main() -> None:
     settings = get_settings()
     if gated_champion(mlflow_client(settings), settings) is None:
         raise SystemExit(f"no gated champion in {settings.state_dir}: run `make run` first")
-    needed = 2000 + int(sum(args.rates) * args.seconds + 500 * args.seconds + 4000 * args.seconds + 10_000)
+    needed = 2000 + int(sum(args.rates) * args.seconds + 1000 * args.seconds + 4000 * args.seconds + 10_000)
     last_day, txns = transactions(settings, needed)
     import gc
 

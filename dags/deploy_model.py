@@ -1,8 +1,10 @@
 """
 ### Deploy the champion to the scoring services
 
-**Started by** the `champion_model` Asset: every promotion (`train_model`) and rollback
-(`rollback_model`). Also by hand from the UI (a service that restarted, a new replica).
+**Started by** the `champion_model` Asset: every promotion (`train_model`, `watch_challenger`) and
+rollback (`rollback_model`); and the `challenger_model` Asset: a challenger put on live trial or taken
+off it (the services load or drop it now, not at their next registry refresh). Also by hand from
+the UI (a service that restarted, a new replica).
 
 **Deploys** the version that holds `champion` to every running scoring service (`services/scoring`):
 each is told to load it now (`POST /v1/champion`: the new bundle is loaded beside the old one,
@@ -22,14 +24,14 @@ pods also poll the registry; the Service URL reaches one of them per call (docs/
 from __future__ import annotations
 
 from airflow.sdk import DAG, Param
-from pipeline.assets import CHAMPION_MODEL
+from pipeline.assets import CHALLENGER_MODEL, CHAMPION_MODEL
 from pipeline.defaults import DEFAULT_ARGS, START_DATE, TAGS
 from pipeline.execution.operators import job_task
 
 with DAG(
     dag_id="deploy_model",
     doc_md=__doc__,
-    schedule=[CHAMPION_MODEL],
+    schedule=CHAMPION_MODEL | CHALLENGER_MODEL,
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

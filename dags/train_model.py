@@ -9,7 +9,9 @@ start a non-partitioned DAG, so the drift-driven DAG is partitioned and has no n
 
 **Produces** an MLflow run and a registered version of `fraud-detector` (ONNX + preprocessing +
 training reference sample), a gate report in `reports/gate/` and in MLflow, and, only if the
-gate passes, the `champion` alias on the new version (Asset `champion_model`).
+gate passes, the `champion` alias on the new version (Asset `champion_model`), or, with
+`PIPELINE_LIVE_EVALUATION=shadow|canary`, the `challenger` alias (Asset `challenger_model`): the
+scoring services try it on live traffic and `watch_challenger` promotes it or takes it off.
 
 **The gate** (`gate` task, its log shows every check): PR-AUC and ROC-AUC floors, ONNX parity
 with PyTorch, scoring latency, and not worse than the current champion on the same frozen
@@ -31,7 +33,7 @@ from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
-from pipeline.assets import CHAMPION_MODEL, DRIFT_SIGNAL
+from pipeline.assets import CHALLENGER_MODEL, CHAMPION_MODEL, DRIFT_SIGNAL
 from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, PROMOTION_POOL, START_DATE, TAGS, force_param
 from pipeline.execution.operators import job_task
 from pipeline.execution.runners import Resources
@@ -87,6 +89,8 @@ with DAG(
         print(f"Report: {result['report']}")
         if not result["passed"]:
             return "keep_champion"
+        if result.get("live_evaluation", "off") != "off":  # PIPELINE_LIVE_EVALUATION: live traffic decides
+            return "stage_challenger"
         return "approve_promotion" if PROMOTION_APPROVAL else "promote"
 
     promote = job_task(
@@ -109,7 +113,23 @@ with DAG(
             "{{ ti.xcom_pull(task_ids='evaluate')['verdict'] }}"),
         doc_md="The challenger failed the gate: nothing changes.")
 
+    stage_challenger = job_task(
+        step="challenger",
+        task_id="stage_challenger",
+        pass_date=False,
+        pool=PROMOTION_POOL,
+        arguments=["--model-version", evaluate.output["model_version"]],
+        outlets=[CHALLENGER_MODEL],
+        on_success_callback=on_event(
+            "ON LIVE TRIAL fraud-detector v{{ ti.xcom_pull(task_ids='train')['model_version'] }} "
+            f"(trained up to {DAY}): shadow or canary beside the champion",
+            "{{ ti.xcom_pull(task_ids='evaluate')['verdict'] }}"),
+        doc_md="PIPELINE_LIVE_EVALUATION=shadow|canary: the gated version takes the challenger alias; every "
+               "scoring service scores it beside the champion and watch_challenger decides on the live evidence.",
+    )
+
     decision = gate(evaluate.output)
+    decision >> stage_challenger
     if PROMOTION_APPROVAL:
         from airflow.providers.standard.operators.hitl import HITLOperator
 

@@ -241,6 +241,40 @@ def promote(model_version: Annotated[str, typer.Option(help="Version that passed
 
 @app.command()
 @step
+def challenger(model_version: Annotated[str, typer.Option(help="Version that passed its gate.")]):
+    """Put a gated version on live trial: the challenger alias (shadow or canary, PIPELINE_LIVE_EVALUATION)."""
+    from jobs.steps.live import stage
+
+    return stage(_settings(), model_version)
+
+
+@app.command()
+@step
+def guardrails(
+    run_id: RunIdOpt = "",
+    model_version: Annotated[Optional[str], typer.Option(help="The challenger to watch (default: @challenger; "
+                                                              "pinned for --run-id at its first try).")] = None,
+):
+    """Where the challenger's live trial stands: baking, tripped, passed, insufficient or gone."""
+    from jobs.steps.live import guardrails as run
+
+    return run(_settings(), _lake(), run_id, model_version)
+
+
+@app.command()
+@step
+def retire(
+    model_version: Annotated[str, typer.Option(help="The challenger to take off live traffic.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded on it and on the champion.")] = "",
+):
+    """Take a challenger off live traffic (its alias removed), the reason recorded on both versions."""
+    from jobs.steps.live import retire as run
+
+    return run(_settings(), model_version, reason)
+
+
+@app.command()
+@step
 def rollback(
     expected_version: Annotated[Optional[str], typer.Option(
         help="The champion you mean to replace; if the champion is another version by now, nothing "

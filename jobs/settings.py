@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -187,11 +188,59 @@ class Settings(BaseSettings):
     min_threshold_recall: float = Field(default=0.2, json_schema_extra=in_groups("gate"))
     """Recall floor at the operating threshold on the holdout."""
 
+    # --- live evaluation: shadow, canary, guardrails (jobs/steps/live.py) ------------------
+    live_evaluation: Literal["off", "shadow", "canary"] = Field(default="off", json_schema_extra=in_groups("live"))
+    """What a challenger that passed its offline gate does next. ``off``: it is promoted at once (or after the
+    approval). ``shadow``: it takes the ``challenger`` alias, every service scores it beside the champion and
+    answers with the champion's decision; the watch_challenger DAG promotes it or takes it off traffic on the
+    live evidence. ``canary``: as shadow, and a sticky share of cards (``canary_share``) gets its decision.
+    """
+    challenger_alias: str = "challenger"
+    """The registry alias of the version on live trial (shadow or canary)."""
+    shadow_share: float = Field(default=1.0, gt=0.0, le=1.0, json_schema_extra=in_groups("live"))
+    """Share of transactions (by transaction id, so a retry is the same) the challenger scores in its shadow."""
+    canary_share: float = Field(default=0.05, gt=0.0, le=1.0, json_schema_extra=in_groups("live"))
+    """In canary mode, the share of cards (sticky: by card id) served by the challenger's decision; 0.5 is an A/B."""
+    guardrail_bake_minutes: float = Field(default=240.0, ge=0.0, json_schema_extra=in_groups("live"))
+    """How long a challenger is watched on live traffic before it may be promoted (a nightly peak and a quiet
+    hour both fall in four hours)."""
+    guardrail_max_wait_hours: float = Field(default=48.0, gt=0.0, json_schema_extra=in_groups("live"))
+    """If the bake period ended without ``guardrail_min_requests``, the watch goes on up to this; then the
+    challenger leaves traffic unpromoted (not enough evidence)."""
+    guardrail_check_minutes: float = Field(default=5.0, gt=0.0, json_schema_extra=in_groups("live"))
+    """How often the guardrails are checked while baking: the longest a tripped guardrail waits for its rollback."""
+    guardrail_min_requests: int = Field(default=2000, ge=1, json_schema_extra=in_groups("live"))
+    """Transactions the challenger must have scored before it may be promoted: at 2,000, a 1 % error ceiling and a
+    0.1 PSI are each told apart from noise (docs/serving.md)."""
+    guardrail_trip_requests: int = Field(default=200, ge=1, json_schema_extra=in_groups("live"))
+    """Transactions before a guardrail may trip: fewer are noise; a broken challenger shows within them."""
+    guardrail_max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0, json_schema_extra=in_groups("live"))
+    """Largest share of the challenger's scorings that may fail."""
+    guardrail_max_p99_ms: float = Field(default=10.0, gt=0.0, json_schema_extra=in_groups("live"))
+    """Largest p99 of the challenger's model time per request (the champion's is well under 1 ms)."""
+    guardrail_max_flag_rate_ratio: float = Field(default=2.0, gt=1.0, json_schema_extra=in_groups("live"))
+    """The challenger may flag at most this many times more, or this many times fewer, transactions than the
+    champion on the same requests."""
+    guardrail_max_psi: float = Field(default=0.25, gt=0.0, json_schema_extra=in_groups("live"))
+    """Largest population stability index of the challenger's scores against the champion's on the same requests
+    (0.1 moderate, 0.25 a major shift, as credit scoring reads it)."""
+    guardrail_min_agreement: float = Field(default=0.95, ge=0.0, le=1.0, json_schema_extra=in_groups("live"))
+    """Smallest share of requests on which challenger and champion take the same decision."""
+    challenger_fault: str = ""
+    """A drill (services/scoring): inject a fault into the challenger's path of every service, to prove the
+    guardrails trip: ``latency=<ms>`` or ``errors=<share>``. Empty in production."""
+
     # --- drift --------------------------------------------------------------------------
     drift_share_threshold: float = Field(default=0.3, json_schema_extra=in_groups("drift"))
     """Share of monitored columns that must drift before the data set counts as drifted."""
     max_pr_auc_drop: float = Field(default=0.10, json_schema_extra=in_groups("drift"))
     """A champion whose PR-AUC on recent labelled data is this much below its holdout PR-AUC counts as drifted."""
+    served_label_days: int = Field(default=7, ge=1, json_schema_extra=in_groups("drift"))
+    """Days of transactions, ending at the checked day, whose late labels (chargebacks) are joined to the decisions
+    the scoring services served: precision, recall and PR-AUC of what was actually served, per day and version."""
+    served_min_pr_auc: float = Field(default=0.30, json_schema_extra=in_groups("drift"))
+    """Floor of the PR-AUC of what the champion served over ``served_label_days`` (on 30 labelled frauds at least):
+    below it, retraining is asked, as for drift (cooldown and limits included)."""
     retrain_cooldown_days: int = Field(default=3, json_schema_extra=in_groups("drift"))
     """Against retraining storms: no new request within the cooldown, and at most N per window."""
     max_retrains_per_window: int = Field(default=2, json_schema_extra=in_groups("drift"))

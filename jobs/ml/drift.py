@@ -88,6 +88,46 @@ def drift_reasons(share: float | None, drifted_cols: list[str], performance: dic
 MIN_POSITIVES = 30  # below this, a PR-AUC is too noisy to act on
 
 
+def served_figures(joined: pd.DataFrame) -> list[dict]:
+    """Per day and per served version (and per version over all the days, ``day`` "all"): rows,
+    labelled rows, frauds, precision and recall at the threshold it served with, and PR-AUC of the
+    scores it served; figures need both classes among the labelled rows."""
+    from sklearn.metrics import average_precision_score
+
+    out = []
+    if joined.empty:
+        return out
+    labelled_all = joined.dropna(subset=[LABEL])
+    groups = [((day, version), g) for (day, version), g in labelled_all.groupby(["transaction_date", "served_version"])]
+    groups += [(("all", version), g) for version, g in labelled_all.groupby("served_version")]
+    counts = joined.groupby(["transaction_date", "served_version"]).size().to_dict()
+    totals = joined.groupby("served_version").size().to_dict()
+    for (day, version), g in groups:
+        y, flagged = g[LABEL].astype(bool).to_numpy(), g["served_flagged"].astype(bool).to_numpy()
+        frauds, hits = int(y.sum()), int((y & flagged).sum())
+        row = {"day": day, "version": str(version), "rows": int(counts[(day, version)] if day != "all"
+                                                                 else totals[version]),
+               "labelled": len(g), "frauds": frauds, "flagged": int(flagged.sum()),
+               "precision": hits / int(flagged.sum()) if flagged.any() else None,
+               "recall": hits / frauds if frauds else None,
+               "pr_auc": float(average_precision_score(y, g["served_probability"].astype(float)))
+               if 0 < frauds < len(g) else None}
+        out.append(row)
+    return out
+
+
+def served_floor(figures: list[dict], version: str | None, min_pr_auc: float) -> str | None:
+    """Why what the champion served asks for retraining (its PR-AUC over the label window under the
+    floor, on at least :data:`MIN_POSITIVES` labelled frauds), or None."""
+    pooled = next((f for f in figures if f["day"] == "all" and f["version"] == str(version)), None)
+    if pooled is None or pooled["pr_auc"] is None or pooled["frauds"] < MIN_POSITIVES:
+        return None
+    if pooled["pr_auc"] < min_pr_auc:
+        return (f"PR-AUC of what v{version} served, on {pooled['labelled']} labelled transactions "
+                f"({pooled['frauds']} frauds), is {pooled['pr_auc']:.3f} (< floor {min_pr_auc})")
+    return None
+
+
 def recent_performance(current: pd.DataFrame, holdout_pr_auc: float | None) -> dict:
     """The champion's PR-AUC on recent rows whose labels have arrived, vs its holdout PR-AUC.
 

@@ -140,6 +140,11 @@ def champion_pin(run_id: str) -> str:
     return f"_ledger/champion_pins/{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.json"
 
 
+def challenger_pin(run_id: str) -> str:
+    """The challenger one watch_challenger run watches (written once, create-only)."""
+    return f"_ledger/challenger_pins/{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.json"
+
+
 def object_id(key: str, sha256: str) -> str:
     """A short, stable identity of one delivered object (key + content), used as a Delta app id."""
     return f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{sha256[:16]}"

@@ -41,3 +41,12 @@ MONITOR_TAG = "drift_monitor"
 
 # A person's answer in the approval form: key recorded on the version -> the label the form shows.
 DECISIONS = {"promote": "Promote", "keep": "Keep the champion", "rollback": "Roll back the champion"}
+
+# Version tags of a live trial (jobs/steps/live.py), read by every scoring service.
+LIVE_MODE_TAG = "live_evaluation"  # shadow or canary: how the services use the challenger
+LIVE_SHADOW_SHARE_TAG = "live_shadow_share"
+LIVE_CANARY_SHARE_TAG = "live_canary_share"
+LIVE_SINCE_TAG = "live_since"  # when the challenger alias was given: the baking period starts here
+LIVE_VERDICT_TAG = "live_verdict"  # the guardrails' outcome: promoted, rolled back (with the guardrail), retired
+LIVE_CHALLENGER_TAG = "live_challenger"  # on the champion: the last challenger's trial outcome
+LIVE_REPORT_TAG = "live_report"

@@ -23,7 +23,7 @@ from jobs.settings import Settings
 from jobs.shared import links
 from jobs.shared.names import SERVING_AT_TAG, SERVING_SERVICES_TAG
 from jobs.shared.result import JobError, MissingInput
-from jobs.storage.registry import gated_champion, load_bundle, mlflow_client
+from jobs.storage.registry import gated_challenger, gated_champion, load_bundle, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +70,34 @@ def deploy(settings: Settings) -> dict:
         log.info("no scoring service configured (PIPELINE_SERVING_URL) or running here: nothing to tell; a service "
                  "started later loads v%s as it starts", version)
         return {"model_version": str(version), "services": [], "deployed": False}
-    bundle = load_bundle(client, settings, str(version))  # hashes verified, as the services do
-    expected = float(bundle.predict_rows([features(CHECK_TRANSACTION, [])])[0])
+    expected = _check_score(client, settings, str(version))
+    trial = gated_challenger(client, settings)  # the challenger on live trial, if any: loaded and checked too
+    trial_expected = _check_score(client, settings, str(trial)) if trial is not None else None
     auth = {"Authorization": f"Bearer {deploy_key(settings)}"}
     services = []
     with httpx.Client(timeout=settings.serving_deploy_timeout_seconds, headers=auth) as http:
         for url in urls:
-            services.append(_deploy_to(http, url, str(version), expected, settings.serving_deploy_timeout_seconds))
+            services.append(_deploy_to(http, url, str(version), expected, settings.serving_deploy_timeout_seconds,
+                                       trial, trial_expected))
     where = ",".join(s["url"] for s in services)
     client.set_model_version_tag(settings.model_name, str(version), SERVING_SERVICES_TAG, where)
     client.set_model_version_tag(settings.model_name, str(version), SERVING_AT_TAG, datetime.now(UTC).isoformat())
     links_ = {links.SERVICE_HEALTH: f"{urls[0]}/readyz", links.SERVICE_METRICS: f"{urls[0]}/metrics",
               links.MODEL_VERSION: links.model_version(settings.model_name, version)}
-    return {"model_version": str(version), "services": services, "deployed": True, "check_probability": expected,
-            "links": links_}
+    return {"model_version": str(version), "challenger_version": trial, "services": services, "deployed": True,
+            "check_probability": expected, "links": links_}
 
 
-def _deploy_to(http, url: str, version: str, expected: float, timeout: float) -> dict:
+def _check_score(client, settings: Settings, version: str) -> float:
+    """This job's own score of the check transaction with the verified bundle of ``version``."""
+    bundle = load_bundle(client, settings, version)  # hashes verified, as the services do
+    return float(bundle.predict_rows([features(CHECK_TRANSACTION, [])])[0])
+
+
+def _deploy_to(http, url: str, version: str, expected: float, timeout: float, trial: str | None = None,
+               trial_expected: float | None = None) -> dict:
+    """Tell one service to load the champion (and the challenger on trial, or none), wait until it serves
+    them, and check each with the known transaction."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -97,19 +108,27 @@ def _deploy_to(http, url: str, version: str, expected: float, timeout: float) ->
                 raise JobError(f"{url} refused the deploy key ({answer.status_code}: {answer.json()['detail']})")
             answer.raise_for_status()
             serving = answer.json()
-            if serving["model_version"] == version:
+            if serving["model_version"] == version and serving.get("challenger_version") == trial:
                 break
             if time.monotonic() > deadline:
-                raise JobError(f"{url} still serves v{serving['model_version']} after {timeout:.0f} s, not v{version}: "
-                               f"{serving.get('error') or 'no error reported'}")
+                raise JobError(f"{url} still serves v{serving['model_version']} (challenger "
+                               f"{serving.get('challenger_version')}) after {timeout:.0f} s, not v{version} "
+                               f"(challenger {trial}): {serving.get('error') or serving.get('challenger_error') or ''}")
             time.sleep(1)
-        check = http.post(f"{url}/v1/check", json=CHECK_TRANSACTION)
-        check.raise_for_status()
-        checked = check.json()
+        checks = [("champion", version, expected)] + ([("challenger", trial, trial_expected)] if trial else [])
+        answers = []
+        for role, want_version, want in checks:
+            check = http.post(f"{url}/v1/check", params={"model": role}, json=CHECK_TRANSACTION)
+            check.raise_for_status()
+            answers.append((role, want_version, want, check.json()))
     except httpx.HTTPError as exc:
         raise JobError(f"scoring service {url} did not take v{version}: {type(exc).__name__}: {exc}") from exc
-    if checked["model_version"] != version or abs(checked["fraud_probability"] - expected) > TOLERANCE:
-        raise JobError(f"{url} answered the check transaction with v{checked['model_version']} "
-                       f"p={checked['fraud_probability']:.9f}; the verified bundle v{version} gives {expected:.9f}")
-    log.info("%s serves v%s (check transaction p=%.6f)", url, version, expected)
-    return {"url": url, "model_version": version, "check_probability": checked["fraud_probability"]}
+    for role, want_version, want, checked in answers:
+        if checked["model_version"] != want_version or abs(checked["fraud_probability"] - want) > TOLERANCE:
+            raise JobError(f"{url} answered the check transaction as {role} with v{checked['model_version']} "
+                           f"p={checked['fraud_probability']:.9f}; the verified bundle v{want_version} gives "
+                           f"{want:.9f}")
+    log.info("%s serves v%s (check transaction p=%.6f)%s", url, version, expected,
+             f", challenger v{trial} on live trial" if trial else "")
+    return {"url": url, "model_version": version, "check_probability": answers[0][3]["fraud_probability"],
+            "challenger_version": trial}

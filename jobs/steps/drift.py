@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from jobs.ml.drift import drift_reasons, drift_report, drifted_columns, recent_performance, retraining_decision
+from jobs.ml.drift import (
+    drift_reasons,
+    drift_report,
+    drifted_columns,
+    recent_performance,
+    retraining_decision,
+    served_figures,
+    served_floor,
+)
 from jobs.settings import Settings
 from jobs.shared import layout, links
 from jobs.shared.dates import Window
@@ -18,6 +26,7 @@ from jobs.shared.result import MissingInput
 from jobs.shared.schemas import PREDICTION
 from jobs.storage import lake as lk
 from jobs.storage import monitoring, unchanged
+from jobs.storage.decisions import served_with_labels
 from jobs.storage.registry import gated_champion, load_bundle, mlflow_client, read_gold
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,10 @@ def check_drift(lake: lk.Lake, date: str, settings: Settings, days: int = 1, for
     inputs = {"window": window, "model_version": str(version), "onnx_sha256": mv.tags.get(ONNX_SHA_TAG, ""),
               "code_version": settings.resolved_code_version,
               "gold": tables.snapshot_of(lake, layout.GOLD_FEATURES, window),
+              # what the services served, and the labels since (silver): new decisions or labels re-check
+              "decisions": tables.version(lake, layout.DECISIONS),
+              "silver": tables.snapshot_of(lake, layout.SILVER_TRANSACTIONS,
+                                           Window.ending(date, settings.served_label_days).days()),
               "settings": settings.group("drift"),
               # Only earlier days' requests decide (retraining_decision); this day's is its own output.
               "retrain_requests": sorted(d for d in earlier if d < date)}
@@ -68,7 +81,7 @@ def _check(lake: lk.Lake, date: str, window: list[str], earlier: list[str], clie
     if current.empty:
         raise MissingInput(f"no gold features for {window[0]}..{window[-1]} in {lake.uri_of(layout.GOLD_FEATURES)}")
     with tempfile.TemporaryDirectory() as tmp:
-        summary, html = _compare(date, window, earlier, current, client, mv, version, settings, Path(tmp))
+        summary, html = _compare(lake, date, window, earlier, current, client, mv, version, settings, Path(tmp))
         if summary["retrain"]:
             lake.write_json(layout.retrain_request(date), {"date": date, "decision": summary["decision"]})
         lake.write_bytes(layout.drift_report(date, "html"), html.read_bytes())
@@ -91,8 +104,8 @@ def _check(lake: lk.Lake, date: str, window: list[str], earlier: list[str], clie
             "monitor_run_id": monitor_run}
 
 
-def _compare(date: str, window: list[str], earlier: list[str], current: pd.DataFrame, client, mv, version,
-             settings: Settings, tmp: Path) -> tuple[dict, Path]:
+def _compare(lake: lk.Lake, date: str, window: list[str], earlier: list[str], current: pd.DataFrame, client, mv,
+             version, settings: Settings, tmp: Path) -> tuple[dict, Path]:
     """The champion's reference vs ``current`` (both scored by the champion): the summary and its HTML report."""
     import mlflow
 
@@ -110,6 +123,15 @@ def _compare(date: str, window: list[str], earlier: list[str], current: pd.DataF
     snapshot.save_html(str(html))
     drifted_cols = drifted_columns(snapshot)
     reasons = drift_reasons(share, drifted_cols, performance, settings.drift_share_threshold, settings.max_pr_auc_drop)
+    served = served_figures(served_with_labels(lake, Window.ending(date, settings.served_label_days).days()))
+    for f in served:
+        if f["day"] == "all":
+            log.info("served by v%s over %d days: %d decisions, %d labelled (%d frauds): precision %s, recall %s, "
+                     "PR-AUC %s", f["version"], settings.served_label_days, f["rows"], f["labelled"], f["frauds"],
+                     *(("n/a" if f[k] is None else f"{f[k]:.3f}") for k in ("precision", "recall", "pr_auc")))
+    floor = served_floor(served, version, settings.served_min_pr_auc)
+    if floor:
+        reasons.append(floor)
     retrain, decision = retraining_decision(bool(reasons), reasons, date, earlier, settings.retrain_cooldown_days,
                                             settings.max_retrains_per_window, settings.retrain_window_days)
     return {
@@ -118,5 +140,6 @@ def _compare(date: str, window: list[str], earlier: list[str], current: pd.DataF
         "drift_share_threshold": settings.drift_share_threshold, "drifted": bool(reasons),
         "drifted_columns": drifted_cols, "column_scores": columns,
         "prediction_drift_score": columns.get(PREDICTION), "prediction_drifted": PREDICTION in drifted_cols,
-        "performance": performance, "retrain": retrain, "decision": decision,
+        "performance": performance, "served": served, "served_label_days": settings.served_label_days,
+        "retrain": retrain, "decision": decision,
     }, html

@@ -117,7 +117,9 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
         return _gate(lake, date, settings, client, mv, str(model_version), holdout_dates,
                      champion_version if champion_mv is not None else None)
 
-    return unchanged.once(lake, "evaluate", key, inputs, work, force=force, outputs=outputs, on_skip=reused)
+    result = unchanged.once(lake, "evaluate", key, inputs, work, force=force, outputs=outputs, on_skip=reused)
+    # What a passed gate leads to now (the gate task branches on it): promotion, or a live trial first.
+    return {**result, "live_evaluation": settings.live_evaluation}
 
 
 def _gate(lake: lk.Lake, date: str, settings: Settings, client, mv, model_version: str, holdout_dates: list[str],

@@ -57,6 +57,7 @@ def promote(settings: Settings, model_version: str) -> dict:
             f"{('v' + compared_with) if compared_with else 'no champion'}: re-evaluate before promoting"
         )
     if current == str(model_version):
+        _end_trial(client, settings, str(model_version))  # a try that died after the alias moved
         previous = alias_version(client, settings, settings.previous_champion_alias)
         if _promotion_unrecorded(mv):  # an earlier try moved the alias, then died before the record
             log.warning("v%s is the champion but its promotion was never recorded (a crash after the alias "
@@ -70,11 +71,19 @@ def promote(settings: Settings, model_version: str) -> dict:
         client.set_registered_model_alias(settings.model_name, settings.previous_champion_alias, current)
     client.set_registered_model_alias(settings.model_name, settings.champion_alias, str(model_version))
     _record_promotion(client, settings, mv, current)
+    _end_trial(client, settings, str(model_version))
     log.info("promoted %s v%s to @%s (previous: %s)", settings.model_name, model_version,
              settings.champion_alias, current)
     return {"champion_version": str(model_version), "previous_champion_version": current, "changed": True}
 
 
+
+
+def _end_trial(client, settings: Settings, version: str) -> None:
+    """A promoted challenger's live trial is over: its ``challenger`` alias goes (services stop shadowing)."""
+    if alias_version(client, settings, settings.challenger_alias) == version:
+        client.delete_registered_model_alias(settings.model_name, settings.challenger_alias)
+        log.info("v%s leaves @%s: it is the champion now", version, settings.challenger_alias)
 
 
 def _promotion_unrecorded(mv) -> bool:

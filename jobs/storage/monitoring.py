@@ -8,7 +8,10 @@ One long-lived run per registered model (``drift monitor: <model>`` in the exper
 - ``prediction_drift_score`` (the champion's score distribution, recent vs reference),
 - ``feature_drift.<column>`` (Evidently's drift score per monitored column),
 - ``live_pr_auc`` and ``pr_auc_drop`` when labels have arrived,
-- ``champion_version`` and ``current_rows``.
+- ``champion_version`` and ``current_rows``,
+- what the scoring services actually served, from the late labels joined to the decisions log, per
+  served version: ``served_day_<precision|recall|pr_auc>.v<N>`` at each transaction day, and the
+  label window's pooled ``served_<...>.v<N>`` at the checked day.
 
 So the run's metric charts in the MLflow UI show each figure's trend across days and model
 versions (``make up`` prints the link; the report view redirects ``/pipeline/mlflow/drift-trend``
@@ -76,13 +79,32 @@ def trend_metrics(summary: dict) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
 
 
+def served_metrics(summary: dict) -> list[tuple[str, str, float]]:
+    """(day, metric, value) of what the services served, from the late labels: each day's figures at
+    that day (re-logged as more labels arrive), the label window's pooled figures at the checked day."""
+    out = []
+    for f in summary.get("served") or []:
+        day = summary["date"] if f["day"] == "all" else f["day"]
+        prefix = "served" if f["day"] == "all" else "served_day"
+        for name in ("precision", "recall", "pr_auc", "labelled", "frauds"):
+            if f.get(name) is not None and math.isfinite(float(f[name])):
+                out.append((day, f"{prefix}_{name}.v{f['version']}", float(f[name])))
+    return out
+
+
+def _at(day: str) -> tuple[int, int]:
+    """(timestamp in ms, step) of a day's point: its midnight UTC, days since 1970-01-01."""
+    d = Date.fromisoformat(day)
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000), (d - EPOCH).days
+
+
 def log_day(client, settings: Settings, date: str, summary: dict) -> str:
     """Log the drift check of ``date`` into the monitor run; returns the run id."""
     from mlflow.entities import Metric
 
-    day = Date.fromisoformat(date)
-    step = (day - EPOCH).days
-    timestamp = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    timestamp, step = _at(date)
     run_id = monitoring_run(client, settings)
-    client.log_batch(run_id, metrics=[Metric(k, v, timestamp, step) for k, v in trend_metrics(summary).items()])
+    metrics = [Metric(k, v, timestamp, step) for k, v in trend_metrics(summary).items()]
+    metrics += [Metric(name, value, *_at(day)) for day, name, value in served_metrics(summary)]
+    client.log_batch(run_id, metrics=metrics)
     return run_id

@@ -120,7 +120,18 @@ def gated_champion(client, settings: Settings) -> str | None:
     The alias can be moved by hand in the MLflow UI; scoring and drift trust the gate, not the
     alias. ``PIPELINE_ALLOW_UNGATED_CHAMPION=true`` overrides, loudly, for emergencies.
     """
-    version = alias_version(client, settings, settings.champion_alias)
+    return gated_version(client, settings, settings.champion_alias, settings.allow_ungated_champion)
+
+
+def gated_challenger(client, settings: Settings) -> str | None:
+    """The version on live trial (``challenger``), refused, with no override, when it never passed its gate."""
+    return gated_version(client, settings, settings.challenger_alias, False)
+
+
+def gated_version(client, settings: Settings, alias: str, allow_ungated: bool) -> str | None:
+    """The version ``alias`` points at, None when there is none; :class:`UngatedChampion` when that
+    version's gate did not pass or its verdict is not the gate's (``allow_ungated``: logged, used)."""
+    version = alias_version(client, settings, alias)
     if version is None:
         return None
     mv = registry_call(f"{settings.model_name} v{version}",
@@ -131,16 +142,16 @@ def gated_champion(client, settings: Settings) -> str | None:
 
     why = None
     if mv.tags.get(GATE_PASSED_TAG) != "true":
-        why = (f"@{settings.champion_alias} points at {settings.model_name} v{version}, which "
+        why = (f"@{alias} points at {settings.model_name} v{version}, which "
                f"{'failed' if mv.tags.get('gate_passed') == 'false' else 'never passed'} its gate "
                f"({mv.tags.get('gate_verdict') or 'no gate verdict recorded'})")
     else:
         try:
             verdict.verify(settings, version, mv.tags)
         except verdict.VerdictUnsigned as exc:
-            why = f"@{settings.champion_alias} points at a version whose verdict is not the gate's: {exc}"
+            why = f"@{alias} points at a version whose verdict is not the gate's: {exc}"
     if why is not None:
-        if not settings.allow_ungated_champion:
+        if not allow_ungated:
             raise UngatedChampion(f"{why}: refusing to use it. Promote a gated version (train_model), roll back "
                                   "(rollback_model), or set PIPELINE_ALLOW_UNGATED_CHAMPION=true for an emergency.")
         log.warning("OVERRIDE (PIPELINE_ALLOW_UNGATED_CHAMPION=true): %s; using it anyway", why)

@@ -25,6 +25,8 @@ PREDICTIONS = _lake_asset("fraud_predictions", layout.PREDICTIONS)
 DRIFT_SIGNAL = _lake_asset("drift_detected", layout.DRIFT_SIGNAL)
 RAW_DELIVERIES = _lake_asset("raw_deliveries", layout.RAW_TRANSACTIONS)
 CHAMPION_MODEL = Asset("champion_model", uri=f"{LAKE_URI}/_registry/{AirflowSettings().model_name}/champion")
+# The version on live trial (shadow or canary) changed: put on trial, or taken off it.
+CHALLENGER_MODEL = Asset("challenger_model", uri=f"{LAKE_URI}/_registry/{AirflowSettings().model_name}/challenger")
 
 
 def raw_deliveries_watched() -> Asset | None:

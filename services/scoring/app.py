@@ -35,6 +35,8 @@ import queue
 import socket
 import threading
 import time
+import zlib
+from dataclasses import dataclass
 from datetime import datetime
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -131,8 +133,64 @@ def violations(txn: dict, rules) -> list[str]:
 CHECK_FEATURES = features(CHECK_TRANSACTION, [])
 
 
+@dataclass(frozen=True)
+class Trial:
+    """A challenger on live trial: its bundle and how the services use it (the version's tags, set by the
+    ``challenger`` step): ``shadow`` scores a share of transactions beside the champion; ``canary`` also
+    serves a sticky share of cards with its decision."""
+
+    bundle: object
+    mode: str
+    shadow_share: float
+    canary_share: float
+
+    def shadows(self, transaction_id: str) -> bool:
+        return _bucket(f"shadow:{self.bundle.version}:{transaction_id}") < self.shadow_share
+
+    def serves(self, card_id: str) -> bool:
+        return self.mode == "canary" and _bucket(f"canary:{self.bundle.version}:{card_id}") < self.canary_share
+
+
+def _bucket(key: str) -> float:
+    """A stable place in [0, 1) for a key (the same on every replica and after a restart)."""
+    return zlib.crc32(key.encode()) / 2**32
+
+
+def trial_terms(tags: dict) -> dict:
+    """How the services use a challenger, from its version's tags."""
+    from jobs.shared.names import LIVE_CANARY_SHARE_TAG, LIVE_MODE_TAG, LIVE_SHADOW_SHARE_TAG
+
+    return {"mode": tags.get(LIVE_MODE_TAG, "shadow"), "shadow_share": float(tags.get(LIVE_SHADOW_SHARE_TAG, 1.0)),
+            "canary_share": float(tags.get(LIVE_CANARY_SHARE_TAG, 0.0))}
+
+
+class Fault:
+    """A drill (``PIPELINE_CHALLENGER_FAULT``): ``latency=<ms>`` slows each challenger scoring, ``errors=<share>``
+    makes that share of them fail, so that the guardrails can be seen to trip."""
+
+    def __init__(self, spec: str):
+        self.latency_ms, self.error_share = 0.0, 0.0
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, _, value = part.partition("=")
+            if name == "latency":
+                self.latency_ms = float(value)
+            elif name == "errors":
+                self.error_share = float(value)
+            else:
+                raise ValueError(f"PIPELINE_CHALLENGER_FAULT: {part!r} is not latency=<ms> or errors=<share>")
+        if spec:
+            log.warning("DRILL: faults injected into the challenger's path: %s", spec)
+
+    def apply(self, key: str) -> None:
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000)
+        if self.error_share and _bucket(f"fault:{key}") < self.error_share:
+            raise RuntimeError(f"injected fault (PIPELINE_CHALLENGER_FAULT errors={self.error_share})")
+
+
 class Champion:
-    """The bundle that answers: loaded beside the old one, verified, then swapped in one assignment.
+    """The bundles that answer: the champion, and the challenger on live trial if there is one. Each is
+    loaded beside the old one, verified, then swapped in one assignment.
 
     :meth:`refresh` asks the registry in this process (tests, one-off use). A running service hands
     the registry's questions to a :class:`RegistryWatcher` process instead (``watcher``), so the
@@ -142,13 +200,16 @@ class Champion:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.bundle = None
+        self.trial: Trial | None = None
         self.error: str | None = None
+        self.challenger_error: str | None = None
         self.watcher: RegistryWatcher | None = None
         self._lock = threading.Lock()
+        self._held_trial = None
 
     def refresh(self, reload: bool = False) -> str | None:
-        """Load the current gated champion if it is not the one serving (``reload``: even if it is);
-        keep serving the old bundle on any failure. The version serving after it."""
+        """Load the current gated champion if it is not the one serving (``reload``: even if it is),
+        and the challenger likewise; keep serving the old bundle on any failure. The version serving after it."""
         if self.watcher is not None:
             return self.watcher.ask(reload)
         with self._lock:
@@ -159,6 +220,13 @@ class Champion:
                 self.error = None
             except Exception as exc:  # noqa: BLE001 - the old bundle keeps serving; readyz says why
                 self.failed(f"{type(exc).__name__}: {exc}")
+            try:
+                found = look_up_challenger(self.settings, self._held_trial, reload)
+                if found is not None:
+                    self.set_trial(*found)
+                self.challenger_error = None
+            except Exception as exc:  # noqa: BLE001 - the champion keeps answering alone
+                self.trial_failed(f"{type(exc).__name__}: {exc}")
             return self.version
 
     @property
@@ -167,16 +235,37 @@ class Champion:
 
     def swap(self, files) -> None:
         """Open verified files beside the bundle serving, warm them, then swap (requests under way keep theirs)."""
-        from jobs.storage.registry import open_bundle
-
-        bundle = open_bundle(files)
-        bundle.predict_rows([CHECK_FEATURES])  # warmed before it serves a request
+        bundle = _opened(files)
         self.bundle, self.error = bundle, None
         log.info("serving %s v%s", self.settings.model_name, bundle.version)
+
+    def set_trial(self, files, terms: dict | None) -> None:
+        """Start (or change, or end: ``files`` None) the challenger's trial, in one assignment."""
+        self._held_trial = None if files is None else (files.version, tuple(sorted(terms.items())))
+        if files is None:
+            if self.trial is not None:
+                log.info("challenger v%s is off traffic", self.trial.bundle.version)
+            self.trial = None
+            return
+        self.trial = Trial(_opened(files), terms["mode"], terms["shadow_share"], terms["canary_share"])
+        log.info("challenger v%s on live trial: %s (shadow share %.2f, canary share %.2f)", files.version,
+                 terms["mode"], terms["shadow_share"], terms["canary_share"] if terms["mode"] == "canary" else 0.0)
 
     def failed(self, error: str) -> None:
         self.error = error
         log.warning("champion not (re)loaded: %s", error)
+
+    def trial_failed(self, error: str) -> None:
+        self.challenger_error = error
+        log.warning("challenger not (re)loaded: %s", error)
+
+
+def _opened(files):
+    from jobs.storage.registry import open_bundle
+
+    bundle = open_bundle(files)
+    bundle.predict_rows([CHECK_FEATURES])  # warmed before it serves a request
+    return bundle
 
 
 def look_up_champion(settings: Settings, held: str | None, reload: bool = False):
@@ -193,18 +282,48 @@ def look_up_champion(settings: Settings, held: str | None, reload: bool = False)
     return None
 
 
+NO_TRIAL = (None, None)
+
+
+def look_up_challenger(settings: Settings, held: tuple | None, reload: bool = False):
+    """``(files, terms)`` of the gated challenger when it (or its terms) is not ``held``, :data:`NO_TRIAL`
+    when there is no challenger any more (and one was held), None when nothing changed; raises when
+    the registry does not answer or the challenger is not gated."""
+    from jobs.storage.registry import UngatedChampion, fetch_bundle, gated_challenger, mlflow_client
+
+    client = mlflow_client(settings)
+    try:
+        version = gated_challenger(client, settings)
+    except UngatedChampion as exc:  # never served, not even in a shadow
+        log.warning("no live trial: %s", exc)
+        version = None
+    if version is None:
+        return NO_TRIAL if held is not None else None
+    terms = trial_terms(client.get_model_version(settings.model_name, version).tags)
+    if reload or held != (str(version), tuple(sorted(terms.items()))):
+        return fetch_bundle(client, settings, str(version)), terms
+    return None
+
+
 def _watch_registry(settings: Settings, asks, found, parent: int) -> None:
-    """The registry watcher's process: every ``serving_refresh_seconds``, or when asked, is the gated
-    champion still the version held? If not (or ``reload``), fetch and verify its bundle and say so.
-    Ends with the service (``parent``), also when the service was killed."""
+    """The registry watcher's process: every ``serving_refresh_seconds``, or when asked, are the gated
+    champion and challenger still the versions held? If not (or ``reload``), fetch and verify their
+    bundles and say so. Ends with the service (``parent``), also when the service was killed."""
     # An outage is told within seconds (readyz, the metric), not after MLflow's minutes of back-off.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s registry-watcher: %(message)s")
-    held = None
+    held, trial = None, None
     ask = (0, True)  # the first look, at start
     while True:
         number, reload = ask
+        try:
+            files = look_up_challenger(settings, trial, reload)
+            if files is not None:
+                found.put((0, "challenger", files))
+                trial = None if files[0] is None else (files[0].version, tuple(sorted(files[1].items())))
+        except Exception as exc:  # noqa: BLE001 - told to the service, whose champion answers alone
+            found.put((0, "challenger-error", f"{type(exc).__name__}: {exc}"))
         try:
             files = look_up_champion(settings, held, reload)
             if files is not None:
@@ -279,6 +398,16 @@ class RegistryWatcher:
                     self.champion.failed(f"{type(exc).__name__}: {exc}")
             elif kind == "same":
                 self.champion.error = None
+            elif kind == "challenger":
+                try:
+                    self.champion.set_trial(*value)
+                    self.champion.challenger_error = None
+                except Exception as exc:  # noqa: BLE001 - the champion answers alone
+                    self.champion.trial_failed(f"{type(exc).__name__}: {exc}")
+                continue
+            elif kind == "challenger-error":
+                self.champion.trial_failed(value)
+                continue
             else:
                 self.champion.failed(value)
             with self._lock:
@@ -345,6 +474,19 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
         except StoreUnavailable:
             return -1.0
         return -1.0 if last is None else time.time() - float(last["loaded_at"])
+
+    challenger_version = Gauge("scoring_challenger_version", "The challenger version on live trial (0: none)",
+                               registry=metrics)
+    challenger_version.set_function(lambda: float(champion.trial.bundle.version) if champion.trial else 0.0)
+    challenger_scored = Counter("scoring_challenger_scored", "Transactions the challenger scored (shadow or canary)",
+                                registry=metrics)
+    challenger_errors = Counter("scoring_challenger_errors", "Challenger scorings that failed (the champion answered)",
+                                registry=metrics)
+    challenger_served = Counter("scoring_challenger_served", "Transactions answered with the challenger's decision "
+                                "(canary)", registry=metrics)
+    challenger_latency = Histogram("scoring_challenger_model_seconds", "The challenger's model time per request",
+                                   registry=metrics, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25))
+    fault = Fault(settings.challenger_fault)
 
     batch_age.set_function(age)
     registry_ok.set_function(lambda: 0.0 if champion.error else 1.0)
@@ -462,22 +604,33 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
         """Load the champion the registry names now (the deploy_model DAG), instead of at the next refresh;
         ``?reload=true`` loads and swaps it even when it is the version serving (a bundle re-verified)."""
         version = champion.refresh(reload=again)
-        return {"model_version": version, "error": champion.error}
+        trial = champion.trial
+        return {"model_version": version, "error": champion.error,
+                "challenger_version": trial.bundle.version if trial else None,
+                "challenger_mode": trial.mode if trial else None, "challenger_error": champion.challenger_error}
 
     @app.post("/v1/check")
-    async def check(request: Request, _: str = Depends(allowed("deploy"))) -> dict:
-        """Score one transaction as a card without history, recording nothing (a deployment's check)."""
+    async def check(request: Request, _: str = Depends(allowed("deploy")),
+                    model: str = Query("champion", pattern="^(champion|challenger)$")) -> dict:
+        """Score one transaction as a card without history with the champion (or the challenger on
+        trial), recording nothing (a deployment's check)."""
         txn = _parsed(await body_of(request))[0].model_dump()
-        bundle = champion.bundle
+        if model == "challenger":
+            bundle = champion.trial.bundle if champion.trial else None
+            if bundle is None:
+                raise Refused(404, f"no challenger on live trial ({champion.challenger_error or 'none named'})")
+        else:
+            bundle = champion.bundle
         if bundle is None:
             raise Refused(503, f"no champion loaded: {champion.error or 'not loaded yet'}")
         row = features(txn, [])
         return {"model_version": bundle.version, "fraud_probability": float(bundle.predict_rows([row])[0]),
                 "features": row}
 
-    def decide(txns: list[dict], bundle, started: float) -> tuple[list[dict], set[int]]:
+    def decide(txns: list[dict], bundle, trial: Trial | None) -> tuple[list[dict], set[int]]:
         """Each transaction's answer: its first one when it was scored before (a replay), else the
-        champion's, from its card's history, recorded as the speed layer and in the decisions log."""
+        champion's (or, for a canary card, the challenger's), from its card's history, recorded as the
+        speed layer and in the decisions log, with the challenger's shadow score beside it."""
         waited = 0.0
         answers: list[dict | None] = [None] * len(txns)
         fresh, rows, known, earlier, replays = [], [], [], {}, set()
@@ -497,27 +650,61 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
             rows.append(features(t, history))
             fresh.append(at)
             earlier.setdefault(t["card_id"], []).append(past_of(t))
+        begun = time.perf_counter()
         probabilities = bundle.predict_rows(rows) if rows else []
-        for at, row, p, seen in zip(fresh, rows, probabilities, known, strict=True):
-            p = float(p)
-            answer = {"transaction_id": txns[at]["transaction_id"], "fraud_probability": p,
-                      "is_flagged": p >= bundle.threshold, "card_history": seen, "model_version": bundle.version,
-                      "features": row}
+        model_ms = (time.perf_counter() - begun) * 1000
+        shadow = challenge(trial, [txns[at] for at in fresh], rows)
+        for i, (at, row, p, seen) in enumerate(zip(fresh, rows, probabilities, known, strict=True)):
+            p, t = float(p), txns[at]
+            theirs = shadow.get(i)  # (version, probability, flagged, ms) or (version, None, None, ms, error)
+            served_by = "challenger" if theirs is not None and theirs[1] is not None and trial.serves(
+                t["card_id"]) else "champion"
+            if served_by == "challenger":
+                version, p_served, flag = theirs[0], theirs[1], theirs[2]
+            else:
+                version, p_served, flag = bundle.version, p, p >= bundle.threshold
+            answer = {"transaction_id": t["transaction_id"], "fraud_probability": p_served, "is_flagged": flag,
+                      "card_history": seen, "model_version": version, "features": row}
             begun = time.perf_counter()
-            first = store.record(txns[at], answer)  # a concurrent retry may have been first: its answer holds
+            first = store.record(t, answer)  # a concurrent retry may have been first: its answer holds
             waited += time.perf_counter() - begun
             answers[at] = first if first is not None else answer
             if first is not None:
                 replays.add(at)
-            else:
-                scored.inc()
-                scores.observe(p)
-                flagged.inc(answer["is_flagged"])
-                if decisions is not None:
-                    decisions.record(decision_row(txns[at], service_name, (
-                        bundle.version, p, answer["is_flagged"], (time.perf_counter() - started) * 1000)))
+                continue
+            scored.inc()
+            scores.observe(p_served)
+            flagged.inc(flag)
+            challenger_served.inc(served_by == "challenger")
+            if decisions is not None:
+                decisions.record(decision_row(t, service_name, (bundle.version, p, p >= bundle.threshold, model_ms),
+                                              theirs, served_by))
         store_seconds.observe(waited)
         return answers, replays
+
+    def challenge(trial: Trial | None, txns: list[dict], rows: list[dict]) -> dict[int, tuple]:
+        """The challenger's scores of the rows it shadows (row index -> version, probability, flagged, ms[,
+        error]); its failure never fails the request: the champion answers, the error is logged as a decision."""
+        if trial is None:
+            return {}
+        chosen = [i for i, t in enumerate(txns) if trial.shadows(t["transaction_id"]) or trial.serves(t["card_id"])]
+        if not chosen:
+            return {}
+        version = trial.bundle.version
+        begun = time.perf_counter()
+        try:
+            fault.apply(txns[chosen[0]]["transaction_id"])
+            probabilities = trial.bundle.predict_rows([rows[i] for i in chosen])
+        except Exception as exc:  # noqa: BLE001 - a challenger's failure is evidence, not an outage
+            ms = (time.perf_counter() - begun) * 1000
+            challenger_errors.inc(len(chosen))
+            error = f"{type(exc).__name__}: {exc}"[:200]
+            return {i: (version, None, None, ms, error) for i in chosen}
+        ms = (time.perf_counter() - begun) * 1000
+        challenger_latency.observe(ms / 1000)
+        challenger_scored.inc(len(chosen))
+        threshold = trial.bundle.threshold
+        return {i: (version, float(p), float(p) >= threshold, ms) for i, p in zip(chosen, probabilities, strict=True)}
 
     # Async, on the event loop: a request is a fraction of a millisecond of CPU (store, features,
     # onnxruntime), cheaper inline than handed to a thread pool and back.
@@ -533,12 +720,13 @@ def create_app(settings: Settings, champion: Champion | None = None, store=None,
             raise Refused(422, "; ".join(f"{tid}: {', '.join(v)}" for tid, v in bad.items()))
         if len({t["transaction_id"] for t in txns}) < len(txns):
             raise Refused(422, "a transaction_id appears twice in one request")
-        bundle = champion.bundle  # one bundle for the whole request, even if a swap happens meanwhile
+        # one champion and one trial for the whole request, even if a swap happens meanwhile
+        bundle, trial = champion.bundle, champion.trial
         if bundle is None:
             raise Refused(503, f"no champion loaded: {champion.error or 'not loaded yet'}")
         # Inline, not on a worker thread: the store's calls cost CPU more than waiting here (measured in
         # bench/serving.py: a thread pool made Redis slower), and the event loop is one core anyway.
-        answers, replays = decide(txns, bundle, started)
+        answers, replays = decide(txns, bundle, trial)
         results = []
         for at, answer in enumerate(answers):
             answer = {**answer, "replayed": at in replays}

@@ -21,7 +21,9 @@ EXPECTED_EDGES = {
     "build_features": {("plan_dates", "features"), ("features", "online"), ("plan_dates", "online")},
     # ("evaluate", "promote"): promote takes the version from evaluate's result (an XComArg).
     "train_model": {("train", "evaluate"), ("evaluate", "gate"), ("gate", "promote"), ("gate", "keep_champion"),
-                    ("evaluate", "promote")},
+                    ("evaluate", "promote"), ("gate", "stage_challenger"), ("evaluate", "stage_challenger")},
+    "watch_challenger": {("guardrails", "route"), ("route", "retire_challenger"), ("route", "promote"),
+                         ("route", "challenger_gone"), ("guardrails", "retire_challenger"), ("guardrails", "promote")},
     "score_transactions": {("plan_dates", "score")},
     "monitor_drift": {("drift", "decide"), ("decide", "signal_retraining"), ("drift", "signal_retraining")},
     "rollback_model": {("current_champion", "rollback"), ("rollback", "stale_predictions"),
@@ -29,7 +31,8 @@ EXPECTED_EDGES = {
     "maintain_lake": set(),
     "deploy_model": set(),
 }
-OPERATIONS_DAGS = {"rollback_model", "maintain_lake", "deploy_model"}  # not about a date: no date in their forms
+OPERATIONS_DAGS = {"rollback_model", "maintain_lake", "deploy_model",
+                   "watch_challenger"}  # not about a date: no date in their forms
 
 
 @pytest.fixture(scope="module")
@@ -136,17 +139,21 @@ def test_assets_chain_the_dags(dagbag):
     assert produced[f"{lake}/gold/features"] == {"build_features"}
     assert produced[f"{lake}/predictions"] == {"score_transactions"}
     assert produced[f"{lake}/reports/drift"] == {"monitor_drift"}
-    assert produced[assets.CHAMPION_MODEL.uri] == {"train_model", "rollback_model"}
+    assert produced[assets.CHAMPION_MODEL.uri] == {"train_model", "rollback_model", "watch_challenger"}
+    assert produced[assets.CHALLENGER_MODEL.uri] == {"train_model", "watch_challenger"}
     consumers = {
         "build_features": assets.SILVER_TRANSACTIONS,
         "score_transactions": assets.GOLD_FEATURES,
         "monitor_drift": assets.PREDICTIONS,
         "train_model": assets.DRIFT_SIGNAL,
         "deploy_model": assets.CHAMPION_MODEL,  # promotion and rollback
+        "watch_challenger": assets.CHALLENGER_MODEL,  # a version put on live trial
     }
     for dag_id, asset in consumers.items():
         condition = dagbag.dags[dag_id].timetable.asset_condition
         assert asset.uri in _uris(condition), dag_id
+    # deploy_model also loads (or drops) the challenger in every service when the trial starts or ends
+    assert assets.CHALLENGER_MODEL.uri in _uris(dagbag.dags["deploy_model"].timetable.asset_condition)
 
 
 def _uris(condition) -> set[str]:
@@ -159,6 +166,17 @@ def _uris(condition) -> set[str]:
 def test_promotion_and_rollback_share_a_pool_of_one(dagbag):
     assert dagbag.dags["train_model"].get_task("promote").pool == "model_promotion"
     assert dagbag.dags["rollback_model"].get_task("rollback").pool == "model_promotion"
+    for task_id in ("promote", "retire_challenger"):
+        assert dagbag.dags["watch_challenger"].get_task(task_id).pool == "model_promotion"
+    assert dagbag.dags["train_model"].get_task("stage_challenger").pool == "model_promotion"
+
+
+def test_a_watch_outlives_its_longest_wait(dagbag):
+    """The guardrails task defers between looks; its timeout covers the whole watch, deferrals included."""
+    from jobs.settings import Settings
+
+    watch = dagbag.dags["watch_challenger"].get_task("guardrails")
+    assert watch.execution_timeout > timedelta(hours=Settings().guardrail_max_wait_hours)
 
 
 def test_training_declares_its_gpu_need(dagbag):
@@ -183,7 +201,8 @@ def test_optional_human_approval_sits_between_gate_and_promote():
                      ("route_decision", "keep_by_decision"), ("route_decision", "rollback_champion"),
                      # values passed on as XComArgs: the version, the champion compared with, who and why
                      ("evaluate", "promote"), ("evaluate", "record_decision"), ("evaluate", "rollback_champion"),
-                     ("record_decision", "rollback_champion")}
+                     ("record_decision", "rollback_champion"), ("gate", "stage_challenger"),
+                     ("evaluate", "stage_challenger")}
 
 
 def test_ingestion_runs_overlap(dagbag):
@@ -278,8 +297,9 @@ print(json.dumps(out))
     found = json.loads(out.stdout.strip().splitlines()[-1])
     if configured:
         assert found["failure"] == [["SmtpNotifier"]]  # every task of every DAG
-        assert found["success"] == {"train_model.promote": ["SmtpNotifier"], "train_model.keep_champion": [
-            "SmtpNotifier"], "monitor_drift.signal_retraining": ["SmtpNotifier"]}
+        news = ("train_model.promote", "train_model.keep_champion", "train_model.stage_challenger",
+                "monitor_drift.signal_retraining", "watch_challenger.promote", "watch_challenger.retire_challenger")
+        assert found["success"] == {task: ["SmtpNotifier"] for task in news}
         assert found["deadline"] == ["1:30:00"]
     else:
         assert found == {"failure": [[]], "success": {}, "deadline": []}

@@ -337,7 +337,8 @@ def test_make_serve_starts_the_service_and_deploy_model_deploys_to_it(env, chain
             swap = urllib.request.Request(f"{base}/v1/champion?reload=true", method="POST",
                                           headers={"Authorization": f"Bearer {deploy_key}"})
             with urllib.request.urlopen(swap, timeout=60) as answer:
-                assert json.load(answer) == {"model_version": "1", "error": None}
+                assert json.load(answer) == {"model_version": "1", "error": None, "challenger_version": None,
+                                             "challenger_mode": None, "challenger_error": None}
         stop.set()
         client.join(30)
         assert len(statuses) > 10 and set(statuses) == {200}, statuses
@@ -881,3 +882,109 @@ def test_a_person_decides_a_promotion_in_the_ui_and_it_is_recorded(env, chain, t
     assert after == {"champion": before["previous-champion"], "previous-champion": before["champion"]}
     restored = client.get_model_version("fraud-detector", after["champion"]).tags
     assert restored["rollback_reason"] == "INC-9: alert storm" and restored["rollback_by"] == "admin"
+
+
+def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_by_itself(env, chain, inbox, tmp_path):
+    """Under Airflow (`dags test` runs the triggerer's deferrals inline) and against a running service
+    (`python -m services.scoring`): a challenger on shadow trial whose path fails (the drill fault)
+    is watched by watch_challenger, which defers while too few requests came, then trips on the error
+    rate and takes it off traffic by itself; the service drops it, every request of a terminal
+    scoring all along is answered by the champion, and the decisions log holds exactly one row per
+    scored transaction."""
+    import socket
+    import threading
+
+    client = registry(env)
+    champion = str(client.get_model_version_by_alias("fraud-detector", "champion").version)
+    gated = sorted((mv for mv in client.search_model_versions("name='fraud-detector'")
+                    if mv.tags.get("gate_passed") == "true" and str(mv.version) != champion),
+                   key=lambda mv: int(mv.version))
+    assert gated, "the chain leaves a gated version besides the champion"
+    trial = str(gated[-1].version)
+    live = {**env, "PIPELINE_LIVE_EVALUATION": "shadow", "PIPELINE_GUARDRAIL_TRIP_REQUESTS": "300",
+            "PIPELINE_GUARDRAIL_CHECK_MINUTES": "0.05", "PIPELINE_SERVING_REFRESH_SECONDS": "1",
+            "PIPELINE_SERVING_DECISIONS_FLUSH_SECONDS": "0.5"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT, text=True,
+                            env={**live, "PIPELINE_SERVING_PORT": str(port), "PIPELINE_CHALLENGER_FAULT": "errors=1.0"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    serving = Path(env["PIPELINE_STATE_DIR"]) / "serving"
+    day = _delivered(table_rows(env, "silver/transactions", END))
+    answers, stop = [], threading.Event()
+
+    def metric(name: str) -> float:
+        scrape = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Bearer {scraper}"})
+        with urllib.request.urlopen(scrape, timeout=10) as page:
+            return float(next(line.split()[1] for line in page.read().decode().splitlines()
+                              if line.startswith(name + " ")))
+
+    def terminal():
+        pins = lake(env) / "_ledger" / "challenger_pins"
+        while not (pins.is_dir() and any(pins.iterdir())) and not stop.is_set():
+            time.sleep(0.2)  # from the watch's first look on: that look finds no request and defers
+        for n, txn in enumerate(day * 50):
+            if stop.is_set():
+                return
+            try:
+                body = _score(base, key, {**txn, "transaction_id": f"watch_{n}_{txn['transaction_id']}"})
+                answers.append(body["results"][0])
+            except (urllib.error.URLError, OSError) as exc:
+                answers.append({"failed": repr(exc)})
+            time.sleep(0.02)
+
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
+                    if json.load(ready)["ready"]:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        key = (serving / "api-key").read_text().strip()
+        from services.scoring.keys import ApiKeys
+
+        scraper = ApiKeys(serving).create("prometheus-watch", role="metrics")
+        sh(live, f"python -m jobs challenger --model-version {trial}")
+        for _ in range(60):  # the service's next registry refresh loads it beside the champion
+            if metric("scoring_challenger_version") == float(trial):
+                break
+            time.sleep(0.5)
+        assert metric("scoring_challenger_version") == float(trial)
+        load = threading.Thread(target=terminal)
+        load.start()
+        out = dag_test(live, "watch_challenger", END)
+        log = out.stdout + out.stderr
+        assert "deferred: no worker slot waits" in log and "[DAG TEST] running trigger in line" in log, log[-4000:]
+        assert "guardrail tripped: error rate" in log, log[-4000:]
+        for _ in range(60):  # the next refresh drops it; every request meanwhile is still answered
+            if metric("scoring_challenger_version") == 0.0:
+                break
+            time.sleep(0.5)
+        assert metric("scoring_challenger_version") == 0.0
+        time.sleep(1)
+        stop.set()
+        load.join(60)
+        errors = metric("scoring_challenger_errors_total")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)  # a stop flushes the decisions buffer
+    assert answers and all("failed" not in a for a in answers), [a for a in answers if "failed" in a][:3]
+    assert {a["model_version"] for a in answers} == {champion} and not any(a["replayed"] for a in answers)
+    assert errors >= 300
+    assert client.get_registered_model("fraud-detector").aliases.get("challenger") is None
+    tags = client.get_model_version("fraud-detector", trial).tags
+    assert tags["live_verdict"].startswith("taken off live traffic: guardrail tripped: error rate")
+    assert "guardrail tripped" in client.get_model_version("fraud-detector", champion).tags["live_challenger"]
+    assert f"ROLLED BACK challenger fraud-detector v{trial}" in inbox.wait_for("ROLLED BACK challenger", timeout=10)
+    logged = table_rows(env, "decisions")
+    logged = logged[logged["transaction_id"].str.startswith("watch_")]
+    assert len(logged) == len(answers) and logged["transaction_id"].is_unique  # one row per scored request
+    assert set(logged["transaction_id"]) == {a["transaction_id"] for a in answers}
+    assert set(logged["served_by"]) == {"champion"}
+    shadowed = logged[logged["challenger_version"] == trial]
+    assert len(shadowed) >= 300 and shadowed["challenger_error"].notna().all()

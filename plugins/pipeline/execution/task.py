@@ -56,6 +56,8 @@ class JobTask:
         and decides for itself whether anything changed.
         """
         self.job_result = result
+        if result.get("recheck_after_seconds"):
+            self._defer_recheck(float(result["recheck_after_seconds"]), result)
         if result.get("skipped"):
             if result.get("unchanged_since") != str(context.get("run_id") or ""):
                 context["ti"].xcom_push(key="return_value", value=result)
@@ -71,6 +73,21 @@ class JobTask:
             if result.get("dates"):
                 event.add_partitions([str(d) for d in result["dates"]])
         return result
+
+    def _defer_recheck(self, seconds: float, result: dict) -> None:
+        """The job asked to be run again later (a watch, not done yet): the task defers to the triggerer
+        for ``seconds`` (no worker slot waits) and then runs the job again (:meth:`recheck`)."""
+        from datetime import timedelta
+
+        from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+        self.log.info("%s; the job runs again in %.0f s (deferred: no worker slot waits)",
+                      result.get("reason") or "not done yet", seconds)
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)), method_name="recheck")
+
+    def recheck(self, context, event=None):
+        """Resumed after a deferral the job asked for: run it again."""
+        return self.execute(context)
 
     def job_failed(self, exit_code: int, message: str):
         """The Airflow exception for a failed job: no retry when retrying cannot help."""

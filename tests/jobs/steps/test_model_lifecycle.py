@@ -1,5 +1,6 @@
 """Train -> evaluate -> gate -> promote -> rollback with real PyTorch, ONNX and MLflow (temp store)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -497,6 +498,224 @@ def test_only_the_gate_can_write_a_verdict_that_promotion_and_scoring_trust(gold
     with pytest.raises(JobError, match="only the evaluate job holds"):
         evaluate(lake, END, Settings(state_dir=gold_lake, holdout_days=4, bootstrap_resamples=50,
                                      gate_public_key=public), bad, force=True)
+
+
+LIVE = dict(holdout_days=4, max_epochs=12, bootstrap_resamples=100, live_evaluation="shadow",
+            guardrail_bake_minutes=0, guardrail_min_requests=300, guardrail_trip_requests=100,
+            serving_decisions_flush_seconds=0.2)
+# The offline gate is not under test here: lenient, so that a bad model reaches live traffic (what
+# the guardrails are for: a holdout that does not stand for the traffic).
+LENIENT_GATE = dict(non_inferiority_margin=1.0, min_pr_auc=0.0, min_roc_auc=0.0, min_threshold_precision=0.0,
+                    min_threshold_recall=0.0)
+
+
+def _delivered_day(lake, prefix: str, dates: list[str] = (END,)) -> list[dict]:
+    """The day's transactions as a terminal sends them, under new ids (each trial scores its own)."""
+    from jobs.shared import layout
+    from jobs.storage import tables
+    from services.scoring.app import FIELDS
+
+    day = tables.read(lake, layout.SILVER_TRANSACTIONS, dates=list(dates)).sort_values("timestamp")
+    txns = []
+    for row in day.to_dict("records"):
+        txn = {f: row[f] for f in FIELDS}
+        txn["timestamp"] = row["timestamp"].strftime("%Y-%m-%dT%H:%M:%SZ")
+        txn["amount"] = float(txn["amount"])
+        txn["transaction_id"] = f"{prefix}{row['transaction_id']}"
+        txns.append(txn)
+    return txns
+
+
+def _serve(settings, txns, folder, name) -> list[dict]:
+    """Every transaction through the real service (in process), ten a request; the answers. The
+    decisions log is flushed when the service stops, as at a shutdown."""
+    from fastapi.testclient import TestClient
+
+    from jobs.storage.online_store import SqliteStore
+    from services.scoring.app import create_app
+    from services.scoring.keys import ApiKeys
+
+    app = create_app(settings, store=SqliteStore(folder / f"{name}.db"))
+    app.state.champion.refresh()
+    key = ApiKeys(settings.serving_dir).create(name)
+    answers = []
+    with TestClient(app) as http:
+        for i in range(0, len(txns), 10):
+            reply = http.post("/v1/score", json={"transactions": txns[i:i + 10]},
+                              headers={"Authorization": f"Bearer {key}"})
+            assert reply.status_code == 200, reply.text
+            answers += reply.json()["results"]
+    return answers
+
+
+def _decisions(lake, prefix: str):
+    from jobs.shared import layout
+    from jobs.storage import tables
+
+    frame = tables.read(lake, layout.DECISIONS)
+    return frame[frame["transaction_id"].str.startswith(prefix)].set_index("transaction_id")
+
+
+def test_live_trials_promote_a_good_challenger_and_take_a_shuffled_one_off_traffic(gold_lake, tmp_path):
+    """Shadow: the challenger scores every request beside the champion, which alone answers; both
+    answers land in the decisions log, one row per transaction. A challenger as good as the champion
+    holds every guardrail and is promoted (its trial ends); one trained on shuffled labels trips on
+    the same traffic and is taken off it, the reason on both versions and in its gate report."""
+    from jobs.steps.live import guardrails, retire, stage
+    from jobs.storage.lake import LocalLake
+
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    live = Settings(state_dir=gold_lake, **LIVE, **LENIENT_GATE)
+    client = mlflow_client(live)
+    champion = alias_version(client, live, "champion")
+
+    good = train(lake, END, Settings(state_dir=gold_lake, holdout_days=4, max_epochs=12, seed=23))["model_version"]
+    gate = evaluate(lake, END, live, good)
+    assert gate["passed"] and gate["live_evaluation"] == "shadow"  # the gate task branches to stage_challenger
+    staged = stage(live, good)
+    assert staged["mode"] == "shadow" and alias_version(client, live, "challenger") == good
+    assert alias_version(client, live, "champion") == champion  # a trial moves no champion
+
+    txns = _delivered_day(lake, "good_")
+    answers = _serve(live, txns, tmp_path, "good")
+    assert {a["model_version"] for a in answers} == {champion} and not any(a["replayed"] for a in answers)
+    logged = _decisions(lake, "good_")
+    assert len(logged) == len(txns) and logged.index.is_unique  # exactly one row per scored transaction
+    assert set(logged["challenger_version"]) == {good} and logged["challenger_probability"].notna().all()
+    assert set(logged["served_by"]) == {"champion"} and logged["challenger_error"].isna().all()
+    served = {a["transaction_id"]: a["fraud_probability"] for a in answers}
+    assert all(abs(served[t] - p) < 1e-12 for t, p in logged["champion_probability"].items())
+
+    verdict = guardrails(live, lake, run_id="watch-good")
+    assert verdict["state"] == "passed", verdict
+    assert verdict["requests"] == len(txns) and all(c["passed"] for c in verdict["checks"])
+    assert "recheck_after_seconds" not in verdict
+    promote(live, good)
+    assert alias_version(client, live, "champion") == good and alias_version(client, live, "challenger") is None
+
+    bad = train(lake, END, Settings(state_dir=gold_lake, holdout_days=4, max_epochs=12, seed=5),
+                permute_labels=True)["model_version"]
+    assert evaluate(lake, END, live, bad)["passed"]  # the lenient gate lets it through
+    stage(live, bad)
+    txns = _delivered_day(lake, "bad_")
+    answers = _serve(live, txns, tmp_path, "bad")
+    assert {a["model_version"] for a in answers} == {good}  # every answer the champion's, all along
+    verdict = guardrails(live, lake, run_id="watch-bad")
+    assert verdict["state"] == "tripped", verdict
+    tripped = {c["name"] for c in verdict["checks"] if not c["passed"]}
+    assert "PSI of the scores" in tripped, verdict
+    assert verdict["reason"].startswith("guardrail tripped: ") and "PSI of the scores" in verdict["reason"]
+    assert guardrails(live, lake, run_id="watch-bad")["state"] == "tripped"  # a retry looks at the same evidence
+    retired = retire(live, bad, verdict["reason"])
+    assert retired["changed"] and alias_version(client, live, "challenger") is None
+    assert not retire(live, bad, verdict["reason"])["changed"]  # a retry changes nothing
+    assert alias_version(client, live, "champion") == good
+    tags = client.get_model_version("fraud-detector", bad).tags
+    assert tags["live_verdict"] == f"taken off live traffic: {verdict['reason']}"
+    assert verdict["reason"] in client.get_model_version("fraud-detector", good).tags["live_challenger"]
+    description = client.get_model_version("fraud-detector", bad).description
+    assert description.count("taken off live traffic") == 1  # recorded once, retries or not
+    report = (gold_lake / "lake" / "reports" / "gate" / f"date={END}" / f"v{bad}.md").read_text()
+    assert "## Live trial (shadow)" in report and "TRIPPED" in report and "| beats_champion |" in report
+    page = (gold_lake / "lake" / "reports" / "gate" / f"date={END}" / f"v{bad}.html").read_text()
+    assert page.count("Live trial (shadow)") == 1 and "data:image/png;base64," in page  # the plots stay
+    assert guardrails(live, lake, run_id="watch-bad-again")["state"] == "gone"  # nothing on trial now
+
+
+def test_an_injected_fault_trips_a_guardrail_and_a_canary_serves_sticky_cards(gold_lake, tmp_path):
+    """The challenger's path fails (errors) or slows (latency), a drill: every request is still
+    answered by the champion, and the guardrail trips. A canary gives the challenger's decision to a
+    sticky share of cards: each card's transactions all go one way."""
+    from jobs.steps.live import guardrails, retire, stage
+    from jobs.storage.lake import LocalLake
+
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    base = Settings(state_dir=gold_lake, **LIVE)
+    client = mlflow_client(base)
+    champion = alias_version(client, base, "champion")
+    # a gated version that is not the champion: the previous one
+    trial = alias_version(client, base, "previous-champion")
+    assert trial not in (None, champion)
+
+    for name, fault, guardrail in (("errors", "errors=1.0", "error rate"), ("slow", "latency=25",
+                                                                           "p99 model time (ms)")):
+        drill = Settings(state_dir=gold_lake, challenger_fault=fault, **LIVE)
+        stage(drill, trial)
+        txns = _delivered_day(lake, f"{name}_")[:200]
+        answers = _serve(drill, txns, tmp_path, name)
+        assert len(answers) == len(txns) and {a["model_version"] for a in answers} == {champion}
+        verdict = guardrails(drill, lake, run_id=f"watch-{name}")
+        assert verdict["state"] == "tripped", verdict
+        assert [c["name"] for c in verdict["checks"] if not c["passed"]] == [guardrail], verdict
+        retire(drill, trial, verdict["reason"])
+    logged = _decisions(lake, "errors_")
+    assert len(logged) == 200 and logged["challenger_error"].str.contains("injected fault").all()
+
+    canary = Settings(state_dir=gold_lake, **{**LIVE, "live_evaluation": "canary"}, canary_share=0.5)
+    assert stage(canary, trial)["mode"] == "canary"
+    txns = _delivered_day(lake, "canary_")
+    answers = {a["transaction_id"]: a for a in _serve(canary, txns, tmp_path, "canary")}
+    logged = _decisions(lake, "canary_")
+    assert len(logged) == len(txns) == len(answers) and logged.index.is_unique
+    ways = logged.groupby("card_id")["served_by"].nunique()
+    assert (ways == 1).all()  # sticky: a card's transactions all go one way
+    share = (logged.groupby("card_id")["served_by"].first() == "challenger").mean()
+    assert 0.3 < share < 0.7, share
+    for tid, row in logged.iterrows():  # the answer given is the decision logged as served
+        assert answers[tid]["model_version"] == (trial if row["served_by"] == "challenger" else champion)
+        want = row["challenger_probability"] if row["served_by"] == "challenger" else row["champion_probability"]
+        assert abs(answers[tid]["fraud_probability"] - want) < 1e-12
+    verdict = guardrails(canary, lake, run_id="watch-canary")
+    assert verdict["served_by_challenger"] == int((logged["served_by"] == "challenger").sum()) > 0
+    retire(canary, trial, "canary test over")
+
+
+def test_late_labels_tell_how_what_was_served_did_and_a_floor_asks_for_retraining(gold_lake, tmp_path):
+    """The decisions of the trials above joined to silver's labels: per day and served version,
+    precision, recall and PR-AUC of what was actually answered (computed here again from the two
+    tables with deltalake and scikit-learn), logged as the monitor run's metrics; below the floor,
+    the drift check asks for retraining."""
+    from deltalake import DeltaTable
+    from sklearn.metrics import average_precision_score
+
+    from jobs.ml.drift import served_figures
+    from jobs.steps.drift import check_drift
+    from jobs.storage.decisions import served_with_labels
+    from jobs.storage.lake import LocalLake
+    from jobs.storage.monitoring import monitoring_run
+
+    lake = LocalLake((gold_lake / "lake").as_uri())
+    week = [f"2026-03-{d:02d}" for d in range(8, 15)]  # the label window (7 days) ending at END
+    settings = Settings(state_dir=gold_lake, serving_decisions_flush_seconds=0.2)
+    assert alias_version(mlflow_client(settings), settings, "challenger") is None  # the champion alone
+    _serve(settings, _delivered_day(lake, "", week), tmp_path, "week")  # their own ids: silver has their labels
+    figures = {(f["day"], f["version"]): f for f in served_figures(served_with_labels(lake, week))}
+    decisions = DeltaTable(str(gold_lake / "lake" / "decisions")).to_pandas()
+    labels = DeltaTable(str(gold_lake / "lake" / "silver" / "transactions")).to_pandas()[["transaction_id",
+                                                                                          "is_fraud"]]
+    joined = decisions.merge(labels, on="transaction_id")  # the trials' renamed ids have no label
+    assert len(joined) == sum(f["labelled"] for k, f in figures.items() if k[0] != "all") > 4000
+    for (day, version), rows in joined.groupby(["transaction_date", "served_version"]):
+        canary = rows["served_by"] == "challenger"
+        served = rows["challenger_probability"].where(canary, rows["champion_probability"])
+        flagged = rows["challenger_flagged"].where(canary, rows["champion_flagged"]).astype(bool)
+        got = figures[(day, version)]
+        assert got["labelled"] == len(rows) and got["frauds"] == int(rows["is_fraud"].sum())
+        if got["pr_auc"] is not None:
+            assert abs(got["pr_auc"] - average_precision_score(rows["is_fraud"], served)) < 1e-12
+        if got["recall"] is not None:
+            assert got["recall"] == (flagged & rows["is_fraud"].astype(bool)).sum() / rows["is_fraud"].sum()
+
+    settings = Settings(state_dir=gold_lake, served_min_pr_auc=0.999, retrain_cooldown_days=0)
+    client = mlflow_client(settings)
+    assert figures[("all", alias_version(client, settings, "champion"))]["frauds"] >= 30  # enough to act on
+    champion = alias_version(client, settings, "champion")
+    result = check_drift(lake, END, settings, force=True)
+    summary = json.loads((gold_lake / "lake" / "reports" / "drift" / f"date={END}" / "drift.json").read_text())
+    assert any(f["version"] == champion and f["day"] == "all" for f in summary["served"])
+    assert result["retrain"] and f"PR-AUC of what v{champion} served" in result["decision"]
+    history = client.get_metric_history(monitoring_run(client, settings), f"served_pr_auc.v{champion}")
+    assert history and abs(history[-1].value - figures[("all", champion)]["pr_auc"]) < 1e-12
 
 
 def test_scoring_refuses_a_tampered_onnx_file(gold_lake):

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def decisions(n: int, first: int = 0) -> list[dict]:
-    return [row({"transaction_id": f"tx_{i:06d}", "card_id": f"card_{i % 7}"}, "test:1", ("3", 0.25, False, 1.5))
+    return [row({"transaction_id": f"tx_{i:06d}", "card_id": f"card_{i % 7}", "timestamp": "2026-03-02T02:04:48Z"},
+                "test:1", ("3", 0.25, False, 1.5))
             for i in range(first, first + n)]
 
 
