@@ -57,7 +57,7 @@ with DAG(
         step="guardrails",
         pass_date=False,
         pass_run_id=True,  # the challenger watched is pinned for the run: a retry watches the same one
-        arguments=["--model-version", "{{ params.model_version or '' }}"],
+        arguments=["{{ ('--model-version=' ~ params.model_version) if params.model_version else '' }}"],
         # The whole watch, deferrals included: longer than the longest wait (PIPELINE_GUARDRAIL_MAX_WAIT_HOURS,
         # 48 h); each look itself is a short job.
         execution_timeout=WATCH_TIMEOUT,

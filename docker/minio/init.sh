@@ -11,7 +11,7 @@ mc mb --ignore-existing local/lake local/mlflow
 mc version enable local/lake
 mc version enable local/mlflow
 
-for policy in pipeline-jobs pipeline-sensor mlflow-artifacts lake-delivery; do
+for policy in pipeline-jobs pipeline-sensor mlflow-artifacts lake-delivery scoring-decisions; do
   mc admin policy create local "$policy" "/policies/$policy.json"
 done
 
@@ -29,3 +29,4 @@ user pipeline-jobs "$MINIO_JOBS_PASSWORD" pipeline-jobs
 user pipeline-sensor "$MINIO_SENSOR_PASSWORD" pipeline-sensor
 user mlflow "$MINIO_MLFLOW_PASSWORD" mlflow-artifacts
 user lake-delivery "$MINIO_DELIVERY_PASSWORD" lake-delivery
+user scoring-decisions "$MINIO_SCORING_PASSWORD" scoring-decisions

@@ -158,7 +158,9 @@ def assess(frame, settings: Settings, elapsed_minutes: float) -> dict:
         "passed": f"every guardrail held on {n} requests over {elapsed_minutes:.0f} min",
         "insufficient": f"only {n} requests (of {settings.guardrail_min_requests}) by the longest wait of "
                         f"{settings.guardrail_max_wait_hours:g} h: not enough evidence to promote",
-        "baking": f"baking: {n} requests, {elapsed_minutes:.1f} of {settings.guardrail_bake_minutes:g} min",
+        "baking": f"baking: {n} requests, {elapsed_minutes:.1f} of {settings.guardrail_bake_minutes:g} min"
+                  if elapsed_minutes < settings.guardrail_bake_minutes else
+                  f"baked, waiting for requests: {n} of {settings.guardrail_min_requests}",
     }[state]
     return {"state": state, "requests": n, "served_by_challenger": int((frame["served_by"] == "challenger").sum())
             if n else 0, "elapsed_minutes": round(elapsed_minutes, 2), "checks": [asdict(c) for c in checks],

@@ -6,7 +6,8 @@ documents that ``minio-init`` loads into MinIO (docker/minio/policies/*.json, AW
 MinIO implements): the delivery identity adds to ``raw/``; the jobs' identity runs the whole job
 chain on the S3 lake, so the policy is proven sufficient, and is refused where the issue says it
 must be (deleting or overwriting ``raw/``, writing outside the lake's zones, destroying versions);
-the sensor's identity reads ``raw/`` only. Each job runs in the pod's view (tests/podview.py: root
+the sensor's identity reads ``raw/`` only; the scoring service's identity appends to ``decisions/``
+and does nothing else. Each job runs in the pod's view (tests/podview.py: root
 read-only, a fresh /tmp, one writable state folder), so a job that writes anywhere else fails here
 too. moto does not evaluate the ``s3:prefix`` condition of a
 ListBucket statement, so the sensor's and the delivery identity's list restriction is checked by
@@ -27,7 +28,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "docker" / "minio" / "policies"
-IDENTITIES = {"jobs": "pipeline-jobs.json", "sensor": "pipeline-sensor.json", "delivery": "lake-delivery.json"}
+IDENTITIES = {"jobs": "pipeline-jobs.json", "sensor": "pipeline-sensor.json", "delivery": "lake-delivery.json",
+              "scoring": "scoring-decisions.json"}
 END = "2026-06-12"
 RAW_KEY = f"raw/transactions/date={END}/transactions-{END}.csv"
 
@@ -123,7 +125,23 @@ def test_each_identity_can_do_its_work_and_no_more(lake_server, tmp_path):
         run_job(jobs, *args)
     version = run_job(jobs, "train", "--date", END).stdout.split('"model_version": "')[1].split('"')[0]
     for args in (["evaluate", "--date", END, "--model-version", version], ["promote", "--model-version", version],
-                 ["score", "--date", END], ["drift", "--date", END], ["maintain"]):
+                 ["score", "--date", END]):
+        run_job(jobs, *args)
+    # The scoring service's identity appends its decisions log (two batches, as the service does) ...
+    scoring = job_env(url, keys["scoring"], state)
+    append = ("from jobs.storage.decisions import DecisionLog, row\n"
+              "from jobs.storage.lake import get_lake\n"
+              "log = DecisionLog(get_lake(), buffer_rows=10**6, flush_seconds=3600)\n"
+              "for batch in range(2):\n"
+              "    for i in range(50):\n"
+              "        log.record(row({'transaction_id': f'tx_{batch}_{i}', 'card_id': 'c1',\n"
+              f"                        'timestamp': '{END}T10:00:00Z'}}, 'pod:1', ('1', 0.1, False, 0.3)))\n"
+              "    assert log.flush() == 50\n"
+              "log.close()\n")
+    out = podview.run(state, sys.executable, "-c", append, env=scoring)
+    assert out.returncode == 0, f"the decisions log as the scoring identity:\n{out.stderr[-3000:]}"
+    # ... which the jobs read (the drift check joins the late labels) and maintain (compaction, vacuum).
+    for args in (["drift", "--date", END], ["maintain"]):
         run_job(jobs, *args)
 
     # ... and may never delete or rewrite a delivery, write outside the zones, or destroy history.
@@ -137,6 +155,14 @@ def test_each_identity_can_do_its_work_and_no_more(lake_server, tmp_path):
                   VersioningConfiguration={"Status": "Suspended"}) == "AccessDenied"
     assert denied(s3.delete_bucket, Bucket="lake") == "AccessDenied"
     assert s3.get_object(Bucket="lake", Key=RAW_KEY)["Body"].read().startswith(b"transaction_id")
+
+    # The scoring identity appends decisions and does nothing else: no other zone, no delete.
+    service = client(url, keys["scoring"])
+    logged = s3.list_objects_v2(Bucket="lake", Prefix="decisions/_delta_log/")["Contents"][0]["Key"]
+    assert denied(service.get_object, Bucket="lake", Key=logged) is None
+    assert denied(service.get_object, Bucket="lake", Key=RAW_KEY) == "AccessDenied"
+    assert denied(service.put_object, Bucket="lake", Key="silver/transactions/x", Body=b"x") == "AccessDenied"
+    assert denied(service.delete_object, Bucket="lake", Key=logged) == "AccessDenied"
 
     # The sensor's identity reads deliveries and nothing else.
     sensor = client(url, keys["sensor"])

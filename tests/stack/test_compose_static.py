@@ -348,13 +348,16 @@ def test_each_service_has_its_own_storage_identity(services):
     init_script = (ROOT / "docker" / "minio" / "init.sh").read_text()
     users = dict(re.findall(r"^user (\S+) \S+ (\S+)$", init_script, re.M))
     assert users == {"pipeline-jobs": "pipeline-jobs", "pipeline-sensor": "pipeline-sensor",
-                     "mlflow": "mlflow-artifacts", "lake-delivery": "lake-delivery"}
+                     "mlflow": "mlflow-artifacts", "lake-delivery": "lake-delivery",
+                     "scoring-decisions": "scoring-decisions"}
     for policy in users.values():
         assert (ROOT / "docker" / "minio" / "policies" / f"{policy}.json").exists()
     worker = environment(services[WORKER])
     assert worker["AWS_ACCESS_KEY_ID"] == "pipeline-jobs"
     assert urlsplit(interpolated(worker["AIRFLOW_CONN_LAKE_S3"])).username == "pipeline-sensor"
     assert environment(services["mlflow"])["AWS_ACCESS_KEY_ID"] == "mlflow"
+    scoring = environment(services["scoring"])  # appends its decisions log, nothing else
+    assert scoring["AWS_ACCESS_KEY_ID"] == "scoring-decisions" and "PIPELINE_SERVING_DECISIONS" not in scoring
     root_users = {name for name, svc in services.items() if "MINIO_ROOT_PASSWORD" in environment(svc)}
     assert root_users == {"minio", "minio-init", "config-check"}, "the root credentials stay with MinIO's set-up"
     assert "mc version enable local/lake" in init_script and "mc version enable local/mlflow" in init_script
@@ -374,10 +377,12 @@ def test_the_policies_keep_raw_as_delivered():
     assert {"s3:DeleteObject", "s3:PutObject", "s3:DeleteObjectVersion"} <= denied
     writable = {r for s in jobs if s["Effect"] == "Allow" and "s3:PutObject" in s["Action"] for r in s["Resource"]}
     assert not [r for r in writable if r.startswith("arn:aws:s3:::lake/raw") or r == "arn:aws:s3:::lake/*"]
-    for name in ("pipeline-sensor", "lake-delivery"):  # listing is limited to raw/ (moto cannot evaluate this)
+    for name, zone in (("pipeline-sensor", "raw"), ("lake-delivery", "raw"), ("scoring-decisions", "decisions")):
+        # listing is limited to one zone (moto cannot evaluate this)
         listing = [s for s in statements(name) if "s3:ListBucket" in s["Action"]]
-        assert listing and all(s["Condition"]["StringLike"]["s3:prefix"] == ["raw/", "raw/*"] for s in listing)
-    for name in ("pipeline-sensor", "lake-delivery", "pipeline-jobs", "mlflow-artifacts"):
+        assert listing and all(s["Condition"]["StringLike"]["s3:prefix"] == [f"{zone}/", f"{zone}/*"]
+                               for s in listing)
+    for name in ("pipeline-sensor", "lake-delivery", "pipeline-jobs", "mlflow-artifacts", "scoring-decisions"):
         allowed = {a for s in statements(name) if s["Effect"] == "Allow" for a in s["Action"]}
         assert not allowed & {"s3:DeleteObjectVersion", "s3:PutBucketVersioning", "s3:DeleteBucket", "s3:*"}, name
 
