@@ -205,6 +205,23 @@ def test_optional_human_approval_sits_between_gate_and_promote():
                      ("evaluate", "stage_challenger")}
 
 
+def test_with_approval_a_person_decides_after_the_live_trial():
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'plugins')!r})\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"dag = DagBag(dag_folder={str(ROOT / 'dags' / 'watch_challenger.py')!r}).dags['watch_challenger']\n"
+        "print(json.dumps(sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids)))\n"
+    )
+    env = {**__import__("os").environ, "PIPELINE_PROMOTION_APPROVAL": "true"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    edges = {tuple(e) for e in json.loads(out.stdout.strip().splitlines()[-1])}
+    assert edges == {("guardrails", "route"), ("route", "retire_challenger"), ("route", "approve_promotion"),
+                     ("route", "challenger_gone"), ("approve_promotion", "follow"), ("follow", "promote"),
+                     ("follow", "decline_challenger"), ("guardrails", "retire_challenger"),
+                     ("guardrails", "promote"), ("guardrails", "decline_challenger")}
+
+
 def test_ingestion_runs_overlap(dagbag):
     """A nightly run waiting hours for a late delivery must not hold back another day's run; silver
     MERGE commits are optimistic (a conflict is redone), so validate needs no one-at-a-time limit."""

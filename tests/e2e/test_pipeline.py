@@ -884,13 +884,14 @@ def test_a_person_decides_a_promotion_in_the_ui_and_it_is_recorded(env, chain, t
     assert restored["rollback_reason"] == "INC-9: alert storm" and restored["rollback_by"] == "admin"
 
 
-def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_by_itself(env, chain, inbox, tmp_path):
+def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_promotes_a_sound_one(
+        env, chain, inbox, tmp_path):
     """Under Airflow (`dags test` runs the triggerer's deferrals inline) and against a running service
     (`python -m services.scoring`): a challenger on shadow trial whose path fails (the drill fault)
     is watched by watch_challenger, which defers while too few requests came, then trips on the error
     rate and takes it off traffic by itself; the service drops it, every request of a terminal
     scoring all along is answered by the champion, and the decisions log holds exactly one row per
-    scored transaction."""
+    scored transaction. The same version on a sound service holds every guardrail and is promoted."""
     import socket
     import threading
 
@@ -997,3 +998,48 @@ def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_by_it
     assert set(logged["served_by"]) == {"champion"}
     shadowed = logged[logged["challenger_version"] == trial]
     assert len(shadowed) >= 300 and shadowed["challenger_error"].notna().all()
+
+    # The same version again, on a service whose challenger path is sound: it holds every guardrail
+    # over its (here: zero-minute) baking period with enough requests, and watch_challenger promotes it.
+    sh({**env, "PIPELINE_NON_INFERIORITY_MARGIN": "1.0"},  # gated against the champion of now, as at a real gate
+       f"python -m jobs evaluate --date {END} --model-version {trial} --force")
+    proc = subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT, text=True,
+                            env={**live, "PIPELINE_SERVING_PORT": str(port)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
+                    if json.load(ready)["ready"]:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        sh(live, f"python -m jobs challenger --model-version {trial}")
+        for _ in range(60):
+            if metric("scoring_challenger_version") == float(trial):
+                break
+            time.sleep(0.5)
+        sound = [_score(base, key, {**txn, "transaction_id": f"sound_{txn['transaction_id']}"})["results"][0]
+                 for txn in day[:400]]
+        assert {a["model_version"] for a in sound} == {champion}
+        time.sleep(2)  # the decisions buffer is flushed every 0.5 s
+        out = dag_test({**live, "PIPELINE_GUARDRAIL_BAKE_MINUTES": "0", "PIPELINE_GUARDRAIL_MIN_REQUESTS": "300"},
+                       "watch_challenger", END)
+        log = out.stdout + out.stderr
+        assert "every guardrail held on 400 requests" in log, log[-4000:]
+        for _ in range(60):  # promoted: the service's next refresh serves it as the champion, the trial over
+            if metric("scoring_model_version") == float(trial) and metric("scoring_challenger_version") == 0.0:
+                break
+            time.sleep(0.5)
+        assert metric("scoring_model_version") == float(trial) and metric("scoring_challenger_version") == 0.0
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert str(client.get_model_version_by_alias("fraud-detector", "champion").version) == trial
+    assert client.get_registered_model("fraud-detector").aliases.get("challenger") is None
+    report = lake(env) / "reports" / "gate"
+    assert any("every guardrail held" in p.read_text() for p in report.glob(f"date=*/v{trial}.md"))
+    assert "every guardrail held" in inbox.wait_for(f"PROMOTED fraud-detector v{trial} to champion on live evidence",
+                                                    timeout=10)
