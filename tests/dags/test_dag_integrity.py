@@ -184,17 +184,22 @@ def test_training_declares_its_gpu_need(dagbag):
     assert train.job_resources.gpu == 1
 
 
-def test_optional_human_approval_sits_between_gate_and_promote():
+def _edges_with_approval(dag_id: str) -> set[tuple[str, str]]:
+    """The task graph of a DAG file parsed in a fresh interpreter with PIPELINE_PROMOTION_APPROVAL=true."""
     code = (
         "import json, sys\n"
         f"sys.path.insert(0, {str(ROOT / 'plugins')!r})\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
-        f"dag = DagBag(dag_folder={str(ROOT / 'dags' / 'train_model.py')!r}).dags['train_model']\n"
+        f"dag = DagBag(dag_folder={str(ROOT / 'dags' / (dag_id + '.py'))!r}).dags[{dag_id!r}]\n"
         "print(json.dumps(sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids)))\n"
     )
     env = {**__import__("os").environ, "PIPELINE_PROMOTION_APPROVAL": "true"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    edges = {tuple(e) for e in json.loads(out.stdout.strip().splitlines()[-1])}
+    return {tuple(e) for e in json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def test_optional_human_approval_sits_between_gate_and_promote():
+    edges = _edges_with_approval("train_model")
     assert edges == {("train", "evaluate"), ("evaluate", "gate"), ("gate", "approve_promotion"),
                      ("gate", "keep_champion"), ("approve_promotion", "record_decision"),
                      ("record_decision", "route_decision"), ("route_decision", "promote"),
@@ -206,16 +211,7 @@ def test_optional_human_approval_sits_between_gate_and_promote():
 
 
 def test_with_approval_a_person_decides_after_the_live_trial():
-    code = (
-        "import json, sys\n"
-        f"sys.path.insert(0, {str(ROOT / 'plugins')!r})\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
-        f"dag = DagBag(dag_folder={str(ROOT / 'dags' / 'watch_challenger.py')!r}).dags['watch_challenger']\n"
-        "print(json.dumps(sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids)))\n"
-    )
-    env = {**__import__("os").environ, "PIPELINE_PROMOTION_APPROVAL": "true"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    edges = {tuple(e) for e in json.loads(out.stdout.strip().splitlines()[-1])}
+    edges = _edges_with_approval("watch_challenger")
     assert edges == {("guardrails", "route"), ("route", "retire_challenger"), ("route", "approve_promotion"),
                      ("route", "challenger_gone"), ("approve_promotion", "follow"), ("follow", "promote"),
                      ("follow", "decline_challenger"), ("guardrails", "retire_challenger"),

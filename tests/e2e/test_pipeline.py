@@ -884,6 +884,25 @@ def test_a_person_decides_a_promotion_in_the_ui_and_it_is_recorded(env, chain, t
     assert restored["rollback_reason"] == "INC-9: alert storm" and restored["rollback_by"] == "admin"
 
 
+def _service(env) -> subprocess.Popen:
+    """``python -m services.scoring`` (what ``make serve`` runs) on ``env``'s state and port."""
+    return subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT, text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_until_ready(base: str, proc: subprocess.Popen) -> None:
+    for _ in range(240):
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
+                if json.load(ready)["ready"]:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"{base} not ready in 120 s")
+
+
 def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_promotes_a_sound_one(
         env, chain, inbox, tmp_path):
     """Under Airflow (`dags test` runs the triggerer's deferrals inline) and against a running service
@@ -916,9 +935,7 @@ def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_p
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT, text=True,
-                            env={**live, "PIPELINE_SERVING_PORT": str(port), "PIPELINE_CHALLENGER_FAULT": "errors=1.0"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = _service({**live, "PIPELINE_SERVING_PORT": str(port), "PIPELINE_CHALLENGER_FAULT": "errors=1.0"})
     base = f"http://127.0.0.1:{port}"
     serving = Path(env["PIPELINE_STATE_DIR"]) / "serving"
     day = _delivered(table_rows(env, "silver/transactions", END))
@@ -945,15 +962,7 @@ def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_p
             time.sleep(0.02)
 
     try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
-                    if json.load(ready)["ready"]:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            time.sleep(0.5)
+        _wait_until_ready(base, proc)
         key = (serving / "api-key").read_text().strip()
         from services.scoring.keys import ApiKeys
 
@@ -1003,19 +1012,9 @@ def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_p
     # over its (here: zero-minute) baking period with enough requests, and watch_challenger promotes it.
     sh({**env, "PIPELINE_NON_INFERIORITY_MARGIN": "1.0"},  # gated against the champion of now, as at a real gate
        f"python -m jobs evaluate --date {END} --model-version {trial} --force")
-    proc = subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT, text=True,
-                            env={**live, "PIPELINE_SERVING_PORT": str(port)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = _service({**live, "PIPELINE_SERVING_PORT": str(port)})
     try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
-                    if json.load(ready)["ready"]:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            time.sleep(0.5)
+        _wait_until_ready(base, proc)
         sh(live, f"python -m jobs challenger --model-version {trial}")
         for _ in range(60):
             if metric("scoring_challenger_version") == float(trial):
