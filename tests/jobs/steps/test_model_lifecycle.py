@@ -646,7 +646,8 @@ def test_an_injected_fault_trips_a_guardrail_and_a_canary_serves_sticky_cards(go
         assert len(answers) == len(txns) and {a["model_version"] for a in answers} == {champion}
         verdict = guardrails(drill, lake, run_id=f"watch-{name}")
         assert verdict["state"] == "tripped", verdict
-        assert [c["name"] for c in verdict["checks"] if not c["passed"]] == [guardrail], verdict
+        # its own guardrail trips (others may too: the trial version is an older, different model)
+        assert guardrail in [c["name"] for c in verdict["checks"] if not c["passed"]], verdict
         retire(drill, trial, verdict["reason"])
     logged = _decisions(lake, "errors_")
     assert len(logged) == 200 and logged["challenger_error"].str.contains("injected fault").all()
