@@ -15,8 +15,8 @@ of the decisions. The log shows every guardrail, its value and its limit at each
   `deploy_model` tells them now), the reason is recorded on both versions in MLflow and mailed.
 - The baking period (`PIPELINE_GUARDRAIL_BAKE_MINUTES`) ends with enough requests
   (`PIPELINE_GUARDRAIL_MIN_REQUESTS`) and every guardrail held: **promoted** (with
-  `PIPELINE_PROMOTION_APPROVAL=true`, once a person approves in the UI; declined or no answer in 24 h:
-  taken off traffic).
+  `PIPELINE_PROMOTION_APPROVAL=true`, once a person approves in the UI, who and why recorded on the
+  version in MLflow; declined or no answer in 24 h: taken off traffic).
 - Too few requests by `PIPELINE_GUARDRAIL_MAX_WAIT_HOURS`: taken off traffic, not promoted.
 
 The gate report of the version gains its **live section** (the same table). The champion never
@@ -123,9 +123,21 @@ with DAG(
         @task.branch
         def follow(answer: dict) -> str:
             """Follows the person's answer in the approval form."""
-            return "promote" if answer["chosen_options"][0] == PROMOTE else "decline_challenger"
+            return "record_approval" if answer["chosen_options"][0] == PROMOTE else "decline_challenger"
 
         answer = "{% set a = ti.xcom_pull(task_ids='approve_promotion') %}"
+        record_approval = job_task(
+            step="decision",
+            task_id="record_approval",
+            pass_date=False,
+            arguments=[
+                "--model-version", guardrails.output["model_version"],
+                "--decision=promote",
+                answer + "--by={{ (a['responded_by_user'] or {}).get('name') or 'unknown' }}",
+                answer + "--reason={{ (a['params_input'] or {}).get('reason') or '' }}",
+            ],
+            doc_md="Records who approved the promotion, and why, on the challenger's version in MLflow.",
+        )
         decline = job_task(
             step="retire",
             task_id="decline_challenger",
@@ -139,7 +151,8 @@ with DAG(
             doc_md="A person declined the promotion: the challenger leaves live traffic, the champion stays.",
         )
         branch >> [retire, approve_promotion, challenger_gone]
-        follow(approve_promotion.output) >> [promote, decline]
+        follow(approve_promotion.output) >> [record_approval, decline]
+        record_approval >> promote
     else:
         branch >> [retire, promote, challenger_gone]
 

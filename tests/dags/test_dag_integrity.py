@@ -213,9 +213,10 @@ def test_optional_human_approval_sits_between_gate_and_promote():
 def test_with_approval_a_person_decides_after_the_live_trial():
     edges = _edges_with_approval("watch_challenger")
     assert edges == {("guardrails", "route"), ("route", "retire_challenger"), ("route", "approve_promotion"),
-                     ("route", "challenger_gone"), ("approve_promotion", "follow"), ("follow", "promote"),
-                     ("follow", "decline_challenger"), ("guardrails", "retire_challenger"),
-                     ("guardrails", "promote"), ("guardrails", "decline_challenger")}
+                     ("route", "challenger_gone"), ("approve_promotion", "follow"), ("follow", "record_approval"),
+                     ("record_approval", "promote"), ("follow", "decline_challenger"),
+                     ("guardrails", "retire_challenger"), ("guardrails", "promote"),
+                     ("guardrails", "decline_challenger"), ("guardrails", "record_approval")}
 
 
 def test_ingestion_runs_overlap(dagbag):

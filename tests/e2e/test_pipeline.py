@@ -903,30 +903,35 @@ def _wait_until_ready(base: str, proc: subprocess.Popen) -> None:
     raise AssertionError(f"{base} not ready in 120 s")
 
 
-def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_promotes_a_sound_one(
-        env, chain, inbox, tmp_path):
-    """Under Airflow (`dags test` runs the triggerer's deferrals inline) and against a running service
-    (`python -m services.scoring`): a challenger on shadow trial whose path fails (the drill fault)
-    is watched by watch_challenger, which defers while too few requests came, then trips on the error
-    rate and takes it off traffic by itself; the service drops it, every request of a terminal
-    scoring all along is answered by the champion, and the decisions log holds exactly one row per
-    scored transaction. The same version on a sound service holds every guardrail and is promoted."""
-    import socket
-    import threading
+def _metric(base: str, token: str, name: str) -> float:
+    """One sample of a scoring service's Prometheus page, scraped as Prometheus does (a metrics key)."""
+    scrape = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(scrape, timeout=10) as page:
+        return float(next(line.split()[1] for line in page.read().decode().splitlines()
+                          if line.startswith(name + " ")))
 
-    client = registry(env)
+
+def _until(check, tries: int = 60) -> bool:
+    """``check()`` every half second until it holds (a service's registry refresh, a buffer flush)."""
+    for _ in range(tries):
+        if check():
+            return True
+        time.sleep(0.5)
+    return check()
+
+
+def _gated_champion_and_trial(env, client) -> tuple[str, str]:
+    """A known starting point, whatever the tests before left: a gated champion (the approval test sets
+    the aliases by hand, and a service refuses an ungated champion) and a newer gated version to try."""
 
     def gated():
         return sorted((str(mv.version) for mv in client.search_model_versions("name='fraud-detector'")
                        if mv.tags.get("gate_passed") == "true" and str(mv.version) != champion), key=int)
 
-    # A known starting point, whatever the tests before left: a gated champion (the approval test
-    # sets the aliases by hand, and a service refuses an ungated champion).
     champion = str(client.get_model_version_by_alias("fraud-detector", "champion").version)
     if client.get_model_version("fraud-detector", champion).tags.get("gate_passed") != "true":
         champion = gated()[-1]
         client.set_registered_model_alias("fraud-detector", "champion", champion)
-
     if not gated():  # run alone, or the gates before refused: one more version, through a lenient gate
         from jobs.shared.result import parse_result_line
 
@@ -934,13 +939,31 @@ def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_p
         trained = next(r for r in map(parse_result_line, out.splitlines()) if r is not None)
         sh({**env, "PIPELINE_NON_INFERIORITY_MARGIN": "1.0"},
            f"python -m jobs evaluate --date {END} --model-version {trained['model_version']}")
-    trial = gated()[-1]
-    live = {**env, "PIPELINE_LIVE_EVALUATION": "shadow", "PIPELINE_GUARDRAIL_TRIP_REQUESTS": "300",
+    return champion, gated()[-1]
+
+
+def _live(env) -> dict:
+    """Shadow trials on short clocks: a look every 3 s, a flush every 0.5 s, a refresh every second."""
+    return {**env, "PIPELINE_LIVE_EVALUATION": "shadow", "PIPELINE_GUARDRAIL_TRIP_REQUESTS": "300",
             "PIPELINE_GUARDRAIL_CHECK_MINUTES": "0.05", "PIPELINE_SERVING_REFRESH_SECONDS": "1",
             "PIPELINE_SERVING_DECISIONS_FLUSH_SECONDS": "0.5"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+
+
+def test_watch_challenger_takes_a_failing_challenger_off_a_running_service(env, chain, inbox):
+    """Under Airflow (`dags test` runs the triggerer's deferrals inline) and against a running service
+    (`python -m services.scoring`): a challenger on shadow trial whose path fails (the drill fault)
+    is watched by watch_challenger, which defers while too few requests came, then trips on the error
+    rate and takes it off traffic by itself; the service drops it, every request of a terminal
+    scoring all along is answered by the champion, and the decisions log holds exactly one row per
+    scored transaction."""
+    import threading
+
+    from standalone import free_port
+
+    client = registry(env)
+    champion, trial = _gated_champion_and_trial(env, client)
+    live = _live(env)
+    port = free_port()
     proc = _service({**live, "PIPELINE_SERVING_PORT": str(port), "PIPELINE_CHALLENGER_FAULT": "errors=1.0"})
     base = f"http://127.0.0.1:{port}"
     serving = Path(env["PIPELINE_STATE_DIR"]) / "serving"
@@ -948,10 +971,7 @@ def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_p
     answers, stop = [], threading.Event()
 
     def metric(name: str) -> float:
-        scrape = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Bearer {scraper}"})
-        with urllib.request.urlopen(scrape, timeout=10) as page:
-            return float(next(line.split()[1] for line in page.read().decode().splitlines()
-                              if line.startswith(name + " ")))
+        return _metric(base, scraper, name)
 
     def terminal():
         pins = lake(env) / "_ledger" / "challenger_pins"
@@ -974,22 +994,16 @@ def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_p
 
         scraper = ApiKeys(serving).create("prometheus-watch", role="metrics")
         sh(live, f"python -m jobs challenger --model-version {trial}")
-        for _ in range(60):  # the service's next registry refresh loads it beside the champion
-            if metric("scoring_challenger_version") == float(trial):
-                break
-            time.sleep(0.5)
-        assert metric("scoring_challenger_version") == float(trial)
+        # the service's next registry refresh loads it beside the champion
+        assert _until(lambda: metric("scoring_challenger_version") == float(trial))
         load = threading.Thread(target=terminal)
         load.start()
         out = dag_test(live, "watch_challenger", END)
         log = out.stdout + out.stderr
         assert "deferred: no worker slot waits" in log and "[DAG TEST] running trigger in line" in log, log[-4000:]
         assert "guardrail tripped: error rate" in log, log[-4000:]
-        for _ in range(60):  # the next refresh drops it; every request meanwhile is still answered
-            if metric("scoring_challenger_version") == 0.0:
-                break
-            time.sleep(0.5)
-        assert metric("scoring_challenger_version") == 0.0
+        # the next refresh drops it; every request meanwhile is still answered
+        assert _until(lambda: metric("scoring_challenger_version") == 0.0)
         time.sleep(1)
         stop.set()
         load.join(60)
@@ -1014,37 +1028,89 @@ def test_watch_challenger_takes_a_failing_challenger_off_a_running_service_and_p
     shadowed = logged[logged["challenger_version"] == trial]
     assert len(shadowed) >= 300 and shadowed["challenger_error"].notna().all()
 
-    # The same version again, on a service whose challenger path is sound: it holds every guardrail
-    # over its (here: zero-minute) baking period with enough requests, and watch_challenger promotes it.
+
+
+def test_under_the_scheduler_a_trial_bakes_deferred_and_a_person_approves_its_promotion(env, chain, inbox, tmp_path):
+    """Under `airflow standalone` (scheduler, triggerer) and against a running service, approval on:
+    watch_challenger's first look finds too few requests and defers (the triggerer waits; no worker
+    holds the task), the next look after a terminal's requests finds every guardrail held, and the
+    run waits for a person. Approved through the REST API, as the UI does: who and why are recorded
+    on the version, it becomes the champion, and the running service serves it at its next refresh."""
+    from standalone import airflow_standalone, free_port, poll_db, rest_api, wait_for_api
+
+    from services.scoring.keys import ApiKeys
+
+    db = Path(env["PIPELINE_STATE_DIR"]) / "airflow" / "airflow.db"
+    sh(env, "airflow dags pause --treat-dag-id-as-regex -y '.*'")
+    with sqlite3.connect(db) as conn:  # trials the tests before ended queued watches: not under test here
+        conn.execute("delete from asset_dag_run_queue")
+    client = registry(env)
+    champion, trial = _gated_champion_and_trial(env, client)
     sh({**env, "PIPELINE_NON_INFERIORITY_MARGIN": "1.0"},  # gated against the champion of now, as at a real gate
        f"python -m jobs evaluate --date {END} --model-version {trial} --force")
-    proc = _service({**live, "PIPELINE_SERVING_PORT": str(port)})
+    # A look every 15 s: the first (no request yet) defers long enough to be seen deferred.
+    live = {**_live(env), "PIPELINE_PROMOTION_APPROVAL": "true", "PIPELINE_GUARDRAIL_CHECK_MINUTES": "0.25",
+            "PIPELINE_GUARDRAIL_BAKE_MINUTES": "0", "PIPELINE_GUARDRAIL_MIN_REQUESTS": "400"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    serving = Path(env["PIPELINE_STATE_DIR"]) / "serving"
+    day = _delivered(table_rows(env, "silver/transactions", END))
+    run_id = "watched_under_the_scheduler"
+    reason = "CHG-7: a clean day of shadow traffic"
+
+    def states(conn):
+        return dict(conn.execute("select task_id, state from task_instance where dag_id = 'watch_challenger' "
+                                 "and run_id = ?", (run_id,)).fetchall())
+
+    service = _service({**live, "PIPELINE_SERVING_PORT": str(port)})
     try:
-        _wait_until_ready(base, proc)
+        _wait_until_ready(base, service)
+        key = (serving / "api-key").read_text().strip()
+        scraper = ApiKeys(serving).create("prometheus-scheduler", role="metrics")
         sh(live, f"python -m jobs challenger --model-version {trial}")
-        for _ in range(60):
-            if metric("scoring_challenger_version") == float(trial):
-                break
-            time.sleep(0.5)
-        sound = [_score(base, key, {**txn, "transaction_id": f"sound_{txn['transaction_id']}"})["results"][0]
-                 for txn in day[:400]]
-        assert {a["model_version"] for a in sound} == {champion}
-        time.sleep(2)  # the decisions buffer is flushed every 0.5 s
-        out = dag_test({**live, "PIPELINE_GUARDRAIL_BAKE_MINUTES": "0", "PIPELINE_GUARDRAIL_MIN_REQUESTS": "300"},
-                       "watch_challenger", END)
-        log = out.stdout + out.stderr
-        assert "every guardrail held on 400 requests" in log, log[-4000:]
-        for _ in range(60):  # promoted: the service's next refresh serves it as the champion, the trial over
-            if metric("scoring_model_version") == float(trial) and metric("scoring_challenger_version") == 0.0:
-                break
-            time.sleep(0.5)
-        assert metric("scoring_model_version") == float(trial) and metric("scoring_challenger_version") == 0.0
+        assert _until(lambda: _metric(base, scraper, "scoring_challenger_version") == float(trial))
+        with airflow_standalone(live, tmp_path / "standalone.log") as proc:
+            wait_for_api(proc)
+            api = rest_api(proc, Path(env["PIPELINE_STATE_DIR"]) / "airflow")
+            api.call("PATCH", "/api/v2/dags/watch_challenger", {"is_paused": False})
+            api.call("POST", "/api/v2/dags/watch_challenger/dagRuns", {
+                "dag_run_id": run_id, "logical_date": None, "conf": {"model_version": trial}})
+            deferred = poll_db(db, proc, states, lambda s: s.get("guardrails") in ("deferred", "success", "failed"),
+                               timeout=300, every=0.5)
+            log = (tmp_path / "standalone.log").read_text()[-4000:]
+            assert deferred.get("guardrails") == "deferred", f"{deferred}\n{log}"
+            served = [_score(base, key, {**txn, "transaction_id": f"scheduled_{txn['transaction_id']}"})["results"][0]
+                      for txn in day[:400]]
+            assert {a["model_version"] for a in served} == {champion}
+            waiting = poll_db(db, proc, states, lambda s: s.get("approve_promotion") == "awaiting_input"
+                              or "failed" in s.values() or s.get("retire_challenger") == "success", timeout=300)
+            log = (tmp_path / "standalone.log").read_text()[-4000:]
+            assert waiting.get("approve_promotion") == "awaiting_input", f"{waiting}\n{log}"
+            detail = api.call("GET", f"/api/v2/dags/watch_challenger/dagRuns/{run_id}/taskInstances/"
+                                     "approve_promotion/-1/hitlDetails")
+            assert detail["options"] == ["Promote", "Take it off traffic"]
+            assert "every guardrail held on 400 requests" in detail["body"], detail["body"]
+            # Answer once the scheduler has processed the pause (see the approval test above).
+            paused = "TaskInstance Finished: dag_id=watch_challenger, task_id=approve_promotion"
+            _until(lambda: paused in (tmp_path / "standalone.log").read_text(), tries=120)
+            api.call("PATCH", f"/api/v2/dags/watch_challenger/dagRuns/{run_id}/taskInstances/approve_promotion/-1/"
+                              "hitlDetails", {"chosen_options": ["Promote"], "params_input": {"reason": reason}})
+            done = poll_db(db, proc, states, lambda s: s.get("promote") in ("success", "failed")
+                           or "failed" in s.values(), timeout=300)
+        assert (done.get("record_approval"), done.get("promote"), done.get("decline_challenger")) == (
+            "success", "success", "skipped"), done
+        # promoted: the service's next refresh serves it as the champion, the trial over
+        assert _until(lambda: _metric(base, scraper, "scoring_model_version") == float(trial)
+                      and _metric(base, scraper, "scoring_challenger_version") == 0.0)
     finally:
-        proc.terminate()
-        proc.communicate(timeout=60)
+        service.terminate()
+        service.communicate(timeout=60)
     assert str(client.get_model_version_by_alias("fraud-detector", "champion").version) == trial
     assert client.get_registered_model("fraud-detector").aliases.get("challenger") is None
+    tags = client.get_model_version("fraud-detector", trial).tags
+    assert (tags["decision"], tags["decided_by"], tags["decision_reason"]) == ("promote", "admin", reason)
+    assert tags["decision_airflow_run_id"] == run_id
     report = lake(env) / "reports" / "gate"
-    assert any("every guardrail held" in p.read_text() for p in report.glob(f"date=*/v{trial}.md"))
+    assert any("every guardrail held on 400 requests" in p.read_text() for p in report.glob(f"date=*/v{trial}.md"))
     assert "every guardrail held" in inbox.wait_for(f"PROMOTED fraud-detector v{trial} to champion on live evidence",
                                                     timeout=10)
