@@ -221,6 +221,27 @@ def main() -> None:
         one_dag_after_the_other(state, env, log, new_day, rows)
     if prep:
         print(f"training, apart: {prep[-1][1]:.1f} s ({prep[-1][0]})")
+    job_costs(state, env, log, new_day)
+
+
+def job_costs(state: Path, env: dict, log: Path, new_day: Date) -> None:
+    """What each job of the new day recorded it cost (its own meter: wall, CPU, peak of its process tree,
+    rows), as the run summary adds it up, and the cloud estimate at the configured rates."""
+    import json
+
+    run(f"python -m jobs summary --date {new_day} > /dev/null", env, log)
+    cost = json.loads((state / "run-summary.json").read_text())["cost"]
+    print(f"\nwhat the jobs of {new_day} recorded (python -m jobs summary; docs/performance.md, What a run costs)")
+    print(f"  {'step':<12} {'jobs':>4} {'wall s':>8} {'CPU s':>8} {'CPU/wall':>8} {'peak GiB':>8} {'rows':>11} "
+          f"{'CPU s / M rows':>14} {'saved CPU s':>11}")
+    for step, f in sorted(cost["steps"].items()):
+        per_m = f"{f['cpu_s_per_million_rows']:.1f}" if f["cpu_s_per_million_rows"] is not None else "-"
+        busy = f["cpu_s"] / max(f["wall_s"], 1e-9)
+        print(f"  {step:<12} {f['jobs']:>4} {f['wall_s']:8.1f} {f['cpu_s']:8.1f} {busy:8.2f} "
+              f"{f['peak_rss_mb'] / 1024:8.2f} {f['rows']:>11,} {per_m:>14} {f['saved_cpu_s']:11.1f}")
+    t, r = cost["total"], cost["rates"]
+    print(f"  all: {t['cpu_s']:.0f} CPU s, peak {t['peak_rss_mb'] / 1024:.2f} GiB: ${t['estimate_usd']:.4f} at "
+          f"${r['usd_per_vcpu_hour']}/vCPU-h and ${r['usd_per_gib_hour']}/GiB-h")
 
 
 if __name__ == "__main__":

@@ -49,15 +49,49 @@ def step(fn):
         for noisy in ("py4j", "great_expectations", "evidently", "mlflow", "alembic", "urllib3", "botocore",
                       "onnxscript", "onnx_ir", "torch"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        from jobs.shared import cost
+
+        meter = cost.begin()
         try:
             if "date" in kwargs and kwargs["date"] is not None:
                 _check_date(kwargs["date"])
-            emit(fn(*args, **kwargs))
+            result = fn(*args, **kwargs)
+            if isinstance(result, dict) and fn.__name__ not in UNMETERED:
+                result["cost"] = _costed(result, meter.cost(result), fn.__name__, kwargs.get("date"))
+            emit(result)
         except JobError as exc:
             sys.stderr.write(f"ERROR: {exc}\n")
             raise typer.Exit(exc.exit_code) from None
+        finally:
+            meter.stop()
 
     return wrapper
+
+
+UNMETERED = {"summary", "generate"}  # a report of the others' costs, and the test data's maker
+
+
+def _costed(result: dict, measured: dict, step: str, date: str | None) -> dict:
+    """The job's cost, with what a skip saved (the cost its record kept of the work), logged and kept."""
+    saved = result.pop("saved", None) if result.get("skipped") else None
+    if saved:
+        measured["saved_cpu_s"] = round(max(0.0, float(saved.get("cpu_s", 0)) - measured["cpu_s"]), 3)
+        measured["saved_wall_s"] = round(max(0.0, float(saved.get("wall_s", 0)) - measured["wall_s"]), 3)
+    measured["skipped"] = bool(result.get("skipped"))
+    logging.getLogger("jobs.cost").info(
+        "cost of %s: %.1f s wall, %.1f CPU s, peak %.0f MB%s%s", step, measured["wall_s"], measured["cpu_s"],
+        measured["peak_rss_mb"], f", {measured['rows']} rows" if "rows" in measured else "",
+        f"; the skip saved {measured['saved_cpu_s']:.1f} CPU s" if saved else "")
+    try:
+        from jobs.settings import get_settings
+        from jobs.storage import costs
+
+        settings = get_settings()
+        costs.record(_lake(), step, date, measured, settings.airflow_dag_id, settings.airflow_run_id,
+                     settings.airflow_task_id)
+    except Exception as exc:  # noqa: BLE001 - the job succeeded; its cost is in its result anyway
+        logging.getLogger("jobs.cost").warning("cost not kept: %s", exc)
+    return measured
 
 
 def _lake():

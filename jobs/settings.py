@@ -143,6 +143,22 @@ class Settings(BaseSettings):
     """
     airflow_task_url: str = ""
     """Set by the Airflow task that runs the job: the task instance's URL, recorded with the run id."""
+    airflow_dag_id: str = ""
+    """Set by the Airflow task that runs the job: its DAG (with the run id and task id, the key of its checkpoint)."""
+    airflow_task_id: str = ""
+    """Set by the Airflow task that runs the job: its task id (and map index when mapped), never the try number."""
+    cost_usd_per_vcpu_hour: float = 0.031611
+    """The run summary's cost estimate: the price of one vCPU-hour (default: a general-purpose cloud VM's list price
+    per vCPU, GCP N2 on demand in us-central1; set your own). See docs/performance.md, *What a run costs*."""
+    cost_usd_per_gib_hour: float = 0.004237
+    """The run summary's cost estimate: the price of one GiB of memory for an hour (the same VM's memory price)."""
+    cost_usd_per_gpu_hour: float = 3.0
+    """The run summary's cost estimate: the price of one GPU-hour (an order of magnitude for a data-centre GPU on
+    demand; set your own)."""
+    checkpoint_minutes: float = Field(default=5.0, gt=0)
+    """Training saves a checkpoint to the lake at every epoch's end and at least this often within an epoch; a
+    retry of the task (a preempted spot node, a killed process) resumes from it. See docs/operations.md.
+    """
     airflow_ui_url: str = "http://127.0.0.1:8080"
     """Where a person opens the Airflow UI (`make up`'s default): the run summary's links start here."""
     max_epochs: int = Field(default=30, json_schema_extra=in_groups("training"))

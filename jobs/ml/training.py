@@ -107,12 +107,22 @@ def distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, device: str, on_epoch=None):
+def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, device: str, on_epoch=None,
+        checkpoints=None):
     """Train with early stopping on validation PR-AUC; returns (model, preprocessing, history).
 
     Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (NCCL on
     GPUs, gloo on CPUs) and each process trains on its own shard of every epoch's permutation;
     all processes see the same validation set, so early stopping decides the same everywhere.
+
+    ``checkpoints`` (:class:`jobs.storage.checkpoints.Checkpoints`): the training starts from the
+    checkpoint it holds, if any, and saves one at every epoch's end and, mid-epoch, whenever
+    ``checkpoints.due()``. A checkpoint is everything the loop's next step depends on (weights,
+    optimiser, the best epoch so far, the epoch and batch reached, the shuffle generator as it was
+    at the epoch's start and every random state), so a resumed single-process training ends with
+    the very model an uninterrupted one does. Under torchrun only rank 0 saves, at epoch ends (a
+    mid-epoch save would need every process to agree on the moment); each process's dropout
+    randomness then differs from an uninterrupted run's after a resume.
     """
     import torch
     import torch.distributed as dist
@@ -145,15 +155,73 @@ def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, devi
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(settings.seed)
+    loop = _Loop(epoch=1, position=0, epoch_generator=gen.get_state(), total=torch.zeros((), device=device))
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None:
+        loop = _resume(saved, net, opt, gen, device)
+        for row in loop.history:
+            if on_epoch:
+                on_epoch(row)  # the new try's run gets the whole series
+    saving = checkpoints is not None and rank == 0
+    notice = _PreemptionNotice() if saving and world == 1 else None
+
+    def save() -> None:
+        checkpoints.save(_checkpoint(loop, net, opt, device))
+
+    try:
+        _train_epochs(loop, model, net, opt, gen, loss_fn, xn, xc, y, vn, vc, val_rows, settings, device, world,
+                      rank, on_epoch, save if saving else None, checkpoints, notice)
+    finally:
+        if notice is not None:
+            notice.restore()
+    net.load_state_dict(loop.best_state)
+    if world > 1:
+        dist.destroy_process_group()
+    return net.cpu().eval(), pre, loop.history
+
+
+class Preempted(JobError):
+    """The node gave notice (SIGTERM: a spot node reclaimed, a pod evicted): the checkpoint is saved and
+    the job ends; its retry resumes from it (an ordinary, retryable failure)."""
+
+
+class _PreemptionNotice:
+    """Turns SIGTERM into a request to checkpoint at the next batch and stop (main thread only)."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.given = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._notice)
+
+    def _notice(self, signum, frame) -> None:
+        self.given = True
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _train_epochs(loop, model, net, opt, gen, loss_fn, xn, xc, y, vn, vc, val_rows, settings, device, world, rank,
+                  on_epoch, save, checkpoints, notice) -> None:
+    """The epochs from where ``loop`` stands; ``save`` (rank 0 with checkpoints) checkpoints on the way."""
+    import torch
+
     use_bf16 = device.startswith("cuda")
-    best, best_state, stale, history = -1.0, None, 0, []
-    for epoch in range(1, settings.max_epochs + 1):
+
+    while loop.epoch <= settings.max_epochs and not loop.finished:
+        epoch = loop.epoch
         model.train()
+        gen.set_state(loop.epoch_generator)  # the epoch's permutation, again after a resume
         order = torch.randperm(len(y), generator=gen)  # same on every process (same seed)
         if world > 1:  # equal, disjoint shards: every process runs the same number of steps
             order = order[: len(order) - len(order) % world][rank::world]
-        total = torch.zeros((), device=device)  # summed on the device: no sync per batch
-        for i in range(0, len(order), settings.batch_size):
+        for i in range(loop.position, len(order), settings.batch_size):
             idx = order[i : i + settings.batch_size].to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(xn[idx], xc[idx])
@@ -161,30 +229,95 @@ def fit(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, settings: Settings, devi
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.detach() * len(idx)
+            loop.total += loss.detach() * len(idx)  # summed on the device: no sync per batch
+            if save is not None and world == 1 and i + settings.batch_size < len(order) and (
+                    checkpoints.due() or notice is not None and notice.given):
+                loop.position = i + settings.batch_size
+                save()
+                if notice is not None and notice.given:
+                    raise Preempted(f"preempted (SIGTERM) in epoch {epoch}: checkpoint saved at row "
+                                    f"{loop.position} of {len(order)}; the retry resumes from it")
         net.eval()
         with torch.no_grad():
             val_scores = torch.sigmoid(net(vn, vc)).float().cpu().numpy()
         val = classification_metrics(val_rows[LABEL].to_numpy(), val_scores)
-        row = {"epoch": epoch, "train_loss": float(total) / len(order), "val_pr_auc": val["pr_auc"],
+        row = {"epoch": epoch, "train_loss": float(loop.total) / len(order), "val_pr_auc": val["pr_auc"],
                "val_roc_auc": val["roc_auc"]}
-        history.append(row)
+        loop.history.append(row)
         log.info("epoch %d/%d  loss=%.4f  val_pr_auc=%.4f  val_roc_auc=%.4f",
                  epoch, settings.max_epochs, row["train_loss"], row["val_pr_auc"], row["val_roc_auc"])
         if on_epoch:
             on_epoch(row)
-        if val["pr_auc"] > best + 1e-4:
-            best, stale = val["pr_auc"], 0
-            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        if val["pr_auc"] > loop.best + 1e-4:
+            loop.best, loop.stale = val["pr_auc"], 0
+            loop.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         else:
-            stale += 1
-            if stale >= settings.early_stopping_patience:
-                log.info("early stopping: no val PR-AUC gain for %d epochs (best %.4f)", stale, best)
-                break
-    net.load_state_dict(best_state)
-    if world > 1:
-        dist.destroy_process_group()
-    return net.cpu().eval(), pre, history
+            loop.stale += 1
+            if loop.stale >= settings.early_stopping_patience:
+                log.info("early stopping: no val PR-AUC gain for %d epochs (best %.4f)", loop.stale, loop.best)
+                loop.finished = True
+        loop.epoch, loop.position, loop.total = epoch + 1, 0, torch.zeros((), device=device)
+        loop.epoch_generator = gen.get_state()
+        if save is not None:
+            save()
+            if notice is not None and notice.given and not loop.finished:
+                raise Preempted(f"preempted (SIGTERM) after epoch {epoch}: checkpoint saved; the retry resumes "
+                                "from it")
+
+
+@dataclass
+class _Loop:
+    """Where the training loop stands: what a checkpoint holds besides weights and optimiser."""
+
+    epoch: int  # the epoch in progress (1-based)
+    position: int  # rows of its permutation already trained on
+    epoch_generator: object  # the shuffle generator's state at the epoch's start (its permutation)
+    total: object  # the epoch's summed loss so far (a tensor on the device)
+    best: float = -1.0
+    best_state: dict | None = None
+    stale: int = 0
+    history: list = None
+    finished: bool = False
+
+    def __post_init__(self):
+        self.history = [] if self.history is None else self.history
+
+
+def _checkpoint(loop: _Loop, net, opt, device: str) -> dict:
+    import torch
+
+    return {
+        "epoch": loop.epoch, "position": loop.position, "epoch_generator": loop.epoch_generator,
+        "total": loop.total.detach().cpu(), "best": loop.best, "best_state": loop.best_state, "stale": loop.stale,
+        "history": loop.history, "finished": loop.finished, "model": net.state_dict(), "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.startswith("cuda") else [],
+        "numpy_rng": _numpy_state(),
+    }
+
+
+def _resume(saved: dict, net, opt, gen, device: str) -> _Loop:
+    import torch
+
+    net.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    if device.startswith("cuda") and saved["cuda_rng"]:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    name, keys, pos, has_gauss, cached = saved["numpy_rng"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    gen.set_state(saved["epoch_generator"])
+    return _Loop(epoch=saved["epoch"], position=saved["position"], epoch_generator=saved["epoch_generator"],
+                 total=saved["total"].to(device), best=saved["best"], best_state=saved["best_state"],
+                 stale=saved["stale"], history=list(saved["history"]), finished=saved["finished"])
+
+
+def _numpy_state() -> list:
+    """NumPy's global random state in types ``torch.load(weights_only=True)`` reads back."""
+    import torch
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
 
 
 def torch_scores(net, pre: Preprocessing, frame: pd.DataFrame) -> np.ndarray:

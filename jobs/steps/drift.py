@@ -95,7 +95,8 @@ def _check(lake: lk.Lake, date: str, window: list[str], earlier: list[str], clie
              "DRIFT" if summary["drifted"] else "no drift", ", ".join(summary["drifted_columns"]) or "none")
     log.info("decision: %s", summary["decision"])
     return {**{k: summary[k] for k in ("drifted", "drift_share", "drifted_columns", "model_version", "window_start",
-                                       "window_end", "retrain", "decision", "prediction_drift_score")},
+                                       "window_end", "retrain", "decision", "prediction_drift_score",
+                                       "current_rows")},
             "report_html": lake.uri_of(layout.drift_report(date, "html")),
             "report_json": lake.uri_of(layout.drift_report(date, "json")),
             "links": {links.DRIFT_REPORT: links.report(layout.drift_report(date, "html")),

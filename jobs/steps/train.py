@@ -41,6 +41,7 @@ from jobs.shared.result import JobError, MissingInput
 from jobs.shared.schemas import FEATURE_COLUMNS, LABEL
 from jobs.storage import lake as lk
 from jobs.storage import unchanged
+from jobs.storage.checkpoints import Checkpoints, checkpoint_key, inputs_digest
 from jobs.storage.registry import file_sha256, mlflow_client, read_gold
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
 
     def work() -> dict:
         return _fit_and_register(lake, date, window, frame, gold_version, settings, trigger, airflow_run_id,
-                                 permute_labels)
+                                 permute_labels, checkpoints_for(lake, date, inputs, settings, airflow_run_id))
 
     # Under torchrun every process decides the same way; only rank 0 registers and records.
     return unchanged.once(lake, "train", date, inputs, work, force=force,
@@ -121,9 +122,19 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
                           record=distributed()[0] == 0)
 
 
+def checkpoints_for(lake: lk.Lake, date: str, inputs: dict, settings: Settings,
+                    airflow_run_id: str = "") -> Checkpoints:
+    """The checkpoint store of this training task: keyed by its Airflow run and task, else by date and inputs."""
+    key = checkpoint_key(date, inputs, settings.airflow_dag_id, settings.airflow_run_id or airflow_run_id,
+                         settings.airflow_task_id)
+    return Checkpoints(lake, key, inputs_digest(inputs), settings.checkpoint_minutes * 60)
+
+
 def _fit_and_register(lake: lk.Lake, date: str, window: list[str], frame: pd.DataFrame, gold_version: int | None,
-                      settings: Settings, trigger: str, airflow_run_id: str, permute_labels: bool) -> dict:
-    """Fit, export and check the ONNX model and its bundle, register the version and tag it."""
+                      settings: Settings, trigger: str, airflow_run_id: str, permute_labels: bool,
+                      checkpoints: Checkpoints | None = None) -> dict:
+    """Fit (resuming from ``checkpoints`` when a try before saved one), export and check the ONNX model
+    and its bundle, register the version and tag it; then the checkpoint goes."""
     import mlflow
     import torch
 
@@ -133,7 +144,7 @@ def _fit_and_register(lake: lk.Lake, date: str, window: list[str], frame: pd.Dat
     if device == "cuda" and world > 1:
         device = f"cuda:{local_rank}"
     if rank != 0:  # other torchrun processes train their shard; rank 0 logs, exports and registers
-        fit(rows.fit, rows.validation, settings, device)
+        fit(rows.fit, rows.validation, settings, device, checkpoints=checkpoints)
         return {"rank": rank, "world_size": world}
     log.info("training on %d rows (%d fraud), validating on %d, holding out %d (%s..%s) on %s",
              len(rows.fit), int(rows.fit[LABEL].sum()), len(rows.validation), len(rows.holdout),
@@ -156,6 +167,7 @@ def _fit_and_register(lake: lk.Lake, date: str, window: list[str], frame: pd.Dat
         net, pre, history = fit(
             rows.fit, rows.validation, settings, device,
             on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
+            checkpoints=checkpoints,
         )
         with tempfile.TemporaryDirectory() as tmp:
             bundle = _export_and_log_bundle(Path(tmp), net, pre, rows, settings, history)
@@ -171,6 +183,8 @@ def _fit_and_register(lake: lk.Lake, date: str, window: list[str], frame: pd.Dat
                            "code_version": settings.resolved_code_version, HOLDOUT_DATES_TAG: holdout_dates,
                            **airflow_tags(settings, airflow_run_id)}.items():
             client.set_model_version_tag(settings.model_name, version, key, value)
+    if checkpoints is not None:
+        checkpoints.remove()  # registered: nothing left to resume
     return {
         "mlflow_run_id": run.info.run_id, "model_name": settings.model_name, "model_version": version,
         "device": device, "world_size": world, "epochs": len(history),

@@ -152,8 +152,12 @@ def gated_version(client, settings: Settings, alias: str, allow_ungated: bool) -
             why = f"@{alias} points at a version whose verdict is not the gate's: {exc}"
     if why is not None:
         if not allow_ungated:
-            raise UngatedChampion(f"{why}: refusing to use it. Promote a gated version (train_model), roll back "
-                                  "(rollback_model), or set PIPELINE_ALLOW_UNGATED_CHAMPION=true for an emergency.")
+            fix = ("Promote a gated version (train_model), roll back (rollback_model), or set "
+                   "PIPELINE_ALLOW_UNGATED_CHAMPION=true for an emergency."
+                   if alias == settings.champion_alias else
+                   f"Put a gated version on trial (python -m jobs challenger), or remove the @{alias} alias; "
+                   "a challenger has no override.")
+            raise UngatedChampion(f"{why}: refusing to use it. {fix}")
         log.warning("OVERRIDE (PIPELINE_ALLOW_UNGATED_CHAMPION=true): %s; using it anyway", why)
     return version
 

@@ -52,7 +52,7 @@ def skipped(record: dict, step: str, key: str) -> dict:
     reason = f"{step} {key}: unchanged since run {record.get('run_id') or '?'} ({record.get('at', '?')}): skipped"
     log.info("%s", reason)
     return {**record.get("result", {}), "skipped": True, "skip_reason": reason,
-            "unchanged_since": record.get("run_id") or ""}
+            "unchanged_since": record.get("run_id") or "", **({"saved": record["cost"]} if record.get("cost") else {})}
 
 
 def remember(lake: lk.Lake, step: str, key: str, inputs: dict, result: dict, run_id: str,
@@ -63,12 +63,14 @@ def remember(lake: lk.Lake, step: str, key: str, inputs: dict, result: dict, run
     started the job (findable in the UI), else the id the job was given.
     """
     from jobs.settings import get_settings
+    from jobs.shared import cost
 
     run_id = get_settings().airflow_run_id or run_id
     lake.write_json(layout.step_record(step, key), {
         "step": step, "key": key, "fingerprint": fingerprint(inputs), "inputs": inputs,
         "outputs": None if outputs is None else fingerprint(outputs), "run_id": run_id,
         "at": datetime.now(UTC).isoformat(timespec="seconds"), "result": result,
+        "cost": cost.so_far(),  # what the work cost: a later skip of it saves that much
     })
 
 

@@ -58,6 +58,18 @@ class AirflowSettings(BaseSettings):
     """"key=value,...", GPU jobs only."""
     k8s_gpu_tolerations: str = "nvidia.com/gpu"
     """Taint keys tolerated by GPU jobs (NoSchedule)"""
+    k8s_spot: str = Field(default="prefer", pattern="^(off|allow|prefer|require)$")
+    """Spot / preemptible nodes for the steps in PIPELINE_K8S_SPOT_STEPS: off; allow (tolerate the spot taints);
+    prefer (also prefer spot nodes: cheaper when there are any, on-demand when not); require (only spot nodes)."""
+    k8s_spot_steps: str = "train"
+    """Steps whose pods may run on spot nodes: training saves a checkpoint to the lake and its retry resumes it."""
+    k8s_spot_tolerations: str = "cloud.google.com/gke-spot=true,kubernetes.azure.com/scalesetpriority=spot"
+    """"key=value,..." taints of spot nodes the spot steps tolerate (NoSchedule): GKE's and AKS's by default."""
+    k8s_spot_node_labels: str = ("cloud.google.com/gke-spot=true,kubernetes.azure.com/scalesetpriority=spot,"
+                                 "eks.amazonaws.com/capacityType=SPOT,karpenter.sh/capacity-type=spot")
+    """"key=value,..." labels that mark a spot node (any one of them): GKE, AKS, EKS node groups, Karpenter."""
+    k8s_spot_grace_seconds: int = 60
+    """Termination grace of a spot pod: the job checkpoints on SIGTERM (a node's preemption notice) within it."""
     k8s_image_pull_policy: str = "IfNotPresent"
     """Image pull policy of the job pods."""
     k8s_run_as_user: int = 50000

@@ -118,7 +118,8 @@ def expected_command(task) -> list[str]:
 def context() -> dict:
     from types import SimpleNamespace
 
-    ti = SimpleNamespace(log_url=f"http://localhost:8080/dags/d/runs/{RUN_ID}/tasks/TASK?try_number=1")
+    ti = SimpleNamespace(log_url=f"http://localhost:8080/dags/d/runs/{RUN_ID}/tasks/TASK?try_number=1",
+                         dag_id="d", task_id="TASK", map_index=-1, try_number=2)
     return {"params": {"date": DATE, "force": False}, "run_id": RUN_ID, "ti": ti}
 
 
@@ -156,6 +157,9 @@ def test_docker_runner_renders_every_job(monkeypatch, gpus):
         # The real run id and the task instance's URL, for MLflow tags that link back to Airflow.
         assert task.environment["PIPELINE_AIRFLOW_RUN_ID"] == RUN_ID
         assert task.environment["PIPELINE_AIRFLOW_TASK_URL"] == context()["ti"].log_url
+        # What every try of the task shares (a training checkpoint's key): never the try number.
+        assert (task.environment["PIPELINE_AIRFLOW_DAG_ID"], task.environment["PIPELINE_AIRFLOW_TASK_ID"]) == (
+            "d", "TASK")
         assert not SECRETS & set(task.environment), "credentials must not be plain (rendered) environment"
         assert set(task._private_environment) == SECRETS
         assert "PIPELINE_DOCKER_URL" not in task.environment and "HOME" not in task.environment
@@ -202,13 +206,24 @@ def test_kubernetes_runner_renders_every_pod(monkeypatch, processes):
         resources = task.job_resources
         assert container.resources.requests == {"cpu": f"{resources.cpu:g}", "memory": f"{resources.memory_gb:g}Gi"}
         assert container.resources.limits["memory"] == f"{resources.memory_gb:g}Gi"
+        if task.step == "train":  # on spot nodes when there are any (the default: prefer), on-demand else
+            assert [(t.key, t.operator, t.value, t.effect) for t in pod.spec.tolerations] == [
+                *([("nvidia.com/gpu", "Exists", None, "NoSchedule")] if resources.gpu else []),
+                ("cloud.google.com/gke-spot", "Equal", "true", "NoSchedule"),
+                ("kubernetes.azure.com/scalesetpriority", "Equal", "spot", "NoSchedule")]
+            preferred = pod.spec.affinity.node_affinity.preferred_during_scheduling_ignored_during_execution
+            assert {(e.key, e.values[0]) for term in preferred for e in term.preference.match_expressions} == {
+                ("cloud.google.com/gke-spot", "true"), ("kubernetes.azure.com/scalesetpriority", "spot"),
+                ("eks.amazonaws.com/capacityType", "SPOT"), ("karpenter.sh/capacity-type", "spot")}
+            assert pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution is None
+            assert pod.spec.termination_grace_period_seconds == 60  # time to checkpoint on the preemption notice
+        else:  # nothing else is preemptible: a promotion or an ingest cut short is retried, not resumed
+            assert not pod.spec.affinity and not (pod.spec.tolerations or [])
         if resources.gpu:
             assert task.step == "train"
             assert container.image == "fraud-pipeline-jobs-gpu:latest"
             assert container.resources.limits["nvidia.com/gpu"] == processes
             assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
-            assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [
-                ("nvidia.com/gpu", "Exists", "NoSchedule")]
             launcher = ["python", "-m", "torch.distributed.run"] if processes == "2" else ["python", "-m", "jobs"]
             assert container.command + container.args[:len(launcher) - 1] == launcher
         else:
@@ -310,3 +325,19 @@ def test_the_serving_credentials_reach_their_job_only(variable, value, only):
             assert secret[variable] == value and variable not in plain
         else:
             assert variable not in {**plain, **secret}, step
+
+
+@pytest.mark.parametrize("mode", ["off", "allow", "require"])
+def test_spot_training_is_a_setting(monkeypatch, mode):
+    """off: train runs on on-demand nodes only; allow: it tolerates spot taints; require: spot nodes only."""
+    (train,) = [t for t in job_tasks(monkeypatch, "kubernetes", PIPELINE_K8S_SPOT=mode, PIPELINE_JOB_GPUS="false")
+                if t.step == "train"]
+    pod = train.build_pod_request_obj(dry_run=True)
+    tolerated = {t.key for t in pod.spec.tolerations or []}
+    spot_taints = {"cloud.google.com/gke-spot", "kubernetes.azure.com/scalesetpriority"}
+    assert tolerated == (set() if mode == "off" else spot_taints)
+    if mode == "require":
+        terms = pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution.node_selector_terms
+        assert len(terms) == 4  # ORed: any one spot label
+    else:
+        assert not pod.spec.affinity

@@ -2,7 +2,9 @@
 
 The pod runs ``python -m jobs <step> ...`` in the CPU image, or in the GPU image with
 ``nvidia.com/gpu`` limits, the GPU node selector and GPU tolerations when the job asks for GPUs
-and ``PIPELINE_JOB_GPUS`` is true. CPU and memory become requests (memory also a limit). Plain
+and ``PIPELINE_JOB_GPUS`` is true. The training pod may run on spot / preemptible nodes (its tolerations,
+node affinity and grace period: :func:`spot_scheduling`): it checkpoints to the lake and its retry resumes.
+CPU and memory become requests (memory also a limit). Plain
 settings are passed as environment; credentials never are: they come from the Kubernetes Secrets
 named in ``PIPELINE_K8S_ENV_SECRETS`` (``envFrom``). The job writes its result to
 ``/airflow/xcom/return.json``, which the provider's XCom sidecar returns. Failed pods are kept
@@ -81,6 +83,29 @@ def pod_resources(resources: Resources, gpu: bool) -> k8s.V1ResourceRequirements
     return k8s.V1ResourceRequirements(requests={"cpu": f"{resources.cpu:g}", "memory": memory}, limits=limits)
 
 
+def spot_scheduling(settings: AirflowSettings, step: str) -> dict:
+    """Tolerations, node affinity and termination grace that let ``step``'s pod run on spot nodes
+    (``PIPELINE_K8S_SPOT``; see docs/operations.md, "Spot training"); nothing for other steps."""
+    steps = {s.strip() for s in settings.k8s_spot_steps.split(",")}
+    if settings.k8s_spot == "off" or step not in steps:
+        return {"tolerations": [], "affinity": None, "termination_grace_period": None}
+    tolerations = [k8s.V1Toleration(key=key, operator="Equal", value=value, effect="NoSchedule")
+                   for key, value in _pairs(settings.k8s_spot_tolerations).items()]
+    terms = [k8s.V1NodeSelectorTerm(match_expressions=[k8s.V1NodeSelectorRequirement(key=key, operator="In",
+                                                                                       values=[value])])
+             for key, value in _pairs(settings.k8s_spot_node_labels).items()]
+    affinity = None
+    if settings.k8s_spot == "prefer" and terms:
+        affinity = k8s.V1Affinity(node_affinity=k8s.V1NodeAffinity(
+            preferred_during_scheduling_ignored_during_execution=[
+                k8s.V1PreferredSchedulingTerm(weight=100, preference=term) for term in terms]))
+    elif settings.k8s_spot == "require" and terms:  # the terms are ORed: any spot label will do
+        affinity = k8s.V1Affinity(node_affinity=k8s.V1NodeAffinity(
+            required_during_scheduling_ignored_during_execution=k8s.V1NodeSelector(node_selector_terms=terms)))
+    return {"tolerations": tolerations, "affinity": affinity,
+            "termination_grace_period": settings.k8s_spot_grace_seconds}
+
+
 class KubernetesJobOperator(JobTask, KubernetesPodOperator):
     """A job in a Kubernetes pod; see the module docstring."""
 
@@ -101,6 +126,9 @@ class KubernetesJobOperator(JobTask, KubernetesPodOperator):
             volumes.append(k8s.V1Volume(name="shm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")))
             mounts.append(k8s.V1VolumeMount(name="shm", mount_path="/dev/shm"))
         kwargs.setdefault("image", settings.image(job_resources))
+        spot = spot_scheduling(settings, step)
+        gpu_tolerations = [k8s.V1Toleration(key=key.strip(), operator="Exists", effect="NoSchedule")
+                           for key in settings.k8s_gpu_tolerations.split(",") if key.strip()] if gpu else []
         super().__init__(
             name=f"job-{step}",
             namespace=settings.k8s_namespace,
@@ -110,8 +138,9 @@ class KubernetesJobOperator(JobTask, KubernetesPodOperator):
             image_pull_policy=settings.k8s_image_pull_policy,
             container_resources=pod_resources(job_resources, gpu),
             node_selector=_pairs(settings.k8s_gpu_node_selector) if gpu else None,
-            tolerations=[k8s.V1Toleration(key=key, operator="Exists", effect="NoSchedule")
-                         for key in settings.k8s_gpu_tolerations.split(",") if key.strip()] if gpu else None,
+            tolerations=[*gpu_tolerations, *spot["tolerations"]] or None,
+            affinity=spot["affinity"],
+            termination_grace_period=spot["termination_grace_period"],
             env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name.strip()))
                       for name in env_secrets(settings, step)],
             volumes=volumes,

@@ -98,14 +98,21 @@ class JobTask:
 
 
 def airflow_identity(context) -> dict[str, str]:
-    """The real run id and the task instance's URL, for the job to record (MLflow tags, logs)."""
+    """The real run id, DAG, task and the task instance's URL, for the job to record (MLflow tags, logs)
+    and to key what its tries share (training checkpoints)."""
     ti = context.get("ti")
     url = ""
     try:
         url = ti.log_url if ti is not None else ""
     except Exception:  # noqa: BLE001 - a URL is a convenience, never a reason to fail the task
         url = ""
-    return {"PIPELINE_AIRFLOW_RUN_ID": str(context.get("run_id") or ""), "PIPELINE_AIRFLOW_TASK_URL": url}
+    task_id = str(getattr(ti, "task_id", "") or "")
+    map_index = getattr(ti, "map_index", -1)
+    if isinstance(map_index, int) and map_index >= 0:
+        task_id += f"[{map_index}]"
+    # Never the try number: every try of a task shares its identity (a retry resumes a checkpoint).
+    return {"PIPELINE_AIRFLOW_RUN_ID": str(context.get("run_id") or ""), "PIPELINE_AIRFLOW_TASK_URL": url,
+            "PIPELINE_AIRFLOW_DAG_ID": str(getattr(ti, "dag_id", "") or ""), "PIPELINE_AIRFLOW_TASK_ID": task_id}
 
 
 def _safe_run_id(run_id: str) -> str:

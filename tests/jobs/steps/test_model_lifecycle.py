@@ -245,6 +245,22 @@ def test_unchanged_inputs_are_skipped_and_force_runs_anyway(gold_lake):
     assert {"prediction_drift_score", "champion_version", "drifted_columns"} <= set(metrics)
     assert any(name.startswith("feature_drift.") for name in metrics)
 
+    # What each job cost is in its result; a skip says what it saved (the cost of the work it found
+    # done), and the run summary adds the date's jobs up and logs one MLflow series per step.
+    spark, skip = built["cost"], same["cost"]  # the gold build above, the drift check that skipped
+    assert spark["rows"] == built["rows"] > 0 and spark["cpu_s"] > skip["cpu_s"] > 0 and spark["wall_s"] > 0
+    assert spark["peak_rss_mb"] > skip["peak_rss_mb"]  # Spark's JVM (a child) counts in the process tree
+    assert skip["skipped"] and skip["saved_cpu_s"] > 0 and checked["cost"]["rows"] == checked["current_rows"]
+    for _ in range(2):  # a second summary adds no second point
+        job("summary", "--date", END)
+    summary = json.loads((gold_lake / "run-summary.json").read_text())["cost"]
+    assert summary["steps"]["features"]["saved_cpu_s"] > 0 and summary["steps"]["drift"]["skipped"] >= 1
+    assert summary["total"]["estimate_usd"] > 0 and summary["steps"]["train"]["jobs"] >= 4
+    (series,) = client.search_runs([client.get_experiment_by_name("fraud-pipeline-cost").experiment_id],
+                                   "tags.step = 'train'")
+    assert [(m.step, m.value) for m in client.get_metric_history(series.info.run_id, "cpu_s")] == [
+        (step, summary["steps"]["train"]["cpu_s"])]
+
 
 def test_the_registry_fails_closed(gold_lake, tmp_path):
     """Only "the model or the alias does not exist" means no champion. A registry that answers 503
@@ -468,7 +484,7 @@ def test_only_the_gate_can_write_a_verdict_that_promotion_and_scoring_trust(gold
     from jobs.shared.names import SIGNATURE_TAG
     from jobs.steps.score import score
     from jobs.storage.lake import LocalLake
-    from jobs.storage.registry import UngatedChampion
+    from jobs.storage.registry import UngatedChampion, gated_challenger
     from jobs.storage.verdict import VerdictUnsigned, generate_keypair
 
     lake = LocalLake((gold_lake / "lake").as_uri())
@@ -493,6 +509,13 @@ def test_only_the_gate_can_write_a_verdict_that_promotion_and_scoring_trust(gold
     finally:
         client.set_registered_model_alias("fraud-detector", "champion", champion)
     assert alias_version(client, quick, "champion") == champion
+    client.set_registered_model_alias("fraud-detector", "challenger", bad)  # a trial started by hand
+    try:
+        with pytest.raises(UngatedChampion, match="a challenger has no override") as refused:
+            gated_challenger(client, quick)
+        assert "PIPELINE_ALLOW_UNGATED_CHAMPION" not in str(refused.value)
+    finally:
+        client.delete_registered_model_alias("fraud-detector", "challenger")
     # Where keys are configured (the stack, Kubernetes), a job without the private half cannot sign.
     _, public = generate_keypair()
     with pytest.raises(JobError, match="only the evaluate job holds"):
@@ -764,3 +787,108 @@ def assert_lineage_reproduces_the_training_frame(lake, tags, settings):
     _, _, holdout = time_split(frame, settings.holdout_days)
     assert ",".join(sorted(holdout["date"].unique())) == tags["holdout_dates"]
     tables.replace_partitions(lake, layout.GOLD_FEATURES, pa.Table.from_pandas(latest, preserve_index=False), [END])
+
+
+def test_a_training_killed_mid_epoch_resumes_on_its_retry_to_the_same_model(gold_lake, tmp_path):
+    """Preemption: the training process is SIGKILLed in the middle of an epoch (a spot node reclaimed).
+    The retry of the same Airflow task resumes from the checkpoint in the lake and ends with the very
+    model an uninterrupted training (same seed) ends with, registering exactly one version; once it is
+    registered the checkpoint is gone."""
+    import os
+    import signal
+    import time
+
+    import torch
+
+    from jobs.shared.names import BUNDLE_DIR
+    from jobs.shared.result import parse_result_line
+    from jobs.storage.checkpoints import checkpoint_key
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")},
+           "PIPELINE_STATE_DIR": str(gold_lake), "PIPELINE_HOLDOUT_DAYS": "4", "PIPELINE_MAX_EPOCHS": "5",
+           "PIPELINE_EARLY_STOPPING_PATIENCE": "5", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PIPELINE_CHECKPOINT_MINUTES": "0.0001",  # a save after every batch: a kill finds one mid-epoch
+           "PIPELINE_AIRFLOW_DAG_ID": "train_model", "PIPELINE_AIRFLOW_TASK_ID": "train"}
+    command = [sys.executable, "-m", "jobs", "train", "--date", END, "--force"]
+
+    def trained(run_id: str) -> tuple[dict, str]:
+        out = subprocess.run(command, env={**env, "PIPELINE_AIRFLOW_RUN_ID": run_id}, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return next(r for r in map(parse_result_line, out.stdout.splitlines()) if r), out.stderr
+
+    reference, _ = trained("uninterrupted")
+    client = mlflow_client(Settings(state_dir=gold_lake))
+    versions = {str(mv.version) for mv in client.search_model_versions("name='fraud-detector'")}
+
+    run_id = "scheduled__2026-03-14T00:00:00+00:00"
+    checkpoint = gold_lake / "lake" / checkpoint_key(END, {}, "train_model", run_id, "train")
+    proc = subprocess.Popen(command, env={**env, "PIPELINE_AIRFLOW_RUN_ID": run_id}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    killed_at = None
+    while killed_at is None and proc.poll() is None:
+        if checkpoint.exists():
+            proc.send_signal(signal.SIGSTOP)  # frozen: the checkpoint read is the one a kill now leaves
+            state = torch.load(checkpoint, weights_only=True)
+            if state["epoch"] >= 2 and state["position"] > 0:
+                proc.kill()
+                killed_at = (state["epoch"], state["position"])
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    proc.wait()
+    assert killed_at and proc.returncode == -signal.SIGKILL, "the training ended before a mid-epoch checkpoint"
+    assert {str(mv.version) for mv in client.search_model_versions("name='fraud-detector'")} == versions
+
+    resumed, log = trained(run_id)  # the retry: the same command, the same run and task
+    assert f"epoch {killed_at[0]} at row {killed_at[1]} (" in log, log[-3000:]
+    assert {str(mv.version) for mv in client.search_model_versions("name='fraud-detector'")} == versions | {
+        resumed["model_version"]}
+    assert not checkpoint.exists()
+
+    def weights(result: dict) -> dict:
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{gold_lake}/mlflow/mlflow.db")
+        path = mlflow.artifacts.download_artifacts(run_id=result["mlflow_run_id"],
+                                                   artifact_path=f"{BUNDLE_DIR}/model_state.pt",
+                                                   dst_path=str(tmp_path / result["mlflow_run_id"]))
+        return torch.load(path, weights_only=True)
+
+    ours, theirs = weights(resumed), weights(reference)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert resumed["onnx_sha256"] == reference["onnx_sha256"] and resumed["epochs"] == reference["epochs"]
+
+
+def test_a_preemption_notice_saves_a_checkpoint_and_the_retry_resumes(gold_lake):
+    """A spot node's notice is SIGTERM: the training saves its checkpoint at the next batch and fails
+    retryably, saying so; the retry resumes from that batch and registers one version."""
+    import os
+    import signal
+    import time
+
+    from jobs.shared.result import parse_result_line
+    from jobs.storage.checkpoints import checkpoint_key
+
+    run_id = "scheduled__spot"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")},
+           "PIPELINE_STATE_DIR": str(gold_lake), "PIPELINE_HOLDOUT_DAYS": "4", "PIPELINE_MAX_EPOCHS": "3",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PIPELINE_AIRFLOW_DAG_ID": "train_model",
+           "PIPELINE_AIRFLOW_TASK_ID": "train", "PIPELINE_AIRFLOW_RUN_ID": run_id}
+    checkpoint = gold_lake / "lake" / checkpoint_key(END, {}, "train_model", run_id, "train")
+    command = [sys.executable, "-m", "jobs", "train", "--date", END, "--force"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        if checkpoint.exists():  # the first epoch's end: training is under way
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "preempted (SIGTERM) in epoch 2: checkpoint saved at row" in err, err[-3000:]
+    assert checkpoint.exists()
+    client = mlflow_client(Settings(state_dir=gold_lake))
+    versions = {str(mv.version) for mv in client.search_model_versions("name='fraud-detector'")}
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "resuming from checkpoint" in out.stderr, out.stderr[-3000:]
+    resumed = next(r for r in map(parse_result_line, out.stdout.splitlines()) if r)
+    after = {str(mv.version) for mv in client.search_model_versions("name='fraud-detector'")}
+    assert after == versions | {resumed["model_version"]} and not checkpoint.exists()
