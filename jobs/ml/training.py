@@ -15,7 +15,7 @@ import pandas as pd
 
 from jobs.ml.model import Preprocessing, build_model, classification_metrics
 from jobs.settings import Settings
-from jobs.shared.result import JobError
+from jobs.shared.result import JobError, MissingInput
 from jobs.shared.schemas import LABEL, LOOKBACK_DAYS
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,10 @@ def time_split(frame: pd.DataFrame, holdout_days: int) -> tuple[pd.DataFrame, pd
     """(fit, validation, holdout) by time: holdout = last days, validation = end of the rest."""
     dates = sorted(frame["date"].unique())
     if len(dates) <= holdout_days:
-        raise JobError(f"need more than {holdout_days} days of features to hold out {holdout_days}; have {len(dates)}")
+        # Not retryable: more days of features must be built first (a retry finds the same lake).
+        raise MissingInput(f"need more than {holdout_days} days of features to hold out {holdout_days}; have "
+                           f"{len(dates)} ({dates[0] if dates else '-'}..{dates[-1] if dates else '-'}): build more "
+                           "days (build_features with a start date) or lower PIPELINE_HOLDOUT_DAYS")
     holdout_dates = dates[-holdout_days:]
     holdout = frame[frame["date"].isin(holdout_dates)]
     rest = frame[~frame["date"].isin(holdout_dates)].sort_values("timestamp")

@@ -25,3 +25,14 @@ def test_the_rate_is_a_share():
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError):
             Settings(negative_sample_rate=bad)
+
+
+def test_too_few_days_to_hold_out_is_missing_input_not_a_retry():
+    """A retry finds the same lake: the task must fail at once, saying what to build."""
+    from jobs.ml.training import time_split
+    from jobs.shared.result import MissingInput
+
+    frame = pd.DataFrame({"date": ["2026-03-01", "2026-03-02"], "timestamp": [1, 2], "is_fraud": [0, 1]})
+    with pytest.raises(MissingInput, match=r"hold out 5; have 2 \(2026-03-01..2026-03-02\)") as refused:
+        time_split(frame, 5)
+    assert refused.value.exit_code == 4
