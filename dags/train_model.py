@@ -33,6 +33,7 @@ from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
+from pipeline.approval import decision_arguments
 from pipeline.assets import CHALLENGER_MODEL, CHAMPION_MODEL, DRIFT_SIGNAL
 from pipeline.defaults import DEFAULT_ARGS, FORCE_ARG, PROMOTION_POOL, START_DATE, TAGS, force_param
 from pipeline.execution.operators import job_task
@@ -154,18 +155,11 @@ with DAG(
             retries=0,
             doc_md="Waits for a person: promote / keep the champion / roll it back, with a reason.",
         )
-        answer = "{% set a = ti.xcom_pull(task_ids='approve_promotion') %}"
         record = job_task(
             step="decision",
             task_id="record_decision",
             pass_date=False,
-            arguments=[
-                "--model-version", evaluate.output["model_version"],
-                answer + "--decision={{ a['chosen_options'][0] }}",
-                answer + "--by={{ (a['responded_by_user'] or {}).get('name') or 'nobody (timed out)' }}",
-                answer + "--reason={{ (a['params_input'] or {}).get('reason') or "
-                         "('no answer in time' if a.get('timedout') else '') }}",
-            ],
+            arguments=decision_arguments(evaluate.output["model_version"]),
             doc_md="Records who decided what and why on the challenger's version in MLflow.",
         )
 

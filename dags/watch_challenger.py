@@ -29,6 +29,7 @@ from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, task
+from pipeline.approval import BY, REASON, decision_arguments
 from pipeline.assets import CHALLENGER_MODEL, CHAMPION_MODEL
 from pipeline.defaults import DEFAULT_ARGS, PROMOTION_POOL, START_DATE, TAGS
 from pipeline.execution.operators import job_task
@@ -125,17 +126,11 @@ with DAG(
             """Follows the person's answer in the approval form."""
             return "record_approval" if answer["chosen_options"][0] == PROMOTE else "decline_challenger"
 
-        answer = "{% set a = ti.xcom_pull(task_ids='approve_promotion') %}"
         record_approval = job_task(
             step="decision",
             task_id="record_approval",
             pass_date=False,
-            arguments=[
-                "--model-version", guardrails.output["model_version"],
-                "--decision=promote",
-                answer + "--by={{ (a['responded_by_user'] or {}).get('name') or 'unknown' }}",
-                answer + "--reason={{ (a['params_input'] or {}).get('reason') or '' }}",
-            ],
+            arguments=decision_arguments(guardrails.output["model_version"], "promote"),
             doc_md="Records who approved the promotion, and why, on the challenger's version in MLflow.",
         )
         decline = job_task(
@@ -144,9 +139,7 @@ with DAG(
             pass_date=False,
             pool=PROMOTION_POOL,
             arguments=["--model-version", guardrails.output["model_version"],
-                       answer + "--reason=declined in the approval form by "
-                       "{{ (a['responded_by_user'] or {}).get('name') or 'nobody (timed out)' }}: "
-                       "{{ (a['params_input'] or {}).get('reason') or 'no reason given' }}"],
+                       f"--reason=declined in the approval form by {BY}: {REASON}"],
             outlets=[CHALLENGER_MODEL],
             doc_md="A person declined the promotion: the challenger leaves live traffic, the champion stays.",
         )
