@@ -39,7 +39,7 @@ BATCH_MANIFEST = "_batch.json"  # in a bronze batch folder: what the batch holds
 # Per step and partition: the inputs and outputs of its last success (see jobs/storage/unchanged.py).
 STEP_RECORDS = "_ledger/steps"
 COSTS = "_ledger/costs"  # one record per job task: wall, CPU, peak memory, rows (jobs/storage/costs.py)
-CHECKPOINTS = "_checkpoints/train"  # one per training task being run (jobs/storage/checkpoints.py)
+CHECKPOINTS = "_ledger/checkpoints/train"  # one per training task under way (jobs/storage/checkpoints.py)
 CLAIMS = "_ledger/claims"
 # Every transaction id in silver, whatever its date, with its owner (see jobs/storage/id_index.py).
 ID_INDEX = "_ledger/transaction_ids"

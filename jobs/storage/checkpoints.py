@@ -2,7 +2,7 @@
 OOM kill) resumes from on its retry.
 
 One checkpoint per training task, keyed by the Airflow run and task (never the try number: every
-try of one task shares it) under ``_checkpoints/train/``; outside Airflow by the date and a digest of
+try of one task shares it) under ``_ledger/checkpoints/train/``; outside Airflow by the date and a digest of
 the training inputs, so the same command on the same data resumes. Each save replaces the object
 atomically (the lake's ``write_bytes``: a rename on a folder, one PUT on S3), so a kill during a save
 leaves the previous checkpoint whole. A checkpoint records the digest of the inputs it was taken
