@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import timedelta
 
@@ -279,11 +279,8 @@ class _Loop:
     best: float = -1.0
     best_state: dict | None = None
     stale: int = 0
-    history: list = None
+    history: list = field(default_factory=list)
     finished: bool = False
-
-    def __post_init__(self):
-        self.history = [] if self.history is None else self.history
 
 
 def _checkpoint(loop: _Loop, net, opt, device: str) -> dict:

@@ -147,6 +147,21 @@ def challenger_pin(run_id: str) -> str:
     return f"_ledger/challenger_pins/{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.json"
 
 
+def task_digest(dag_id: str, run_id: str, task_id: str) -> str:
+    """A short, stable identity of one Airflow task of one run (every try of it shares it)."""
+    return hashlib.sha256(f"{dag_id}\n{run_id}\n{task_id}".encode()).hexdigest()[:32]
+
+
+def checkpoint(owner: str) -> str:
+    """The training checkpoint of ``owner``: ``airflow-<task_digest>`` or ``manual-<date>-<inputs>``."""
+    return f"{CHECKPOINTS}/{owner}.pt"
+
+
+def cost_record(date: Date | str | None, step: str, owner: str) -> str:
+    """What one job task (``owner``) of ``step`` cost, under the date it worked on."""
+    return f"{COSTS}/date={date or 'none'}/{step}-{owner}.json"
+
+
 def object_id(key: str, sha256: str) -> str:
     """A short, stable identity of one delivered object (key + content), used as a Delta app id."""
     return f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{sha256[:16]}"

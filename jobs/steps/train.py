@@ -41,7 +41,7 @@ from jobs.shared.result import JobError, MissingInput
 from jobs.shared.schemas import FEATURE_COLUMNS, LABEL
 from jobs.storage import lake as lk
 from jobs.storage import unchanged
-from jobs.storage.checkpoints import Checkpoints, checkpoint_key, inputs_digest
+from jobs.storage.checkpoints import Checkpoints, checkpoint_key
 from jobs.storage.registry import file_sha256, mlflow_client, read_gold
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def checkpoints_for(lake: lk.Lake, date: str, inputs: dict, settings: Settings,
     """The checkpoint store of this training task: keyed by its Airflow run and task, else by date and inputs."""
     key = checkpoint_key(date, inputs, settings.airflow_dag_id, settings.airflow_run_id or airflow_run_id,
                          settings.airflow_task_id)
-    return Checkpoints(lake, key, inputs_digest(inputs), settings.checkpoint_minutes * 60)
+    return Checkpoints(lake, key, unchanged.fingerprint(inputs), settings.checkpoint_minutes * 60)
 
 
 def _fit_and_register(lake: lk.Lake, date: str, window: list[str], frame: pd.DataFrame, gold_version: int | None,

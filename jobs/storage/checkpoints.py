@@ -15,15 +15,14 @@ nothing that executes.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 
 from jobs.shared import layout
 from jobs.storage.lake import Lake, ObjectMissing
+from jobs.storage.unchanged import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +30,8 @@ log = logging.getLogger(__name__)
 def checkpoint_key(date: str, inputs: dict, dag_id: str = "", run_id: str = "", task_id: str = "") -> str:
     """Where one training task's checkpoint lives (see the module doc)."""
     if run_id and task_id:
-        owner = hashlib.sha256(f"{dag_id}\n{run_id}\n{task_id}".encode()).hexdigest()[:32]
-        return f"{layout.CHECKPOINTS}/airflow-{owner}.pt"
-    return f"{layout.CHECKPOINTS}/manual-{date}-{inputs_digest(inputs)[:16]}.pt"
-
-
-def inputs_digest(inputs: dict) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        return layout.checkpoint(f"airflow-{layout.task_digest(dag_id, run_id, task_id)}")
+    return layout.checkpoint(f"manual-{date}-{fingerprint(inputs)}")
 
 
 @dataclass
@@ -50,7 +44,7 @@ class Checkpoints:
 
     lake: Lake
     key: str
-    inputs: str  # inputs_digest of what this training fits on
+    inputs: str  # the fingerprint (jobs.storage.unchanged) of what this training fits on
     every_seconds: float
     saves: int = 0
     _last: float = field(default_factory=time.monotonic)

@@ -8,7 +8,6 @@ write is logged and never fails the job: the cost is also in the job's result (i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -22,9 +21,8 @@ log = logging.getLogger(__name__)
 def record(lake: Lake, step: str, date: str | None, cost: dict, dag_id: str = "", run_id: str = "",
            task_id: str = "") -> str | None:
     """Keep one job's cost; returns its key (None when the lake refused it)."""
-    task = (hashlib.sha256(f"{dag_id}\n{run_id}\n{task_id}".encode()).hexdigest()[:16] if run_id
-            else f"manual-{uuid.uuid4().hex[:16]}")
-    key = f"{layout.COSTS}/date={date or 'none'}/{step}-{task}.json"
+    owner = layout.task_digest(dag_id, run_id, task_id) if run_id else f"manual-{uuid.uuid4().hex[:16]}"
+    key = layout.cost_record(date, step, owner)
     try:
         lake.write_json(key, {"step": step, "date": date, "dag_id": dag_id, "run_id": run_id, "task_id": task_id,
                               "at": datetime.now(UTC).isoformat(timespec="seconds"), **cost})
