@@ -8,8 +8,8 @@ for the run summary and the MLflow series (docs/performance.md, *What a run cost
 - ``cpu_s``: user + system CPU seconds of the job and of every child it started (Spark's JVM, torchrun's
   workers), whether they ended (``os.times``) or still ran at the last sample.
 - ``peak_rss_mb``: the largest resident memory of the whole process tree, sampled every
-  ``SAMPLE_SECONDS``, and never below the kernel's own peaks (``ru_maxrss``) of the job and of its
-  largest ended child.
+  ``SAMPLE_SECONDS``, and never below the kernel's own peaks: the job's high-water mark (``VmHWM``,
+  see :func:`own_peak_bytes`) and the largest ended child's (``ru_maxrss``).
 - ``rows``: the rows the job worked on, from its result (delivered, built, scored, read, fitted).
 - ``gpu_s``: wall seconds holding CUDA devices (times their number), when the job used CUDA.
 """
@@ -72,8 +72,7 @@ class Meter:
         own = (now.user - self._times.user) + (now.system - self._times.system)
         ended = (now.children_user - self._times.children_user) + (now.children_system - self._times.children_system)
         children = max(ended, sum(self._children_cpu.values()))
-        kernel_peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024  # KiB on Linux
+        kernel_peak = max(own_peak_bytes(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
         wall = time.monotonic() - self._started
         out = {"wall_s": round(wall, 3), "cpu_s": round(own + children, 3),
                "peak_rss_mb": round(max(self._peak, kernel_peak) / 2**20, 1), "gpu_s": round(_gpu_seconds(wall), 3)}
@@ -87,6 +86,25 @@ class Meter:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def own_peak_bytes() -> int:
+    """The peak resident memory of this process since it started its program.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the high-water mark of the memory a
+    process had before ``exec`` into it, so a job forked by a large parent (a test runner, a bench
+    with a lake loaded) would report the parent's size. ``VmHWM`` of ``/proc/self/status`` belongs to
+    this program's own address space; ``ru_maxrss`` is the fallback where there is no ``/proc``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def rows_of(result: dict) -> int | None:

@@ -463,9 +463,9 @@ def _release_memory() -> None:
 
 
 def _peak_gib() -> float:
-    import resource
+    from jobs.shared.cost import own_peak_bytes
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return own_peak_bytes() / 2**30
 
 
 def _string_types(arrow_type):
