@@ -16,55 +16,89 @@ import pandas as pd
 from jobs.ml.model import Preprocessing, build_model, classification_metrics
 from jobs.settings import Settings
 from jobs.shared.result import JobError, MissingInput
-from jobs.shared.schemas import LABEL, LOOKBACK_DAYS
+from jobs.shared.schemas import CATEGORICAL_FEATURES, FEATURE_COLUMNS, LABEL, LOOKBACK_DAYS, NUMERIC_FEATURES
 
 log = logging.getLogger(__name__)
 
 VALIDATION_SHARE = 0.15  # most recent share of the fitting rows, used for early stopping
+REFERENCE_ROWS = 5000  # fitting rows kept with the model as the drift reference
+PARITY_ROWS = 20_000  # holdout rows the exported ONNX model is checked on against PyTorch
+# What training reads of gold: the model's columns, the label, and what orders and identifies a row.
+FINGERPRINT_COLUMNS = ["transaction_id", "timestamp", *FEATURE_COLUMNS, LABEL]
+TRAINING_COLUMNS = [*FINGERPRINT_COLUMNS, "date"]
+_ORDER = "_order"  # a row's seeded hash: the tie-break after its timestamp, and its rank in a sample
 
-def time_split(frame: pd.DataFrame, holdout_days: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(fit, validation, holdout) by time: holdout = last days, validation = end of the rest."""
-    dates = sorted(frame["date"].unique())
+
+@dataclass(frozen=True)
+class Split:
+    """How a training window divides by time: the last ``holdout_days`` dates are the holdout; the rest
+    is ordered by (timestamp, transaction_id) and its last ``VALIDATION_SHARE`` validates early
+    stopping, starting at ``boundary`` (the first validation row's timestamp and id)."""
+
+    dates: list[str]
+    holdout_dates: list[str]
+    boundary: tuple
+    fit_rows: int  # before negative sampling
+    validation_rows: int
+    holdout_rows: int
+
+
+def plan_split(counts: dict[str, int], holdout_days: int, keys_of) -> Split:
+    """The :class:`Split` of a window from its rows per date (``counts``, from the table's log) and
+    ``keys_of(date)``: that date's ``timestamp`` and ``transaction_id`` (read for one date only, the
+    date the validation share starts in)."""
+    dates = sorted(d for d, n in counts.items() if n)
     if len(dates) <= holdout_days:
         # Not retryable: more days of features must be built first (a retry finds the same lake).
         raise MissingInput(f"need more than {holdout_days} days of features to hold out {holdout_days}; have "
                            f"{len(dates)} ({dates[0] if dates else '-'}..{dates[-1] if dates else '-'}): build more "
                            "days (build_features with a start date) or lower PIPELINE_HOLDOUT_DAYS")
-    holdout_dates = dates[-holdout_days:]
-    holdout = frame[frame["date"].isin(holdout_dates)]
-    rest = frame[~frame["date"].isin(holdout_dates)].sort_values("timestamp")
-    cut = int(len(rest) * (1 - VALIDATION_SHARE))
-    return rest.iloc[:cut], rest.iloc[cut:], holdout
+    holdout, rest = dates[-holdout_days:], dates[:-holdout_days]
+    total = sum(counts[d] for d in rest)
+    cut = int(total * (1 - VALIDATION_SHARE))
+    seen = 0
+    for day in rest:
+        if seen + counts[day] > cut:
+            keys = keys_of(day).sort_values(["timestamp", "transaction_id"], ignore_index=True)
+            first = keys.iloc[cut - seen]
+            return Split(dates, holdout, (first["timestamp"], first["transaction_id"]), cut, total - cut,
+                         sum(counts[d] for d in holdout))
+        seen += counts[day]
+    raise AssertionError("unreachable: the cut lies inside the rows before the holdout")
 
 
-@dataclass(frozen=True)
-class TrainingRows:
-    """The rows one training uses, by time: fitting (sampled), validation, the holdout; and the
-    fitting rows before sampling (the drift reference describes the data as it arrives)."""
-
-    fit: pd.DataFrame
-    validation: pd.DataFrame
-    holdout: pd.DataFrame
-    unsampled: pd.DataFrame
+def is_fitting(frame: pd.DataFrame, split: Split) -> np.ndarray:
+    """Which rows of ``frame`` (none of them holdout rows) come before the split's validation boundary."""
+    at, tid = split.boundary
+    ts = frame["timestamp"]
+    return ((ts < at) | ((ts == at) & (frame["transaction_id"] < tid))).to_numpy()
 
 
-def training_rows(frame: pd.DataFrame, settings: Settings, permute_labels: bool = False) -> TrainingRows:
-    """Split ``frame`` by time, permute the labels for a no-skill baseline, downsample the negatives."""
-    fit_rows, val_rows, holdout = time_split(frame, settings.holdout_days)
-    if permute_labels:
-        rng = np.random.default_rng(settings.seed)
-        fit_rows = fit_rows.assign(**{LABEL: rng.permutation(fit_rows[LABEL].to_numpy())})
-        val_rows = val_rows.assign(**{LABEL: rng.permutation(val_rows[LABEL].to_numpy())})
-    unsampled = fit_rows
-    if settings.negative_sample_rate < 1.0:
-        fit_rows = downsample_negatives(unsampled, settings.negative_sample_rate, settings.seed)
-        log.info("negative downsampling at %.3f: %d of %d fitting rows kept (every fraud row)",
-                 settings.negative_sample_rate, len(fit_rows), len(unsampled))
-    return TrainingRows(fit_rows, val_rows, holdout, unsampled)
+def time_split(frame: pd.DataFrame, holdout_days: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(fit, validation, holdout) of a loaded frame, by the :func:`plan_split` rules."""
+    split = _split_of(frame, holdout_days)
+    held = frame["date"].isin(split.holdout_dates).to_numpy()
+    rest = frame[~held].sort_values(["timestamp", "transaction_id"])
+    fitting = is_fitting(rest, split)
+    return rest[fitting], rest[~fitting], frame[held]
+
+
+def _split_of(frame: pd.DataFrame, holdout_days: int) -> Split:
+    counts = frame["date"].value_counts().to_dict()
+    return plan_split(counts, holdout_days, lambda d: frame.loc[frame["date"] == d, ["timestamp", "transaction_id"]])
+
+
+def row_uniforms(ids: pd.Series, seed: int, purpose: str) -> np.ndarray:
+    """A uniform number in [0, 1) per transaction id, from a hash keyed by ``seed`` and ``purpose``:
+    the same for a row whichever batch, file or order it is read in (sampling inside a scan)."""
+    key = f"{purpose[:6]:<6}{seed % 10**10:010d}"  # SipHash's key: 16 characters
+    hashed = pd.util.hash_pandas_object(ids.astype(object), index=False, hash_key=key).to_numpy()
+    return (hashed >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
 def downsample_negatives(fit_rows: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
-    """Every fraud row and a random ``rate`` share of the others, in the original (time) order.
+    """Every fraud row and a ``rate`` share of the others (chosen by :func:`row_uniforms` of the
+    transaction id, so a scan decides row by row), in the original (time) order.
 
     The loss weights positives by the negative/positive ratio of the rows it is given (see
     :func:`fit`), so after sampling the two classes still carry equal total weight: each kept
@@ -73,28 +107,168 @@ def downsample_negatives(fit_rows: pd.DataFrame, rate: float, seed: int) -> pd.D
     """
     if rate >= 1.0:
         return fit_rows
-    rng = np.random.default_rng(seed)
-    keep = (fit_rows[LABEL].to_numpy() == 1) | (rng.random(len(fit_rows)) < rate)
+    ids = fit_rows["transaction_id"] if "transaction_id" in fit_rows else pd.Series(fit_rows.index.astype(str))
+    keep = (fit_rows[LABEL].to_numpy() == 1) | (row_uniforms(ids, seed, "sample") < rate)
     return fit_rows[keep]
 
 
-def drift_reference(fit_rows: pd.DataFrame, min_rows: int = 500) -> pd.DataFrame:
-    """Fitting rows whose card history was fully observable (after the first LOOKBACK_DAYS).
+class Fingerprint:
+    """A fingerprint of exact feature rows, built batch by batch: the same for the same rows in any
+    order and batching (training orders its rows itself), different when any value changes."""
 
-    Rows in the first days of the window have short histories, so their history features look
-    different from any later day's; a reference built on them would report drift on normal data.
-    """
-    first = Date.fromisoformat(fit_rows["date"].min())
-    complete = fit_rows[fit_rows["date"] >= (first + timedelta(days=LOOKBACK_DAYS)).isoformat()]
-    return complete if len(complete) >= min_rows else fit_rows
+    def __init__(self):
+        self.rows, self._sum, self._squares = 0, 0, 0
+
+    def add(self, frame: pd.DataFrame) -> Fingerprint:
+        hashed = pd.util.hash_pandas_object(frame[FINGERPRINT_COLUMNS], index=False).to_numpy()
+        self.rows += len(hashed)
+        self._sum = (self._sum + int(hashed.sum(dtype=np.uint64))) % 2**64  # numpy wraps at 2**64
+        self._squares = (self._squares + int((hashed * hashed).sum(dtype=np.uint64))) % 2**64
+        return self
+
+    def hexdigest(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"{self.rows}:{self._sum}:{self._squares}".encode()).hexdigest()[:16]
 
 
 def feature_fingerprint(frame: pd.DataFrame) -> str:
-    """A fingerprint of exact feature rows (values and order)."""
-    import hashlib
+    """The :class:`Fingerprint` of a loaded frame's training columns."""
+    return Fingerprint().add(frame).hexdigest()
 
-    rows = pd.util.hash_pandas_object(frame.drop(columns=["date"]), index=False).to_numpy().tobytes()
-    return hashlib.sha256(rows).hexdigest()[:16]
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """What one training uses: the fitting rows (negatives sampled) and the validation rows, both in
+    time order with the model's columns only; a seeded sample of the holdout (ONNX parity) and of
+    the fitting rows before sampling (the drift reference: data as it arrives); and the counts."""
+
+    fit: pd.DataFrame
+    validation: pd.DataFrame
+    holdout_sample: pd.DataFrame
+    reference: pd.DataFrame
+    split: Split
+    fingerprint: str
+    permuted: bool = False  # labels shuffled: the no-skill baseline
+
+
+class RowSelector:
+    """Builds :class:`TrainingRows` from a window's rows given batch by batch (any batching, any order).
+
+    Memory holds the kept fitting and validation rows (model columns, float32) and two bounded
+    samples, never the window: negative sampling, the time split, both samples and the fingerprint
+    are decided row by row as batches pass.
+    """
+
+    def __init__(self, split: Split, settings: Settings, permute_labels: bool = False):
+        self.split, self._seed, self._rate, self._permute = split, settings.seed, settings.negative_sample_rate, \
+            permute_labels
+        self._holdout = set(split.holdout_dates)
+        # Rows whose card history was fully observable (after the first LOOKBACK_DAYS) describe the
+        # data a later day brings; the first days' short histories would read as drift on normal data.
+        self._complete_from = (Date.fromisoformat(split.dates[0]) + timedelta(days=LOOKBACK_DAYS)).isoformat()
+        self._fit: list[pd.DataFrame] = []
+        self._validation: list[pd.DataFrame] = []
+        self._parity, self._reference, self._early = _Sample(PARITY_ROWS), _Sample(REFERENCE_ROWS), \
+            _Sample(REFERENCE_ROWS)
+        self._fingerprint = Fingerprint()
+        self.rows = 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if list(frame.columns) != TRAINING_COLUMNS:
+            frame = frame[TRAINING_COLUMNS]
+        self._fingerprint.add(frame)
+        self.rows += len(frame)
+        order = row_uniforms(frame["transaction_id"], self._seed, "order")
+        held = frame["date"].isin(self._holdout).to_numpy()
+        self._parity.add(frame[held], order[held])
+        rest = ~held
+        fitting = np.zeros(len(frame), dtype=bool)
+        fitting[rest] = is_fitting(frame[rest], self.split)
+        validating = rest & ~fitting
+        if validating.any():
+            self._validation.append(_compact(frame[validating], order[validating]))
+        if fitting.any():
+            rows, keys = frame[fitting], order[fitting]
+            complete = (rows["date"] >= self._complete_from).to_numpy()
+            self._reference.add(rows[complete], keys[complete])
+            self._early.add(rows[~complete], keys[~complete])
+            if self._rate < 1.0:
+                keep = (rows[LABEL].to_numpy() == 1) | (row_uniforms(rows["transaction_id"], self._seed, "sample")
+                                                        < self._rate)
+                rows, keys = rows[keep], keys[keep]
+            self._fit.append(_compact(rows, keys))
+
+    def result(self) -> TrainingRows:
+        fit_rows, validation = _in_time_order(self._fit), _in_time_order(self._validation)
+        if self._permute:  # a no-skill baseline: labels shuffled among the rows
+            rng = np.random.default_rng(self._seed)
+            fit_rows[LABEL] = rng.permutation(fit_rows[LABEL].to_numpy())
+            validation[LABEL] = rng.permutation(validation[LABEL].to_numpy())
+        reference = self._reference.rows()
+        if len(reference) < 500:  # a short window: the early days too
+            reference = _Sample.merged(self._reference, self._early, REFERENCE_ROWS)
+        if self._rate < 1.0:
+            log.info("negative downsampling at %.3f: %d of %d fitting rows kept (every fraud row)",
+                     self._rate, len(fit_rows), self.split.fit_rows)
+        return TrainingRows(fit_rows, validation, self._parity.rows(), reference, self.split,
+                            self._fingerprint.hexdigest(), self._permute)
+
+
+def select_rows(frame: pd.DataFrame, settings: Settings, permute_labels: bool = False) -> TrainingRows:
+    """:class:`TrainingRows` of a loaded window (what the streamed selection equals, row for row)."""
+    selector = RowSelector(_split_of(frame, settings.holdout_days), settings, permute_labels)
+    selector.add(frame)
+    return selector.result()
+
+
+def _compact(rows: pd.DataFrame, keys: np.ndarray) -> pd.DataFrame:
+    """The model's columns (numeric as float32, categories as Arrow strings), the label and the order."""
+    out = rows[NUMERIC_FEATURES].astype("float32")
+    for column in CATEGORICAL_FEATURES:
+        out[column] = rows[column].astype(pd.StringDtype("pyarrow"))
+    out[LABEL] = rows[LABEL].to_numpy().astype("int8")
+    out["timestamp"] = rows["timestamp"].to_numpy()
+    out[_ORDER] = keys
+    return out
+
+
+def _in_time_order(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    if not parts:
+        return pd.DataFrame(columns=[*FEATURE_COLUMNS, LABEL])
+    frame = pd.concat(parts, ignore_index=True).sort_values(["timestamp", _ORDER], ignore_index=True)
+    return frame.drop(columns=["timestamp", _ORDER])
+
+
+class _Sample:
+    """The ``size`` rows with the smallest keys seen so far: a seeded uniform sample without replacement,
+    the same whatever the batching."""
+
+    def __init__(self, size: int):
+        self.size, self._rows = size, None
+
+    def add(self, rows: pd.DataFrame, keys: np.ndarray) -> None:
+        if not len(rows):
+            return
+        rows = rows.assign(**{_ORDER: keys})
+        if self._rows is not None and len(self._rows) >= self.size:
+            rows = rows[rows[_ORDER].to_numpy() < self._rows[_ORDER].max()]
+        self._rows = rows if self._rows is None else pd.concat([self._rows, rows], ignore_index=True)
+        if len(self._rows) > 2 * self.size:
+            self._rows = self._rows.nsmallest(self.size, _ORDER)
+
+    def rows(self) -> pd.DataFrame:
+        if self._rows is None:
+            return pd.DataFrame(columns=TRAINING_COLUMNS)
+        return self._rows.nsmallest(self.size, _ORDER).sort_values(_ORDER).drop(columns=_ORDER).reset_index(drop=True)
+
+    @staticmethod
+    def merged(a: _Sample, b: _Sample, size: int) -> pd.DataFrame:
+        both = _Sample(size)
+        for part in (a, b):
+            if part._rows is not None:
+                both.add(part._rows.drop(columns=_ORDER), part._rows[_ORDER].to_numpy())
+        return both.rows()
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -213,12 +387,14 @@ class _PreemptionNotice:
 def _train_epochs(loop, model, net, opt, gen, loss_fn, xn, xc, y, vn, vc, val_rows, settings, device, world, rank,
                   on_epoch, save, checkpoints, notice) -> None:
     """The epochs from where ``loop`` stands; ``save`` (rank 0 with checkpoints) checkpoints on the way."""
+    import time
+
     import torch
 
     use_bf16 = device.startswith("cuda")
 
     while loop.epoch <= settings.max_epochs and not loop.finished:
-        epoch = loop.epoch
+        epoch, started, first_row = loop.epoch, time.monotonic(), loop.position
         model.train()
         gen.set_state(loop.epoch_generator)  # the epoch's permutation, again after a resume
         order = torch.randperm(len(y), generator=gen)  # same on every process (same seed)
@@ -247,8 +423,9 @@ def _train_epochs(loop, model, net, opt, gen, loss_fn, xn, xc, y, vn, vc, val_ro
         row = {"epoch": epoch, "train_loss": float(loop.total) / len(order), "val_pr_auc": val["pr_auc"],
                "val_roc_auc": val["roc_auc"]}
         loop.history.append(row)
-        log.info("epoch %d/%d  loss=%.4f  val_pr_auc=%.4f  val_roc_auc=%.4f",
-                 epoch, settings.max_epochs, row["train_loss"], row["val_pr_auc"], row["val_roc_auc"])
+        rate = (len(order) - first_row) * world / max(time.monotonic() - started, 1e-9)
+        log.info("epoch %d/%d  loss=%.4f  val_pr_auc=%.4f  val_roc_auc=%.4f  (%.0f rows/s)",
+                 epoch, settings.max_epochs, row["train_loss"], row["val_pr_auc"], row["val_roc_auc"], rate)
         if on_epoch:
             on_epoch(row)
         if val["pr_auc"] > loop.best + 1e-4:

@@ -12,18 +12,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from jobs.ml import calibration
 from jobs.ml.model import Preprocessing, build_model
 from jobs.ml.training import (
+    TRAINING_COLUMNS,
+    RowSelector,
+    TrainingRows,
     distributed,
-    drift_reference,
-    feature_fingerprint,
     fit,
     pick_device,
+    plan_split,
     torch_scores,
-    training_rows,
 )
 from jobs.settings import Settings
 from jobs.shared import layout, links
@@ -42,20 +42,22 @@ from jobs.shared.schemas import FEATURE_COLUMNS, LABEL
 from jobs.storage import lake as lk
 from jobs.storage import unchanged
 from jobs.storage.checkpoints import Checkpoints, checkpoint_key
-from jobs.storage.registry import file_sha256, mlflow_client, read_gold
+from jobs.storage.registry import file_sha256, mlflow_client
 
 log = logging.getLogger(__name__)
 
-REFERENCE_ROWS = 5000  # training sample stored with the model for drift checks
+READ_BATCH_ROWS = 131_072  # gold rows per record batch of the training scan
+PROGRESS_ROWS = 5_000_000  # a progress line every this many rows read
 
 
-def lineage_snapshots(lake: lk.Lake, frame: pd.DataFrame, gold_version: int) -> dict[str, str]:
+def lineage_snapshots(lake: lk.Lake, fingerprint: str, gold_version: int) -> dict[str, str]:
     """What a model was built from, recorded with its run and version.
 
     ``gold_version``: the version of the gold table the training frame was read from (reading the
     window at that version gives the frame back exactly); ``silver_version``: the newest silver
     version the gold builds behind it read; ``data_snapshot``: the raw objects ingested so far
-    (ledger keys + content hashes); ``feature_snapshot``: the exact feature rows of the window.
+    (ledger keys + content hashes); ``feature_snapshot``: the :class:`jobs.ml.training.Fingerprint`
+    of the window's rows.
     """
     import hashlib
 
@@ -67,7 +69,7 @@ def lineage_snapshots(lake: lk.Lake, frame: pd.DataFrame, gold_version: int) -> 
         "gold_version": str(gold_version),
         "silver_version": str(silver_version_of_gold(lake, gold_version)),
         "data_snapshot": hashlib.sha256("\n".join(objects).encode()).hexdigest()[:16],
-        "feature_snapshot": feature_fingerprint(frame),
+        "feature_snapshot": fingerprint,
     }
 
 
@@ -106,20 +108,55 @@ def train(lake: lk.Lake, date: str, settings: Settings, trigger: str = "manual",
 
     window = Window.ending(date, settings.train_window_days).days()
     gold_version = tables.version(lake, layout.GOLD_FEATURES)
-    frame = read_gold(lake, window, version=gold_version)
-    if frame.empty:
-        raise MissingInput(f"no gold features in {lake.uri_of(layout.GOLD_FEATURES)} for {window[0]}..{window[-1]}")
-    inputs = training_inputs(window, feature_fingerprint(frame), settings, permute_labels)
+    rows = read_training_rows(lake, window, gold_version, settings, permute_labels)
+    inputs = training_inputs(window, rows.fingerprint, settings, permute_labels)
 
     def work() -> dict:
-        return _fit_and_register(lake, date, window, frame, gold_version, settings, trigger, airflow_run_id,
-                                 permute_labels, checkpoints_for(lake, date, inputs, settings, airflow_run_id))
+        return _fit_and_register(lake, date, window, rows, gold_version, settings, trigger, airflow_run_id,
+                                 checkpoints_for(lake, date, inputs, settings, airflow_run_id))
 
     # Under torchrun every process decides the same way; only rank 0 registers and records.
     return unchanged.once(lake, "train", date, inputs, work, force=force,
                           still_valid=lambda result: _version_exists(settings, result.get("model_version")),
                           run_id=lambda result: airflow_run_id or result["mlflow_run_id"],
                           record=distributed()[0] == 0)
+
+
+def read_training_rows(lake: lk.Lake, window: list[str], gold_version: int | None, settings: Settings,
+                       permute_labels: bool = False) -> TrainingRows:
+    """The window's training rows, read from gold at ``gold_version`` in record batches of the training
+    columns only: the time split is planned from the log's row counts, and negative sampling, both
+    samples and the fingerprint are decided as the batches pass (:class:`jobs.ml.training.RowSelector`),
+    so memory holds what training keeps, not the window."""
+    import time
+
+    from jobs.storage import tables
+
+    counts = tables.date_counts(lake, layout.GOLD_FEATURES, window, version=gold_version) if gold_version is not None \
+        else {}
+    if not counts:
+        raise MissingInput(f"no gold features in {lake.uri_of(layout.GOLD_FEATURES)} for {window[0]}..{window[-1]}")
+    split = plan_split(counts, settings.holdout_days, lambda day: tables.read(
+        lake, layout.GOLD_FEATURES, dates=[day], columns=["timestamp", "transaction_id"], version=gold_version))
+    selector = RowSelector(split, settings, permute_labels)
+    total, started, reported = sum(counts.values()), time.monotonic(), 0
+    for batch in tables.batches(lake, layout.GOLD_FEATURES, TRAINING_COLUMNS, dates=window, version=gold_version,
+                                batch_size=READ_BATCH_ROWS):
+        selector.add(batch.to_pandas())
+        if selector.rows - reported >= PROGRESS_ROWS:
+            reported = selector.rows
+            log.info("read %d of %d gold rows (%.0f rows/s)", reported, total,
+                     reported / max(time.monotonic() - started, 1e-9))
+    if selector.rows != total:  # the log's statistics and the files disagree: never train on a guess
+        raise JobError(f"gold {lake.uri_of(layout.GOLD_FEATURES)} v{gold_version} holds {selector.rows} rows for "
+                       f"{window[0]}..{window[-1]}, its log says {total}")
+    rows = selector.result()
+    seconds = time.monotonic() - started
+    log.info("read %d gold rows of %s..%s at v%s in %.1f s (%.0f rows/s): kept %d fitting rows of %d, %d validating, "
+             "%d held out (%s..%s)", total, window[0], window[-1], gold_version, seconds, total / max(seconds, 1e-9),
+             len(rows.fit), split.fit_rows, len(rows.validation), split.holdout_rows, split.holdout_dates[0],
+             split.holdout_dates[-1])
+    return rows
 
 
 def checkpoints_for(lake: lk.Lake, date: str, inputs: dict, settings: Settings,
@@ -130,15 +167,15 @@ def checkpoints_for(lake: lk.Lake, date: str, inputs: dict, settings: Settings,
     return Checkpoints(lake, key, unchanged.fingerprint(inputs), settings.checkpoint_minutes * 60)
 
 
-def _fit_and_register(lake: lk.Lake, date: str, window: list[str], frame: pd.DataFrame, gold_version: int | None,
-                      settings: Settings, trigger: str, airflow_run_id: str, permute_labels: bool,
+def _fit_and_register(lake: lk.Lake, date: str, window: list[str], rows: TrainingRows, gold_version: int | None,
+                      settings: Settings, trigger: str, airflow_run_id: str,
                       checkpoints: Checkpoints | None = None) -> dict:
     """Fit (resuming from ``checkpoints`` when a try before saved one), export and check the ONNX model
     and its bundle, register the version and tag it; then the checkpoint goes."""
     import mlflow
     import torch
 
-    rows = training_rows(frame, settings, permute_labels)
+    permute_labels = rows.permuted
     device = pick_device(settings.device)
     rank, world, local_rank = distributed()
     if device == "cuda" and world > 1:
@@ -147,10 +184,10 @@ def _fit_and_register(lake: lk.Lake, date: str, window: list[str], frame: pd.Dat
         fit(rows.fit, rows.validation, settings, device, checkpoints=checkpoints)
         return {"rank": rank, "world_size": world}
     log.info("training on %d rows (%d fraud), validating on %d, holding out %d (%s..%s) on %s",
-             len(rows.fit), int(rows.fit[LABEL].sum()), len(rows.validation), len(rows.holdout),
-             rows.holdout["date"].min(), rows.holdout["date"].max(), device)
-    snapshots = lineage_snapshots(lake, frame, gold_version)
-    holdout_dates = ",".join(sorted(rows.holdout["date"].unique()))
+             len(rows.fit), int(rows.fit[LABEL].sum()), len(rows.validation), rows.split.holdout_rows,
+             rows.split.holdout_dates[0], rows.split.holdout_dates[-1], device)
+    snapshots = lineage_snapshots(lake, rows.fingerprint, gold_version)
+    holdout_dates = ",".join(rows.split.holdout_dates)
     client = mlflow_client(settings)
     with mlflow.start_run(run_name=f"train-{date}") as run:
         mlflow.set_tags({**snapshots, "trigger": trigger, "logical_date": date,
@@ -190,7 +227,7 @@ def _fit_and_register(lake: lk.Lake, date: str, window: list[str], frame: pd.Dat
         "device": device, "world_size": world, "epochs": len(history),
         "best_val_pr_auc": max(h["val_pr_auc"] for h in history),
         ONNX_PARITY: bundle["parity"], "onnx_sha256": digest, "fit_rows": len(rows.fit),
-        "holdout_rows": len(rows.holdout), "decision_threshold": bundle["threshold"],
+        "holdout_rows": rows.split.holdout_rows, "decision_threshold": bundle["threshold"],
         "calibration": bundle["calibration"],
         "links": {links.MLFLOW_RUN: links.mlflow_run(run.info.run_id),
                   links.MODEL_VERSION: links.model_version(settings.model_name, version)},
@@ -216,16 +253,16 @@ def _export_and_log_bundle(tmp: Path, net, pre: Preprocessing, rows, settings: S
     exported = onnx.load(str(onnx_path))
     onnx.save_model(exported, str(onnx_path))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    numeric, categorical = pre.encode(rows.holdout)
+    numeric, categorical = pre.encode(rows.holdout_sample)
     onnx_scores = session.run(None, {"numeric": numeric, "categorical": categorical})[0]
-    parity = float(np.max(np.abs(onnx_scores - torch_scores(net, pre, rows.holdout))))
-    log.info("ONNX parity on %d holdout rows: max |onnx - torch| = %.2e", len(rows.holdout), parity)
+    parity = float(np.max(np.abs(onnx_scores - torch_scores(net, pre, rows.holdout_sample))))
+    log.info("ONNX parity on %d holdout rows (a seeded sample of %d): max |onnx - torch| = %.2e",
+             len(rows.holdout_sample), rows.split.holdout_rows, parity)
     (tmp / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=2))
     torch.save(net.state_dict(), tmp / "model_state.pt")
-    reference = drift_reference(rows.unsampled)
-    sample = reference.sample(min(REFERENCE_ROWS, len(reference)), random_state=settings.seed)
+    reference = rows.reference  # a seeded sample of the fitting rows before negative sampling
     mlflow.log_param("reference_window", f"{reference['date'].min()}..{reference['date'].max()}")
-    sample.to_parquet(tmp / "reference.parquet", index=False)
+    reference.to_parquet(tmp / "reference.parquet", index=False)
     # Calibration and the operating threshold, from the validation rows (jobs.ml.calibration).
     val_numeric, val_categorical = pre.encode(rows.validation)
     raw_val = session.run(None, {"numeric": val_numeric, "categorical": val_categorical})[0]

@@ -199,6 +199,28 @@ def partitions(lake: Lake, name: str, version: int | None = None) -> list[str]:
     return sorted({p[column] for p in table.partitions()})
 
 
+def date_counts(lake: Lake, name: str, dates: Iterable[str], version: int | None = None) -> dict[str, int]:
+    """Rows per date of the ``dates`` present in one version (the latest by default), from the log's
+    file statistics (no data read; counted by a scan where a file has none)."""
+    import pyarrow as pa
+
+    table = open_table(lake, name, version)
+    if table is None:
+        return {}
+    column = _partition_column(name)
+    wanted = set(dates)
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pydict()
+    counts: dict[str, int] = {}
+    for value, rows in zip(actions[f"partition.{column}"], actions.get("num_records") or [None] * len(actions["path"]),
+                           strict=True):
+        if value not in wanted:
+            continue
+        if rows is None:  # a file written without statistics
+            return {d: n for d in sorted(wanted) if (n := _dataset(table, name, [d]).count_rows(**SCAN))}
+        counts[value] = counts.get(value, 0) + int(rows)
+    return {d: counts[d] for d in sorted(counts) if counts[d]}
+
+
 def files(lake: Lake, name: str, dates: Iterable[str], version: int | None = None) -> list[str]:
     """URIs of the Parquet files that make up the ``dates`` of one table version (a snapshot).
 
