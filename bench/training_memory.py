@@ -75,6 +75,8 @@ def prepare(state: Path, days: int, rows_per_day: int, template_rows: int) -> No
             part["date"] = day.isoformat()
             parts.append(part)
         out = pd.concat(parts, ignore_index=True).iloc[:rows_per_day]
+        stamps = out["timestamp"] if out["timestamp"].dt.tz is not None else out["timestamp"].dt.tz_localize("UTC")
+        out["timestamp"] = stamps.astype("datetime64[us, UTC]")  # as the features job writes it
         tables.replace_partitions(lake, layout.GOLD_FEATURES, pa.Table.from_pandas(out, preserve_index=False),
                                   [day.isoformat()])
         print(f"  gold {day}: {len(out):,} rows ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -186,6 +188,7 @@ def main() -> None:
                         help="epochs of the train job (memory does not grow with them)")
     parser.add_argument("--compare-days", type=int, default=10, help="window of the streamed/load-all comparison")
     parser.add_argument("--compare-epochs", type=int, default=4)
+    parser.add_argument("--no-compare", action="store_true", help="the train job only")
     parser.add_argument("--state", type=Path, help="keep (and reuse) the prepared lake here")
     parser.add_argument("--one", choices=["streamed", "load-all"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -208,7 +211,8 @@ def main() -> None:
           " rows/s")
     print(f"  wall {job['wall_s']:.0f} s, CPU {cost['cpu_s']:.0f} s, peak RSS {peak:.2f} GiB (target <= {TARGET_GIB}: "
           f"{'met' if peak <= TARGET_GIB else 'NOT met'}; {peak / TARGET_GIB:.2f}x of it)")
-    compare(state, args.compare_days, args.rate, args.compare_epochs)
+    if not args.no_compare:
+        compare(state, args.compare_days, args.rate, args.compare_epochs)
 
 
 if __name__ == "__main__":

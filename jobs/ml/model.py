@@ -15,6 +15,16 @@ import pandas as pd
 from jobs.shared.schemas import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 
 UNKNOWN = 0  # index every unseen category maps to
+SCORE_ROWS = 65_536  # rows scored at once: the network's activations for millions would outweigh the rows
+
+
+def in_chunks(score, numeric: np.ndarray, categorical: np.ndarray, rows: int = SCORE_ROWS) -> np.ndarray:
+    """``score(numeric, categorical)`` over chunks of ``rows`` rows, concatenated: one chunk's activations
+    in memory at a time (an MLP's hidden layers are wider than its input)."""
+    if len(numeric) <= rows:
+        return np.asarray(score(numeric, categorical))
+    return np.concatenate([np.asarray(score(numeric[i : i + rows], categorical[i : i + rows]))
+                           for i in range(0, len(numeric), rows)])
 
 
 @dataclass

@@ -13,7 +13,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from jobs.ml.model import Preprocessing, build_model, classification_metrics
+from jobs.ml.model import Preprocessing, build_model, classification_metrics, in_chunks
 from jobs.settings import Settings
 from jobs.shared.result import JobError, MissingInput
 from jobs.shared.schemas import CATEGORICAL_FEATURES, FEATURE_COLUMNS, LABEL, LOOKBACK_DAYS, NUMERIC_FEATURES
@@ -417,8 +417,8 @@ def _train_epochs(loop, model, net, opt, gen, loss_fn, xn, xc, y, vn, vc, val_ro
                     raise Preempted(f"preempted (SIGTERM) in epoch {epoch}: checkpoint saved at row "
                                     f"{loop.position} of {len(order)}; the retry resumes from it")
         net.eval()
-        with torch.no_grad():
-            val_scores = torch.sigmoid(net(vn, vc)).float().cpu().numpy()
+        with torch.no_grad():  # in chunks: the hidden layers of millions of rows at once would not fit
+            val_scores = in_chunks(lambda n, c: torch.sigmoid(net(n, c)).float().cpu().numpy(), vn, vc)
         val = classification_metrics(val_rows[LABEL].to_numpy(), val_scores)
         row = {"epoch": epoch, "train_loss": float(loop.total) / len(order), "val_pr_auc": val["pr_auc"],
                "val_roc_auc": val["roc_auc"]}
@@ -503,4 +503,5 @@ def torch_scores(net, pre: Preprocessing, frame: pd.DataFrame) -> np.ndarray:
 
     numeric, categorical = pre.encode(frame)
     with torch.no_grad():
-        return torch.sigmoid(net(torch.from_numpy(numeric), torch.from_numpy(categorical))).numpy()
+        return in_chunks(lambda n, c: torch.sigmoid(net(torch.from_numpy(n), torch.from_numpy(c))).numpy(),
+                         numeric, categorical)

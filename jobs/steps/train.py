@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.ml import calibration
-from jobs.ml.model import Preprocessing, build_model
+from jobs.ml.model import Preprocessing, build_model, in_chunks
 from jobs.ml.training import (
     TRAINING_COLUMNS,
     RowSelector,
@@ -253,8 +253,11 @@ def _export_and_log_bundle(tmp: Path, net, pre: Preprocessing, rows, settings: S
     exported = onnx.load(str(onnx_path))
     onnx.save_model(exported, str(onnx_path))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    def onnx_run(n, c):
+        return session.run(None, {"numeric": n, "categorical": c})[0]
+
     numeric, categorical = pre.encode(rows.holdout_sample)
-    onnx_scores = session.run(None, {"numeric": numeric, "categorical": categorical})[0]
+    onnx_scores = in_chunks(onnx_run, numeric, categorical)
     parity = float(np.max(np.abs(onnx_scores - torch_scores(net, pre, rows.holdout_sample))))
     log.info("ONNX parity on %d holdout rows (a seeded sample of %d): max |onnx - torch| = %.2e",
              len(rows.holdout_sample), rows.split.holdout_rows, parity)
@@ -265,7 +268,7 @@ def _export_and_log_bundle(tmp: Path, net, pre: Preprocessing, rows, settings: S
     reference.to_parquet(tmp / "reference.parquet", index=False)
     # Calibration and the operating threshold, from the validation rows (jobs.ml.calibration).
     val_numeric, val_categorical = pre.encode(rows.validation)
-    raw_val = session.run(None, {"numeric": val_numeric, "categorical": val_categorical})[0]
+    raw_val = in_chunks(onnx_run, val_numeric, val_categorical)
     decision = calibration.decision(rows.validation[LABEL].to_numpy(), raw_val, settings.decision_precision_target)
     checked = decision["validation"]
     log.info("calibration (Platt) on %d validation rows: Brier %.4f -> %.4f, ECE %.4f -> %.4f; threshold "

@@ -176,8 +176,10 @@ class ModelBundle:
 
     def raw_scores(self, frame):
         """The network's scores (ONNX output) for each row of a gold features frame."""
+        from jobs.ml.model import in_chunks
+
         numeric, categorical = self.preprocessing.encode(frame)
-        return self.session.run(None, {"numeric": numeric, "categorical": categorical})[0]
+        return in_chunks(lambda n, c: self.session.run(None, {"numeric": n, "categorical": c})[0], numeric, categorical)
 
     def predict(self, frame):
         """Calibrated fraud probability for each row of a gold features frame."""
