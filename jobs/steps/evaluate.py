@@ -6,9 +6,11 @@ import base64
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from jobs.ml import calibration, modelcard
 from jobs.ml.gate import Thresholds, decide, render_html, render_slices
@@ -30,15 +32,18 @@ from jobs.shared.names import (
     SIGNATURE_TAG,
 )
 from jobs.shared.result import JobError
-from jobs.shared.schemas import LABEL
+from jobs.shared.schemas import FEATURE_COLUMNS, LABEL
 from jobs.storage import lake as lk
 from jobs.storage import unchanged, verdict
-from jobs.storage.registry import alias_version, load_bundle, mlflow_client, read_gold
+from jobs.storage.registry import alias_version, load_bundle, mlflow_client
 
 log = logging.getLogger(__name__)
 
 LATENCY_BATCH = 1000
 LATENCY_REPEATS = 15
+HOLDOUT_COLUMNS = [*FEATURE_COLUMNS, LABEL]  # what the models and the slices read of gold
+SLICE_COLUMNS = ["channel", "log_amount", LABEL]  # what jobs.ml.model.slice_metrics groups by
+HOLDOUT_BATCH_ROWS = 131_072
 
 
 def scoring_latency_ms(bundle, frame) -> float:
@@ -55,23 +60,62 @@ def scoring_latency_ms(bundle, frame) -> float:
 
 
 
-def best_recent_champion(client, settings: Settings, holdout, y, exclude: set) -> tuple[str, float] | None:
-    """(version, PR-AUC on ``holdout``) of the best of the last ``recent_champions`` promoted versions
-    other than ``exclude`` (the challenger; the champion is compared on its own), or None."""
+def recent_champions(client, settings: Settings, exclude: set) -> list:
+    """The last ``recent_champions`` promoted versions other than ``exclude`` (the challenger; the
+    champion is compared on its own), newest first."""
     if settings.recent_champions <= 0:
-        return None
+        return []
     versions = client.search_model_versions(f"name='{settings.model_name}'")
     promoted = sorted((mv for mv in versions if mv.tags.get(PROMOTED_AT_TAG)),
                       key=lambda mv: mv.tags[PROMOTED_AT_TAG], reverse=True)[:settings.recent_champions]
+    return [mv for mv in promoted if str(mv.version) not in exclude]
+
+
+def best_recent_champion(recent: list, holdout: HoldoutScores) -> tuple[str, float] | None:
+    """(version, PR-AUC on the holdout) of the best of the ``recent`` champions, or None."""
     scored = []
-    for mv in promoted:
-        if str(mv.version) in exclude:
-            continue
-        pr_auc = classification_metrics(y, load_bundle(client, settings, str(mv.version)).predict(holdout))["pr_auc"]
+    for mv in recent:
+        pr_auc = classification_metrics(holdout.y, holdout.scores[str(mv.version)])["pr_auc"]
         log.info("recent champion v%s (promoted %s): PR-AUC %.4f on this holdout", mv.version,
                  mv.tags[PROMOTED_AT_TAG], pr_auc)
         scored.append((str(mv.version), pr_auc))
     return max(scored, key=lambda vp: vp[1], default=None)
+
+
+@dataclass
+class HoldoutScores:
+    """Every model's probabilities on the holdout, read batch by batch: the labels, the scores per
+    version, what the slices group by, and a batch of rows for the latency check."""
+
+    y: np.ndarray
+    scores: dict[str, np.ndarray]
+    slices: pd.DataFrame  # channel, log_amount and the label of each row, in the order of ``y``
+    sample: pd.DataFrame  # the first batch: the rows the latency check scores
+
+    @property
+    def rows(self) -> int:
+        return len(self.y)
+
+
+def score_holdout(lake: lk.Lake, holdout_dates: list[str], bundles: dict) -> HoldoutScores:
+    """Score the holdout's gold rows with every bundle (version -> bundle) in one scan of record
+    batches of the model's columns: memory holds a batch and the scores, not the holdout."""
+    from jobs.storage import tables
+
+    labels, parts, slices, sample = [], {v: [] for v in bundles}, [], None
+    for batch in tables.batches(lake, layout.GOLD_FEATURES, HOLDOUT_COLUMNS, dates=holdout_dates,
+                                batch_size=HOLDOUT_BATCH_ROWS):
+        frame = batch.to_pandas()
+        sample = frame if sample is None else sample
+        labels.append(frame[LABEL].to_numpy())
+        for version, bundle in bundles.items():
+            parts[version].append(bundle.predict(frame))
+        slices.append(frame[SLICE_COLUMNS].astype({"channel": "category"}))
+    if sample is None:
+        return HoldoutScores(np.array([], dtype="int64"), {v: np.array([]) for v in bundles},
+                         pd.DataFrame(columns=SLICE_COLUMNS), pd.DataFrame(columns=HOLDOUT_COLUMNS))
+    return HoldoutScores(np.concatenate(labels), {v: np.concatenate(p) for v, p in parts.items()},
+                         pd.concat(slices, ignore_index=True).astype({"channel": str}), sample)
 
 
 def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, force: bool = False) -> dict:
@@ -125,14 +169,19 @@ def evaluate(lake: lk.Lake, date: str, settings: Settings, model_version: str, f
 def _gate(lake: lk.Lake, date: str, settings: Settings, client, mv, model_version: str, holdout_dates: list[str],
           champion_version: str | None) -> dict:
     """Score the holdout, decide, publish the gate report and model card, tag and sign the verdict."""
-    holdout = read_gold(lake, holdout_dates)
-    if holdout.empty or holdout[LABEL].nunique() < 2:
+    challenger = load_bundle(client, settings, model_version)
+    bundles = {model_version: challenger}
+    if champion_version is not None:
+        bundles[champion_version] = load_bundle(client, settings, champion_version)
+    recent = recent_champions(client, settings, exclude={model_version, champion_version})
+    for mv_ in recent:
+        bundles.setdefault(str(mv_.version), load_bundle(client, settings, str(mv_.version)))
+    holdout = score_holdout(lake, holdout_dates, bundles)
+    if not holdout.rows or len(np.unique(holdout.y)) < 2:
         raise JobError(f"holdout {holdout_dates} has no rows or only one class in {lake.uri_of(layout.GOLD_FEATURES)}")
-    scores = _holdout_scores(client, settings, holdout, model_version, champion_version)
-    challenger = scores["bundle"]
-    best_recent = best_recent_champion(client, settings, holdout, scores["y"],
-                                       exclude={model_version, champion_version})
-    latency = scoring_latency_ms(challenger, holdout)
+    scores = _holdout_scores(settings, holdout, challenger, model_version, champion_version)
+    best_recent = best_recent_champion(recent, holdout)
+    latency = scoring_latency_ms(challenger, holdout.sample)
     operating_point = ({"threshold": challenger.threshold,
                         **calibration.at_threshold(scores["y"], scores["challenger"], challenger.threshold)}
                        if challenger.decision else None)
@@ -143,7 +192,7 @@ def _gate(lake: lk.Lake, date: str, settings: Settings, client, mv, model_versio
         best_recent=best_recent, operating_point=operating_point,
     )
     html_key = _publish_report(lake, date, settings, client, mv, model_version, champion_version, report, scores,
-                               operating_point, latency, len(holdout), holdout_dates)
+                               operating_point, latency, holdout.rows, holdout_dates)
     report_uri = lake.uri_of(layout.gate_report(date, model_version, "md"))
     for tag, value in {GATE_PASSED_TAG: str(report.passed).lower(), GATE_VERDICT_TAG: report.verdict,
                        GATE_CHAMPION_TAG: champion_version or "", GATE_REPORT_TAG: report_uri}.items():
@@ -168,21 +217,20 @@ def _gate(lake: lk.Lake, date: str, settings: Settings, client, mv, model_versio
                       links.MODEL_VERSION: links.model_version(settings.model_name, model_version)}}
 
 
-def _holdout_scores(client, settings: Settings, holdout, model_version: str, champion_version: str | None) -> dict:
+def _holdout_scores(settings: Settings, holdout: HoldoutScores, bundle, model_version: str,
+                    champion_version: str | None) -> dict:
     """Challenger (and champion) scores, metrics and slices on the holdout; the paired bootstrap between them."""
-    y = holdout[LABEL].to_numpy()
-    bundle = load_bundle(client, settings, model_version)
-    challenger = bundle.predict(holdout)
+    y, challenger = holdout.y, holdout.scores[model_version]
     out = {"y": y, "bundle": bundle, "challenger": challenger, "champion": None,
            "challenger_metrics": classification_metrics(y, challenger), "champion_metrics": None,
-           "comparison": None, "slices": {"challenger": slice_metrics(holdout, challenger)}}
+           "comparison": None, "slices": {"challenger": slice_metrics(holdout.slices, challenger)}}
     if champion_version is not None:
-        champion = load_bundle(client, settings, champion_version).predict(holdout)
+        champion = holdout.scores[champion_version]
         comparison = paired_bootstrap(y, challenger, champion, settings.bootstrap_resamples, settings.seed)
         log.info("PR-AUC challenger - champion: %+.4f, 95%% CI [%+.4f, %+.4f]", comparison["delta"],
                  comparison["ci_low"], comparison["ci_high"])
         out.update(champion=champion, champion_metrics=classification_metrics(y, champion), comparison=comparison)
-        out["slices"]["champion"] = slice_metrics(holdout, champion)
+        out["slices"]["champion"] = slice_metrics(holdout.slices, champion)
     return out
 
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 
+PUBLISH_BATCH_ROWS = 131_072  # rows per record batch of the gold commit (read from the staged output)
 MIN_JAVA = 17  # Spark 4 runs on Java 17 or 21
 JAVA_FIX = ("install a Java 17+ runtime (Debian/Ubuntu: apt-get install openjdk-17-jre-headless; macOS: "
             "brew install openjdk@17) or point JAVA_HOME at one")
@@ -85,17 +86,28 @@ def spark_session(master: str, driver_memory: str = "1g", app_name: str = "fraud
 
 
 def check_contract(frame, dates: list[str], expectations_dir: Path) -> None:
-    """Validate a whole build against ``expectations/gold_features.json`` (one run) before publishing it."""
-    from jobs.quality.contract import load_suite_json, row_failures
+    """Validate a build (or one date of it) against ``expectations/gold_features.json`` (one run) before
+    publishing it."""
     from jobs.shared.result import JobError
 
-    _, summaries = row_failures(frame, load_suite_json(expectations_dir, "gold_features.json"))
-    broken = [s for s in summaries if not s["success"]]
+    broken = contract_breaks(frame, expectations_dir)
     if broken:
-        raise JobError(
-            f"gold features for {dates[0]}..{dates[-1]} break their contract ({len(frame)} rows); nothing was "
-            "published: " + "; ".join(f"{s['rule']} ({s['failing_rows']} rows)" for s in broken)
-        )
+        raise JobError(_broken_message(dates, len(frame), broken))
+
+
+def contract_breaks(frame, expectations_dir: Path) -> dict[str, int]:
+    """The gold contract's broken rules on ``frame``, with their failing rows (empty when it holds)."""
+    from jobs.quality.contract import load_suite_json, row_failures
+
+    _, summaries = row_failures(frame, load_suite_json(expectations_dir, "gold_features.json"))
+    return {s["rule"]: int(s["failing_rows"]) for s in summaries if not s["success"]}
+
+
+def _broken_message(dates: list[str], rows: int, broken: dict[str, int],
+                    where: dict[str, list[str]] | None = None) -> str:
+    return (f"gold features for {dates[0]}..{dates[-1]} break their contract ({rows} rows); nothing was published: "
+            + "; ".join(f"{rule} ({n} rows{' on ' + ', '.join(where[rule]) if where else ''})"
+                        for rule, n in broken.items()))
 
 
 def build_gold(lake: lk.Lake, start: str, end: str, master: str, driver_memory: str,
@@ -175,25 +187,71 @@ def _build_and_publish(lake: lk.Lake, targets: list[str], history: list[str], si
             started = time.perf_counter()
             feats = build_features(spark.read.parquet(*paths)).where(F.col("date").isin(targets))
             feats.repartition("date").write.mode("overwrite").partitionBy("date").parquet(str(staging / "out"))
-        # The output is read back from the staging folder: the plan runs once.
+        # The output is read back from the staging folder, one date at a time: the plan runs once, and
+        # memory holds one date's rows (the contract), never the range.
         partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
-        built = ds.dataset(str(staging / "out"), format="parquet", partitioning=partitioning).to_table()
-        counts = {r["date"]: r["date_count"] for r in built.group_by("date").aggregate([("date", "count")]).to_pylist()}
+        built = ds.dataset(str(staging / "out"), format="parquet", partitioning=partitioning)
         seconds = time.perf_counter() - started
-        log.info("computed %d feature rows for %d dates in %.1f s (%.0f rows/s); checking the gold contract",
-                 built.num_rows, len(targets), seconds, built.num_rows / max(seconds, 1e-9))
         started = time.perf_counter()
-        check_contract(built.to_pandas(), targets, expectations_dir)
-        log.info("gold contract passed on %d rows in %.1f s", built.num_rows, time.perf_counter() - started)
-        gold_version = tables.replace_partitions(lake, layout.GOLD_FEATURES, built, targets, metadata={
-            "run_id": run_id, "silver_version": silver_version, "dates": f"{targets[0]}..{targets[-1]}"})
+        counts = _contract_per_date(built, targets, expectations_dir)
+        rows = sum(counts.values())
+        log.info("computed %d feature rows for %d dates in %.1f s (%.0f rows/s); gold contract passed per date "
+                 "in %.1f s", rows, len(targets), seconds, rows / max(seconds, 1e-9), time.perf_counter() - started)
+        _ids_unique_across_dates(spark, staging / "out", targets, rows, expectations_dir)
+        gold_version = tables.replace_partitions(
+            lake, layout.GOLD_FEATURES, built.scanner(batch_size=PUBLISH_BATCH_ROWS).to_reader(), targets,
+            metadata={"run_id": run_id, "silver_version": silver_version, "dates": f"{targets[0]}..{targets[-1]}"})
         log.info("published gold features v%s for %d dates (%s .. %s): %d rows", gold_version, len(targets),
-                 targets[0], targets[-1], built.num_rows)
+                 targets[0], targets[-1], rows)
     finally:
         spark.stop()
         shutil.rmtree(staging, ignore_errors=True)
-    return {"dates": targets, "rows": int(built.num_rows), "gold": lake.uri_of(layout.GOLD_FEATURES),
+    return {"dates": targets, "rows": rows, "gold": lake.uri_of(layout.GOLD_FEATURES),
             "rows_by_date": counts, "gold_version": gold_version, "silver_version": silver_version}
+
+
+def _contract_per_date(built, targets: list[str], expectations_dir: Path) -> dict[str, int]:
+    """Rows per built date, each date checked against the gold contract on its own; every broken rule
+    of every date is reported before anything is published."""
+    import pyarrow.dataset as ds
+
+    from jobs.shared.result import JobError
+
+    counts: dict[str, int] = {}
+    broken: dict[str, int] = {}
+    where: dict[str, list[str]] = {}
+    for day in targets:
+        frame = built.to_table(filter=ds.field("date") == day).to_pandas()
+        counts[day] = len(frame)
+        for rule, n in contract_breaks(frame, expectations_dir).items():
+            broken[rule] = broken.get(rule, 0) + n
+            where.setdefault(rule, []).append(day)
+        del frame
+    if broken:
+        raise JobError(_broken_message(targets, sum(counts.values()), broken, where))
+    return {d: n for d, n in counts.items() if n}
+
+
+def _ids_unique_across_dates(spark, out: Path, targets: list[str], rows: int, expectations_dir: Path) -> None:
+    """The contract's unique transaction ids (when it asks for them) across the whole build, not only
+    within each date: Spark counts them from the staged output (its memory spills; the driver's does
+    not grow)."""
+    from jobs.quality.contract import load_suite_json
+    from jobs.shared.result import JobError
+
+    rule = next(((e.get("meta") or {}).get("rule") or e["type"]
+                 for e in load_suite_json(expectations_dir, "gold_features.json")["expectations"]
+                 if e["type"] == "expect_column_values_to_be_unique" and e["kwargs"].get("column") == "transaction_id"),
+                None)
+    if rule is None:
+        return
+    ids = spark.read.parquet(str(out)).select("transaction_id")
+    repeated = ids.groupBy("transaction_id").count().where("count > 1")
+    found = repeated.orderBy("transaction_id").limit(5).collect()
+    if found:
+        extra = repeated.selectExpr("sum(count - 1) as n").collect()[0]["n"]
+        raise JobError(_broken_message(targets, rows, {f"{rule} across dates": int(extra)}) + " (e.g. "
+                       + ", ".join(r["transaction_id"] for r in found) + ")")
 
 
 def _stale_later_days(lake: lk.Lake, end: str, code_version: str, silver_dates: list[str],

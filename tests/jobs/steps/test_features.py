@@ -104,6 +104,44 @@ def test_gold_contract_passes_real_features_and_names_broken_rules(spark, tmp_pa
         check_contract(out, ["2026-04-01", "2026-04-02"], get_settings().expectations_dir)
 
 
+def test_a_staged_build_is_checked_date_by_date_and_its_ids_across_dates(spark, tmp_path):
+    """A range build never holds the range in pandas: the contract runs per date of the staged output
+    and names each broken rule with its dates; transaction ids are unique across dates too (Spark
+    counts them), which no per-date check could see."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    from jobs.settings import get_settings
+    from jobs.shared.result import JobError
+    from jobs.steps.features import _contract_per_date, _ids_unique_across_dates
+
+    expectations, days = get_settings().expectations_dir, ["2026-04-01", "2026-04-02"]
+    good = spark_features(spark, silver_frame(rows=100))
+
+    def staged(frame, name):  # written as the build stages its output: by Spark, partitioned by date
+        spark.createDataFrame(frame).write.partitionBy("date").parquet(str(tmp_path / name))
+        partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+        return tmp_path / name, ds.dataset(str(tmp_path / name), format="parquet", partitioning=partitioning)
+
+    where, built = staged(good, "good")
+    assert _contract_per_date(built, days, expectations) == good["date"].value_counts().sort_index().to_dict()
+    _ids_unique_across_dates(spark, where, days, len(good), expectations)
+
+    bad = good.copy()
+    second = bad.index[bad["date"] == days[1]]
+    bad.loc[second[:3], "hour_of_day"] = 30
+    with pytest.raises(JobError, match=r"hour of day is 0-23 \(3 rows on 2026-04-02\)"):
+        _contract_per_date(staged(bad, "bad")[1], days, expectations)
+
+    repeated = good.copy()
+    first_id = repeated.loc[repeated["date"] == days[0], "transaction_id"].iloc[0]
+    repeated.loc[second[0], "transaction_id"] = first_id  # the same id on two dates: each date alone is fine
+    where, built = staged(repeated, "repeated")
+    _contract_per_date(built, days, expectations)
+    with pytest.raises(JobError, match=rf"one feature row per transaction across dates \(1 rows\) \(e.g. {first_id}\)"):
+        _ids_unique_across_dates(spark, where, days, len(repeated), expectations)
+
+
 def test_spark_equals_the_independent_duckdb_implementation(spark):
     """Two engines, two implementations (Spark DataFrame windows, DuckDB SQL windows), one answer."""
     from jobs.ml.features_duckdb import build_features_duckdb

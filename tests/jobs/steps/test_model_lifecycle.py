@@ -34,8 +34,11 @@ def gold_lake(tmp_path_factory):
     return state
 
 
-def test_worse_challenger_is_refused_better_is_promoted_and_rollback_restores(gold_lake):
+def test_worse_challenger_is_refused_better_is_promoted_and_rollback_restores(gold_lake, monkeypatch):
+    from jobs.steps import evaluate as evaluation
     from jobs.storage.lake import LocalLake
+
+    monkeypatch.setattr(evaluation, "HOLDOUT_BATCH_ROWS", 1000)  # the holdout in many record batches
 
     settings = Settings(state_dir=gold_lake, holdout_days=4, max_epochs=12, bootstrap_resamples=200)
     lake = LocalLake((gold_lake / "lake").as_uri())
@@ -47,6 +50,14 @@ def test_worse_challenger_is_refused_better_is_promoted_and_rollback_restores(go
     assert gate["passed"] and gate["champion_version"] is None  # first-run policy: floors decide
     tags = client.get_model_version("fraud-detector", first["model_version"]).tags
     assert len(tags["data_snapshot"]) == len(tags["feature_snapshot"]) == 16
+    # Scored batch by batch, the holdout gives the figures of scoring it loaded whole: every row counted.
+    from jobs.ml.model import classification_metrics
+    from jobs.storage.registry import load_bundle, read_gold
+
+    whole = read_gold(lake, tags["holdout_dates"].split(","))
+    assert gate["challenger_metrics"] == pytest.approx(classification_metrics(
+        whole["is_fraud"].to_numpy(), load_bundle(client, settings, first["model_version"]).predict(whole)))
+    assert gate["challenger_metrics"]["rows"] == len(whole) > 1000
     assert_lineage_reproduces_the_training_frame(lake, tags, settings)
     assert tags["gate_report"].endswith(f"v{first['model_version']}.md") and tags["train_window"]
     promote(settings, first["model_version"])
