@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 PUBLISH_BATCH_ROWS = 131_072  # rows per record batch of the gold commit (read from the staged output)
+CONTRACT_ROWS = 500_000  # rows per Great Expectations run of the gold contract (its memory grows with them)
 MIN_JAVA = 17  # Spark 4 runs on Java 17 or 21
 JAVA_FIX = ("install a Java 17+ runtime (Debian/Ubuntu: apt-get install openjdk-17-jre-headless; macOS: "
             "brew install openjdk@17) or point JAVA_HOME at one")
@@ -176,6 +177,7 @@ def _build_and_publish(lake: lk.Lake, targets: list[str], history: list[str], si
     from jobs.storage import tables
 
     spark = spark_session(master, driver_memory)
+    running = True
     if staging_dir is not None:
         Path(staging_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="gold-build-", dir=staging_dir))
@@ -187,32 +189,39 @@ def _build_and_publish(lake: lk.Lake, targets: list[str], history: list[str], si
             started = time.perf_counter()
             feats = build_features(spark.read.parquet(*paths)).where(F.col("date").isin(targets))
             feats.repartition("date").write.mode("overwrite").partitionBy("date").parquet(str(staging / "out"))
-        # The output is read back from the staging folder, one date at a time: the plan runs once, and
-        # memory holds one date's rows (the contract), never the range.
+        # The output is read back from the staging folder (the plan runs once), in pieces: memory holds
+        # one piece of one date (the contract), never the range.
         partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
         built = ds.dataset(str(staging / "out"), format="parquet", partitioning=partitioning)
+        rows = built.count_rows()
         seconds = time.perf_counter() - started
+        log.info("computed %d feature rows for %d dates in %.1f s (%.0f rows/s)", rows, len(targets), seconds,
+                 rows / max(seconds, 1e-9))
+        _ids_unique_across_dates(spark, staging / "out", targets, rows, expectations_dir)
+        spark.stop()  # Spark's last work is done: its JVM's memory goes back before the contract runs here
+        running = False
         started = time.perf_counter()
         counts = _contract_per_date(built, targets, expectations_dir)
-        rows = sum(counts.values())
-        log.info("computed %d feature rows for %d dates in %.1f s (%.0f rows/s); gold contract passed per date "
-                 "in %.1f s", rows, len(targets), seconds, rows / max(seconds, 1e-9), time.perf_counter() - started)
-        _ids_unique_across_dates(spark, staging / "out", targets, rows, expectations_dir)
+        log.info("gold contract passed on %d rows of %d dates in %.1f s", rows, len(targets),
+                 time.perf_counter() - started)
         gold_version = tables.replace_partitions(
             lake, layout.GOLD_FEATURES, built.scanner(batch_size=PUBLISH_BATCH_ROWS).to_reader(), targets,
             metadata={"run_id": run_id, "silver_version": silver_version, "dates": f"{targets[0]}..{targets[-1]}"})
         log.info("published gold features v%s for %d dates (%s .. %s): %d rows", gold_version, len(targets),
                  targets[0], targets[-1], rows)
     finally:
-        spark.stop()
+        if running:
+            spark.stop()
         shutil.rmtree(staging, ignore_errors=True)
     return {"dates": targets, "rows": rows, "gold": lake.uri_of(layout.GOLD_FEATURES),
             "rows_by_date": counts, "gold_version": gold_version, "silver_version": silver_version}
 
 
 def _contract_per_date(built, targets: list[str], expectations_dir: Path) -> dict[str, int]:
-    """Rows per built date, each date checked against the gold contract on its own; every broken rule
-    of every date is reported before anything is published."""
+    """Rows per built date, each date checked against the gold contract on its own, in pieces of at most
+    ``CONTRACT_ROWS`` (one feature row per transaction is checked whole, across dates, by
+    :func:`_ids_unique_across_dates`); every broken rule of every date is reported before anything
+    is published."""
     import pyarrow.dataset as ds
 
     from jobs.shared.result import JobError
@@ -221,12 +230,16 @@ def _contract_per_date(built, targets: list[str], expectations_dir: Path) -> dic
     broken: dict[str, int] = {}
     where: dict[str, list[str]] = {}
     for day in targets:
-        frame = built.to_table(filter=ds.field("date") == day).to_pandas()
-        counts[day] = len(frame)
-        for rule, n in contract_breaks(frame, expectations_dir).items():
-            broken[rule] = broken.get(rule, 0) + n
-            where.setdefault(rule, []).append(day)
-        del frame
+        counts[day] = 0
+        for batch in built.to_batches(filter=ds.field("date") == day, batch_size=CONTRACT_ROWS, batch_readahead=0,
+                                      fragment_readahead=1):
+            frame = batch.to_pandas()
+            counts[day] += len(frame)
+            for rule, n in contract_breaks(frame, expectations_dir).items():
+                broken[rule] = broken.get(rule, 0) + n
+                if day not in where.setdefault(rule, []):
+                    where[rule].append(day)
+            del frame
     if broken:
         raise JobError(_broken_message(targets, sum(counts.values()), broken, where))
     return {d: n for d, n in counts.items() if n}

@@ -104,7 +104,7 @@ def test_gold_contract_passes_real_features_and_names_broken_rules(spark, tmp_pa
         check_contract(out, ["2026-04-01", "2026-04-02"], get_settings().expectations_dir)
 
 
-def test_a_staged_build_is_checked_date_by_date_and_its_ids_across_dates(spark, tmp_path):
+def test_a_staged_build_is_checked_date_by_date_and_its_ids_across_dates(spark, tmp_path, monkeypatch):
     """A range build never holds the range in pandas: the contract runs per date of the staged output
     and names each broken rule with its dates; transaction ids are unique across dates too (Spark
     counts them), which no per-date check could see."""
@@ -113,8 +113,10 @@ def test_a_staged_build_is_checked_date_by_date_and_its_ids_across_dates(spark, 
 
     from jobs.settings import get_settings
     from jobs.shared.result import JobError
+    from jobs.steps import features
     from jobs.steps.features import _contract_per_date, _ids_unique_across_dates
 
+    monkeypatch.setattr(features, "CONTRACT_ROWS", 37)  # each date in several pieces
     expectations, days = get_settings().expectations_dir, ["2026-04-01", "2026-04-02"]
     good = spark_features(spark, silver_frame(rows=100))
 
