@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 
 
-PUBLISH_BATCH_ROWS = 131_072  # rows per record batch of the gold commit (read from the staged output)
 CONTRACT_ROWS = 500_000  # rows per Great Expectations run of the gold contract (its memory grows with them)
 MIN_JAVA = 17  # Spark 4 runs on Java 17 or 21
 JAVA_FIX = ("install a Java 17+ runtime (Debian/Ubuntu: apt-get install openjdk-17-jre-headless; macOS: "
@@ -205,7 +204,7 @@ def _build_and_publish(lake: lk.Lake, targets: list[str], history: list[str], si
         log.info("gold contract passed on %d rows of %d dates in %.1f s", rows, len(targets),
                  time.perf_counter() - started)
         gold_version = tables.replace_partitions(
-            lake, layout.GOLD_FEATURES, built.scanner(batch_size=PUBLISH_BATCH_ROWS).to_reader(), targets,
+            lake, layout.GOLD_FEATURES, built, targets,
             metadata={"run_id": run_id, "silver_version": silver_version, "dates": f"{targets[0]}..{targets[-1]}"})
         log.info("published gold features v%s for %d dates (%s .. %s): %d rows", gold_version, len(targets),
                  targets[0], targets[-1], rows)

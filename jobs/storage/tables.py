@@ -25,6 +25,7 @@ from jobs.storage.lake import Lake, LakeError, StorageUnavailable, storage_failu
 
 log = logging.getLogger(__name__)
 
+WRITE_BATCH_ROWS = 131_072  # rows per record batch when a commit reads a dataset
 COMMIT_ATTEMPTS = 12  # optimistic-concurrency retries of one write before the job fails (retryable)
 
 
@@ -344,10 +345,13 @@ def merge_new_rows(lake: Lake, name: str, data, keys: list[str], app_id: str | N
 
 def replace_partitions(lake: Lake, name: str, data, dates: Iterable[str], metadata: dict | None = None,
                        evolve_schema: bool = False) -> int:
-    """Replace the ``dates`` partitions with ``data`` (a pyarrow Table or RecordBatchReader) in one commit.
+    """Replace the ``dates`` partitions with ``data`` in one commit.
 
-    Dates in ``dates`` without rows in ``data`` end up empty. Returns the new table version.
-    ``evolve_schema``: new columns of ``data`` are added to the table (older rows read them as null).
+    ``data``: a pyarrow Table, a pyarrow Dataset (read in record batches, and read again when a
+    concurrent commit conflicts: a build's staged output) or a RecordBatchReader (read once: a
+    conflict fails the task, which retries). Dates in ``dates`` without rows in ``data`` end up
+    empty. Returns the new table version. ``evolve_schema``: new columns of ``data`` are added to
+    the table (older rows read them as null).
     """
     from deltalake import write_deltalake
     from deltalake.exceptions import CommitFailedError, DeltaError
@@ -360,12 +364,13 @@ def replace_partitions(lake: Lake, name: str, data, dates: Iterable[str], metada
     uri, options = lake.table_location(name)
     for attempt in range(COMMIT_ATTEMPTS):
         _ensure(lake, name, data.schema)
+        rows = data.scanner(batch_size=WRITE_BATCH_ROWS).to_reader() if hasattr(data, "scanner") else data
         try:
-            write_deltalake(uri, data, mode="overwrite", predicate=predicate, partition_by=[column],
+            write_deltalake(uri, rows, mode="overwrite", predicate=predicate, partition_by=[column],
                             storage_options=options, commit_properties=_commit_properties(None, metadata),
                             schema_mode="merge" if evolve_schema else None)
         except CommitFailedError as exc:
-            if not hasattr(data, "num_rows"):  # a stream cannot be replayed: let the task retry
+            if not hasattr(data, "num_rows") and not hasattr(data, "scanner"):  # a stream cannot be replayed
                 raise StorageUnavailable(f"replacing {dates} of {lake.uri_of(name)} conflicted with a concurrent "
                                          f"commit ({exc}); retry the task") from exc
             _backoff(attempt)

@@ -37,6 +37,24 @@ def test_a_rebuild_replaces_its_dates_in_one_commit_and_old_versions_stay_readab
         tables.maintain(lake, layout.GOLD_FEATURES, retention_hours=0)
 
 
+def test_a_staged_dataset_replaces_its_dates_read_in_record_batches(lake, tmp_path, monkeypatch):
+    """A build's staged output is committed from a pyarrow Dataset (read batch by batch, and read again
+    if a concurrent commit conflicts): the same rows as committing the table it holds."""
+    import pyarrow.dataset as ds
+
+    dates = ["2026-01-01", "2026-01-02"]
+    tables.replace_partitions(lake, layout.GOLD_FEATURES, gold_rows(dates), dates)
+    staged = gold_rows(dates, n=7, tag="staged")
+    ds.write_dataset(staged, tmp_path / "out", format="parquet", partitioning=["date"], partitioning_flavor="hive")
+    partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+    monkeypatch.setattr(tables, "WRITE_BATCH_ROWS", 3)
+    tables.replace_partitions(lake, layout.GOLD_FEATURES, ds.dataset(str(tmp_path / "out"), format="parquet",
+                                                                     partitioning=partitioning), dates)
+    now = tables.read(lake, layout.GOLD_FEATURES).sort_values("transaction_id", ignore_index=True)
+    expected = staged.to_pandas().sort_values("transaction_id", ignore_index=True)
+    assert now[["transaction_id", "value", "date"]].equals(expected[["transaction_id", "value", "date"]])
+
+
 def test_a_missing_table_reads_empty_and_an_unknown_version_is_an_error(lake):
     assert tables.read(lake, layout.PREDICTIONS).empty and tables.version(lake, layout.PREDICTIONS) is None
     tables.replace_partitions(lake, layout.PREDICTIONS, gold_rows(["2026-01-01"]), ["2026-01-01"])
