@@ -106,7 +106,7 @@ def ensure_built(lake: Lake, workdir: Path) -> None:
     # Staged to a local file first: delta-rs cannot read one table inside the MERGE of another.
     con = _duckdb(workdir)
     try:
-        dataset = tables._dataset(silver, layout.SILVER_TRANSACTIONS)
+        dataset = tables.dataset(lake, silver, layout.SILVER_TRANSACTIONS)
         with pq.ParquetWriter(built, _schema()) as writer:
             for batch in dataset.to_batches(columns=needed, batch_size=500_000, batch_readahead=1,
                                             fragment_readahead=1, **tables.SCAN):
@@ -184,7 +184,7 @@ def lookup(lake: Lake, ids, buckets: list[str]):
     table = tables.open_table(lake, layout.ID_INDEX)
     if table is None or not len(ids):
         return owners.empty_table()
-    dataset = tables._dataset(table, layout.ID_INDEX, buckets)
+    dataset = tables.dataset(lake, table, layout.ID_INDEX, buckets)
     condition = pc.field("transaction_id").cast(pa.string()).isin(ids.cast(pa.string()))
     kept = [pa.Table.from_batches([b]) for b in dataset.to_batches(
         columns=owners.names, filter=condition, batch_size=256_000, batch_readahead=1, fragment_readahead=1,

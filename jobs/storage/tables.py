@@ -80,19 +80,20 @@ def _partition_filter(name: str, dates: Iterable[str] | None):
     return [(column, "in", sorted(set(dates)))]
 
 
-def _dataset(table, name: str, dates: Iterable[str] | None = None):
+def dataset(lake: Lake, table, name: str, dates: Iterable[str] | None = None):
     """The table's Parquet files (only the ``dates`` partitions, pruned from the log) as a pyarrow dataset.
 
-    Scan it with ``use_threads=False`` (see ``SCAN``): delta-rs reads through a filesystem written
-    in Python, and a threaded scan leaves Arrow threads calling into it after it returns. When the
-    interpreter finalizes under them the process aborts ("terminate called without an active
-    exception", exit 134) after the step succeeded: half the runs with 32 Arrow threads
-    (apache/arrow#34314). ``tests/jobs/storage/test_tables.py`` pins this.
+    The files are read through the lake's native Arrow filesystem (``Lake.table_filesystem``), not
+    delta-rs's default, a filesystem written in Python: Arrow's I/O threads calling into Python
+    aborted the process as the interpreter finalized ("terminate called without an active
+    exception", exit 134) after the step had succeeded, about one run in twenty on a loaded
+    machine (apache/arrow#34314). ``tests/jobs/steps/test_ingest_validate.py`` pins this.
     """
-    return table.to_pyarrow_dataset(file_pruning_predicate=_partition_filter(name, dates))
+    return table.to_pyarrow_dataset(file_pruning_predicate=_partition_filter(name, dates),
+                                    filesystem=lake.table_filesystem(name))
 
 
-# Scanner options of every Delta read: no scanner threads (see ``_dataset``).
+# Scanner options of every Delta read: no scanner threads.
 SCAN = {"use_threads": False}
 
 
@@ -117,7 +118,7 @@ def read(lake: Lake, name: str, dates: Iterable[str] | None = None, columns: lis
     filters = list(filters or [])
     wanted = None if columns is None else list(dict.fromkeys([*columns, *(f[0] for f in filters)]))
     try:
-        frame = _dataset(table, name, dates).to_table(columns=wanted, **SCAN).to_pandas()
+        frame = dataset(lake, table, name, dates).to_table(columns=wanted, **SCAN).to_pandas()
     except (DeltaError, OSError) as exc:
         raise _storage_error(lake, name, "reading", exc) from exc
     for column, op, value in filters:
@@ -152,17 +153,17 @@ def select(lake: Lake, name: str, columns: list[str], dates: Iterable[str] | Non
         condition = hit if condition is None else condition & hit
     kept = []
     try:
-        dataset = _dataset(table, name, dates)
+        files = dataset(lake, table, name, dates)
         # The conditions are pushed down to the Parquet scan; a small read-ahead keeps memory to
         # a few batches (the default reads up to 16 ahead, gigabytes on a 10M-row partition).
-        for batch in dataset.to_batches(columns=columns, filter=condition, batch_size=128_000, batch_readahead=1,
+        for batch in files.to_batches(columns=columns, filter=condition, batch_size=128_000, batch_readahead=1,
                                         fragment_readahead=1, **SCAN):
             if batch.num_rows:
                 kept.append(pa.Table.from_batches([batch]))
     except (DeltaError, OSError) as exc:
         raise _storage_error(lake, name, "reading", exc) from exc
     if not kept:
-        return pa.table({c: pa.array([], dataset.schema.field(c).type) for c in columns})
+        return pa.table({c: pa.array([], files.schema.field(c).type) for c in columns})
     return pa.concat_tables(kept, promote_options="permissive")
 
 
@@ -177,7 +178,7 @@ def batches(lake: Lake, name: str, columns: list[str], dates: Iterable[str] | No
     if table is None or dates == []:
         return
     try:
-        yield from _dataset(table, name, dates).to_batches(columns=columns, batch_size=batch_size,
+        yield from dataset(lake, table, name, dates).to_batches(columns=columns, batch_size=batch_size,
                                                            batch_readahead=1, fragment_readahead=1, **SCAN)
     except (DeltaError, OSError) as exc:
         raise _storage_error(lake, name, "reading", exc) from exc
@@ -188,7 +189,7 @@ def count(lake: Lake, name: str, dates: Iterable[str] | None = None) -> int:
     table = open_table(lake, name)
     if table is None:
         return 0
-    return _dataset(table, name, dates).count_rows(**SCAN)
+    return dataset(lake, table, name, dates).count_rows(**SCAN)
 
 
 def partitions(lake: Lake, name: str, version: int | None = None) -> list[str]:
@@ -217,7 +218,7 @@ def date_counts(lake: Lake, name: str, dates: Iterable[str], version: int | None
         if value not in wanted:
             continue
         if rows is None:  # a file written without statistics
-            return {d: n for d in sorted(wanted) if (n := _dataset(table, name, [d]).count_rows(**SCAN))}
+            return {d: n for d in sorted(wanted) if (n := dataset(lake, table, name, [d]).count_rows(**SCAN))}
         counts[value] = counts.get(value, 0) + int(rows)
     return {d: counts[d] for d in sorted(counts) if counts[d]}
 

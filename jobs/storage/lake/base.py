@@ -133,6 +133,14 @@ class Lake:
         """URI and delta-rs storage options of the Delta table ``name`` (see ``jobs.storage.tables``)."""
         raise NotImplementedError
 
+    def table_filesystem(self, name: str):
+        """A native pyarrow filesystem rooted at the Delta table ``name``, through which its Parquet files are read.
+
+        Native (C++), not the filesystem delta-rs writes in Python: Arrow's I/O threads calling
+        into Python abort the process at exit (see ``jobs.storage.tables.dataset``).
+        """
+        raise NotImplementedError
+
     def has_table(self, name: str) -> bool:
         """Whether a Delta log exists under ``name`` (a failed listing raises, never says no)."""
         return bool(self._log_entries(name))

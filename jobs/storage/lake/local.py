@@ -106,6 +106,11 @@ class LocalLake(Lake):
     def table_location(self, name: str) -> tuple[str, dict[str, str]]:
         return str(self.path(name)), {}
 
+    def table_filesystem(self, name: str):
+        import pyarrow.fs as pafs
+
+        return pafs.SubTreeFileSystem(str(self.path(name)), pafs.LocalFileSystem())
+
     def _log_entries(self, name: str) -> list[str]:
         log_dir = self.path(name) / "_delta_log"
         return sorted(p.name for p in log_dir.iterdir()) if log_dir.is_dir() else []

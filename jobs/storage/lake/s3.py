@@ -244,5 +244,20 @@ class S3Lake(Lake):
             options["AWS_ALLOW_HTTP"] = "true" if endpoint.startswith("http://") else "false"
         return f"s3://{self.bucket}/{self._key(name)}", options
 
+    def table_filesystem(self, name: str):
+        """Arrow's S3 client with delta-rs's credentials, endpoint, region and retries (``table_location``)."""
+        import pyarrow.fs as pafs
+
+        from jobs.settings import get_settings
+
+        _, options = self.table_location(name)
+        endpoint = options.get("AWS_ENDPOINT_URL")
+        s3 = pafs.S3FileSystem(
+            access_key=options.get("AWS_ACCESS_KEY_ID"), secret_key=options.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=options.get("AWS_SESSION_TOKEN"), region=options["AWS_REGION"],
+            endpoint_override=endpoint, scheme="http" if (endpoint or "").startswith("http://") else "https",
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=get_settings().storage_max_retries + 1))
+        return pafs.SubTreeFileSystem(f"{self.bucket}/{self._key(name)}", s3)
+
     def _log_entries(self, name: str) -> list[str]:
         return self._objects(f"{name}/_delta_log")

@@ -121,3 +121,17 @@ def test_select_with_pushed_down_conditions_finds_one_objects_rows_among_several
     found = tables.select(lake, layout.SILVER_TRANSACTIONS, ["_source_row"], dates=dates,
                           equals={"_source_sha256": "b" * 64, "_source_key": "raw/b.csv"})
     assert sorted(found.column("_source_row").to_pylist()) == list(range(30))
+
+
+def test_tables_are_read_through_a_native_arrow_filesystem(lake):
+    """Not delta-rs's filesystem written in Python: Arrow threads calling into Python as the
+    interpreter finalizes abort the process after a successful step (apache/arrow#34314)."""
+    import pyarrow.fs as pafs
+
+    dates = ["2026-01-01", "2026-01-02"]
+    tables.replace_partitions(lake, layout.GOLD_FEATURES, gold_rows(dates), dates)
+    files = tables.dataset(lake, tables.open_table(lake, layout.GOLD_FEATURES), layout.GOLD_FEATURES, dates[1:])
+    assert isinstance(files.filesystem, pafs.SubTreeFileSystem)
+    native = pafs.LocalFileSystem if lake.uri.startswith("file:") else pafs.S3FileSystem
+    assert type(files.filesystem.base_fs) is native
+    assert files.to_table().column("date").to_pylist() == ["2026-01-02"] * 5  # the partition column, pruned
