@@ -27,6 +27,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+# The validate step runs its contract in a child forked from the job's process (jobs/steps/validate.py
+# _in_child), which imports Great Expectations there: about 5 s a run. A job runs once per process;
+# tests run validate in-process hundreds of times, so the test process imports it once and every
+# forked child starts with it (Great Expectations starts no thread at import: safe to fork).
+import great_expectations  # noqa: E402, F401
+
 # MLflow's set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
 # "so that subprocesses inherit them": a job run in-process by one test would otherwise point the
 # registry of every later test's clients and subprocesses at its own, deleted, store.
