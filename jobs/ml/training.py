@@ -107,9 +107,14 @@ def downsample_negatives(fit_rows: pd.DataFrame, rate: float, seed: int) -> pd.D
     """
     if rate >= 1.0:
         return fit_rows
-    ids = fit_rows["transaction_id"] if "transaction_id" in fit_rows else pd.Series(fit_rows.index.astype(str))
-    keep = (fit_rows[LABEL].to_numpy() == 1) | (row_uniforms(ids, seed, "sample") < rate)
-    return fit_rows[keep]
+    return fit_rows[kept_by_sampling(fit_rows, rate, seed)]
+
+
+def kept_by_sampling(rows: pd.DataFrame, rate: float, seed: int) -> np.ndarray:
+    """Which of ``rows`` negative downsampling keeps: every fraud row and the others whose
+    :func:`row_uniforms` of the transaction id falls under ``rate``."""
+    ids = rows["transaction_id"] if "transaction_id" in rows else pd.Series(rows.index.astype(str))
+    return (rows[LABEL].to_numpy() == 1) | (row_uniforms(ids, seed, "sample") < rate)
 
 
 class Fingerprint:
@@ -194,8 +199,7 @@ class RowSelector:
             self._reference.add(rows[complete], keys[complete])
             self._early.add(rows[~complete], keys[~complete])
             if self._rate < 1.0:
-                keep = (rows[LABEL].to_numpy() == 1) | (row_uniforms(rows["transaction_id"], self._seed, "sample")
-                                                        < self._rate)
+                keep = kept_by_sampling(rows, self._rate, self._seed)
                 rows, keys = rows[keep], keys[keep]
             self._fit.append(_compact(rows, keys))
 

@@ -23,6 +23,17 @@ def load_suite_json(expectations_dir: Path, name: str = SUITE_FILE) -> dict:
     return json.loads((expectations_dir / name).read_text())
 
 
+def rule_name(expectation: dict) -> str:
+    """How a failure of one expectation of a suite JSON is named: its reason text (``meta.rule``), else its type."""
+    return (expectation.get("meta") or {}).get("rule") or expectation["type"]
+
+
+def rule_of(suite_json: dict, expectation: str, column: str) -> str | None:
+    """The name (:func:`rule_name`) of the suite's ``expectation`` on ``column``, if the suite has it."""
+    return next((rule_name(e) for e in suite_json["expectations"]
+                 if e["type"] == expectation and e["kwargs"].get("column") == column), None)
+
+
 PARTITION_OFFSET = "_hours_from_partition"  # derived: timestamp minus the start of the delivery's date=
 
 
@@ -66,8 +77,7 @@ class Contract:
 
         self.suite_json = suite_json
         # Each expectation's reason text (meta.rule), in the suite's order: how reasons are listed.
-        self.rule_order = {(e.get("meta") or {}).get("rule") or e["type"]: i
-                           for i, e in enumerate(suite_json["expectations"])}
+        self.rule_order = {rule_name(e): i for i, e in enumerate(suite_json["expectations"])}
 
         self.context = gx.get_context(mode="ephemeral")
         source = self.context.data_sources.add_pandas("lake")
@@ -101,10 +111,7 @@ class Contract:
 
     def rule_of(self, expectation: str, column: str) -> str | None:
         """The reason text (``meta.rule``) of the suite's ``expectation`` on ``column``, if the suite has it."""
-        for e in self.suite_json["expectations"]:
-            if e["type"] == expectation and e["kwargs"].get("column") == column:
-                return (e.get("meta") or {}).get("rule") or expectation
-        return None
+        return rule_of(self.suite_json, expectation, column)
 
     def failures(self, frame: pd.DataFrame, run_name: str = "batch",
                  parameters: dict | None = None) -> tuple[dict[int, list[str]], list[dict]]:
@@ -126,7 +133,7 @@ class Contract:
         summaries = []
         for r in result.results:
             cfg = r.expectation_config
-            rule = (cfg.meta or {}).get("rule") or cfg.type
+            rule = rule_name({"meta": cfg.meta, "type": cfg.type})
             res = r.result or {}
             failing: list[int] = []
             if not r.success:

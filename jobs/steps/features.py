@@ -248,13 +248,11 @@ def _ids_unique_across_dates(spark, out: Path, targets: list[str], rows: int, ex
     """The contract's unique transaction ids (when it asks for them) across the whole build, not only
     within each date: Spark counts them from the staged output (its memory spills; the driver's does
     not grow)."""
-    from jobs.quality.contract import load_suite_json
+    from jobs.quality.contract import load_suite_json, rule_of
     from jobs.shared.result import JobError
 
-    rule = next(((e.get("meta") or {}).get("rule") or e["type"]
-                 for e in load_suite_json(expectations_dir, "gold_features.json")["expectations"]
-                 if e["type"] == "expect_column_values_to_be_unique" and e["kwargs"].get("column") == "transaction_id"),
-                None)
+    rule = rule_of(load_suite_json(expectations_dir, "gold_features.json"), "expect_column_values_to_be_unique",
+                   "transaction_id")
     if rule is None:
         return
     ids = spark.read.parquet(str(out)).select("transaction_id")
