@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     """History a model is fitted on."""
     holdout_days: int = Field(default=5, json_schema_extra=in_groups("training"))
     """Most recent days, never seen in fitting: the time-based holdout."""
-    seed: int = Field(default=42, json_schema_extra=in_groups("training", "gate"))
+    seed: int = Field(default=42, json_schema_extra=in_groups("training", "gate", "drift"))
     """Seed of every random choice (split, sampling, initialisation, bootstrap): a re-run gives the same model."""
     device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.",
                         json_schema_extra=in_groups("training"))
@@ -249,6 +249,10 @@ class Settings(BaseSettings):
     # --- drift --------------------------------------------------------------------------
     drift_share_threshold: float = Field(default=0.3, json_schema_extra=in_groups("drift"))
     """Share of monitored columns that must drift before the data set counts as drifted."""
+    drift_sample_rows: int = Field(default=200_000, ge=1000, json_schema_extra=in_groups("drift"))
+    """Rows of the checked window the drift check compares: all of them when the window holds no more,
+    else a seeded uniform sample of this many, read in record batches (memory and time bounded at any
+    volume). The report states the sample and what it can detect (``sample`` in the drift JSON)."""
     max_pr_auc_drop: float = Field(default=0.10, json_schema_extra=in_groups("drift"))
     """A champion whose PR-AUC on recent labelled data is this much below its holdout PR-AUC counts as drifted."""
     served_label_days: int = Field(default=7, ge=1, json_schema_extra=in_groups("drift"))

@@ -128,6 +128,32 @@ def served_floor(figures: list[dict], version: str | None, min_pr_auc: float) ->
     return None
 
 
+KS_CRITICAL_95 = 1.358  # c(0.05) of the two-sample Kolmogorov-Smirnov test
+
+
+def sample_confidence(compared: int, window_rows: int, reference_rows: int, labelled_frauds: int,
+                      fraud_rate: float | None) -> dict:
+    """What a comparison of ``compared`` recent rows with ``reference_rows`` can tell, stated in the report.
+
+    ``min_detectable_ks_distance``: the smallest gap between two distributions (the largest
+    difference of their cumulative shares) that a two-sample KS test tells from sampling noise at
+    95 %, ``c(0.05) * sqrt((n + m) / (n * m))``: sampling more recent rows lowers it only down to
+    the reference's own share of it. ``fraud_rate_margin``: the 95 % half-width of the compared
+    rows' fraud rate (normal approximation). ``labelled_frauds``: the positives the recent PR-AUC
+    rests on.
+    """
+    import math
+
+    n, m = max(compared, 1), max(reference_rows, 1)
+    out = {"window_rows": window_rows, "compared_rows": compared, "sampled": compared < window_rows,
+           "reference_rows": reference_rows, "labelled_frauds": labelled_frauds,
+           "min_detectable_ks_distance": round(KS_CRITICAL_95 * math.sqrt((n + m) / (n * m)), 4)}
+    if fraud_rate is not None:
+        out["fraud_rate"] = fraud_rate
+        out["fraud_rate_margin"] = round(1.96 * math.sqrt(fraud_rate * (1 - fraud_rate) / n), 6)
+    return out
+
+
 def recent_performance(current: pd.DataFrame, holdout_pr_auc: float | None) -> dict:
     """The champion's PR-AUC on recent rows whose labels have arrived, vs its holdout PR-AUC.
 

@@ -174,8 +174,8 @@ class RowSelector:
         self._complete_from = (Date.fromisoformat(split.dates[0]) + timedelta(days=LOOKBACK_DAYS)).isoformat()
         self._fit: list[pd.DataFrame] = []
         self._validation: list[pd.DataFrame] = []
-        self._parity, self._reference, self._early = _Sample(PARITY_ROWS), _Sample(REFERENCE_ROWS), \
-            _Sample(REFERENCE_ROWS)
+        self._parity, self._reference, self._early = SeededSample(PARITY_ROWS), SeededSample(REFERENCE_ROWS), \
+            SeededSample(REFERENCE_ROWS)
         self._fingerprint = Fingerprint()
         self.rows = 0
 
@@ -211,7 +211,7 @@ class RowSelector:
             validation[LABEL] = rng.permutation(validation[LABEL].to_numpy())
         reference = self._reference.rows()
         if len(reference) < 500:  # a short window: the early days too
-            reference = _Sample.merged(self._reference, self._early, REFERENCE_ROWS)
+            reference = SeededSample.merged(self._reference, self._early, REFERENCE_ROWS)
         if self._rate < 1.0:
             log.info("negative downsampling at %.3f: %d of %d fitting rows kept (every fraud row)",
                      self._rate, len(fit_rows), self.split.fit_rows)
@@ -244,7 +244,7 @@ def _in_time_order(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return frame.drop(columns=["timestamp", _ORDER])
 
 
-class _Sample:
+class SeededSample:
     """The ``size`` rows with the smallest keys seen so far: a seeded uniform sample without replacement,
     the same whatever the batching."""
 
@@ -267,8 +267,8 @@ class _Sample:
         return self._rows.nsmallest(self.size, _ORDER).sort_values(_ORDER).drop(columns=_ORDER).reset_index(drop=True)
 
     @staticmethod
-    def merged(a: _Sample, b: _Sample, size: int) -> pd.DataFrame:
-        both = _Sample(size)
+    def merged(a: SeededSample, b: SeededSample, size: int) -> pd.DataFrame:
+        both = SeededSample(size)
         for part in (a, b):
             if part._rows is not None:
                 both.add(part._rows.drop(columns=_ORDER), part._rows[_ORDER].to_numpy())

@@ -15,6 +15,7 @@ from jobs.ml.drift import (
     drifted_columns,
     recent_performance,
     retraining_decision,
+    sample_confidence,
     served_figures,
     served_floor,
 )
@@ -23,7 +24,7 @@ from jobs.shared import layout, links
 from jobs.shared.dates import Window
 from jobs.shared.names import BUNDLE_DIR, HOLDOUT_PR_AUC, ONNX_SHA_TAG
 from jobs.shared.result import MissingInput
-from jobs.shared.schemas import PREDICTION
+from jobs.shared.schemas import LABEL, PREDICTION
 from jobs.storage import lake as lk
 from jobs.storage import monitoring, unchanged
 from jobs.storage.decisions import served_with_labels
@@ -77,11 +78,12 @@ def _check(lake: lk.Lake, date: str, window: list[str], earlier: list[str], clie
     """Compare, decide, publish the report (lake, MLflow, the monitoring trend) and the retraining request."""
     import mlflow
 
-    current = read_gold(lake, window)
+    current, window_rows = read_recent(lake, window, settings)
     if current.empty:
         raise MissingInput(f"no gold features for {window[0]}..{window[-1]} in {lake.uri_of(layout.GOLD_FEATURES)}")
     with tempfile.TemporaryDirectory() as tmp:
-        summary, html = _compare(lake, date, window, earlier, current, client, mv, version, settings, Path(tmp))
+        summary, html = _compare(lake, date, window, earlier, current, window_rows, client, mv, version, settings,
+                                 Path(tmp))
         if summary["retrain"]:
             lake.write_json(layout.retrain_request(date), {"date": date, "decision": summary["decision"]})
         lake.write_bytes(layout.drift_report(date, "html"), html.read_bytes())
@@ -105,8 +107,35 @@ def _check(lake: lk.Lake, date: str, window: list[str], earlier: list[str], clie
             "monitor_run_id": monitor_run}
 
 
-def _compare(lake: lk.Lake, date: str, window: list[str], earlier: list[str], current: pd.DataFrame, client, mv,
-             version, settings: Settings, tmp: Path) -> tuple[dict, Path]:
+READ_BATCH_ROWS = 131_072  # gold rows per record batch when the window is sampled
+
+
+def read_recent(lake: lk.Lake, window: list[str], settings: Settings) -> tuple[pd.DataFrame, int]:
+    """The window's gold rows the check compares, and how many the window holds.
+
+    All of them when they are at most ``PIPELINE_DRIFT_SAMPLE_ROWS`` (the log's row counts say so
+    before anything is read); else a seeded uniform sample of that many (the rows with the smallest
+    hash of their transaction id: the same rows on every re-check), read in record batches, so
+    memory holds the sample, never the window.
+    """
+    from jobs.ml.training import TRAINING_COLUMNS, SeededSample, row_uniforms
+    from jobs.storage import tables
+
+    window_rows = sum(tables.date_counts(lake, layout.GOLD_FEATURES, window).values())
+    if window_rows <= settings.drift_sample_rows:
+        return read_gold(lake, window), window_rows
+    sample = SeededSample(settings.drift_sample_rows)
+    for batch in tables.batches(lake, layout.GOLD_FEATURES, TRAINING_COLUMNS, dates=window,
+                                batch_size=READ_BATCH_ROWS):
+        frame = batch.to_pandas()
+        sample.add(frame, row_uniforms(frame["transaction_id"], settings.seed, "drift"))
+    log.info("drift compares a seeded sample of %d of the window's %d gold rows", settings.drift_sample_rows,
+             window_rows)
+    return sample.rows(), window_rows
+
+
+def _compare(lake: lk.Lake, date: str, window: list[str], earlier: list[str], current: pd.DataFrame,
+             window_rows: int, client, mv, version, settings: Settings, tmp: Path) -> tuple[dict, Path]:
     """The champion's reference vs ``current`` (both scored by the champion): the summary and its HTML report."""
     import mlflow
 
@@ -117,9 +146,12 @@ def _compare(lake: lk.Lake, date: str, window: list[str], earlier: list[str], cu
     current[PREDICTION] = bundle.predict(current)
     started = time.perf_counter()
     snapshot, columns, share = drift_report(reference, current, settings.drift_share_threshold)
-    log.info("Evidently compared %d recent rows with %d reference rows in %.1f s", len(current), len(reference),
-             time.perf_counter() - started)
+    log.info("Evidently compared %d recent rows (of %d in the window) with %d reference rows in %.1f s",
+             len(current), window_rows, len(reference), time.perf_counter() - started)
     performance = recent_performance(current, client.get_run(mv.run_id).data.metrics.get(HOLDOUT_PR_AUC))
+    labels = current[LABEL].dropna()
+    sample = sample_confidence(len(current), window_rows, len(reference), int((labels == 1).sum()),
+                               float(labels.mean()) if len(labels) else None)
     html = tmp / "drift.html"
     snapshot.save_html(str(html))
     drifted_cols = drifted_columns(snapshot)
@@ -137,7 +169,7 @@ def _compare(lake: lk.Lake, date: str, window: list[str], earlier: list[str], cu
                                             settings.max_retrains_per_window, settings.retrain_window_days)
     return {
         "date": date, "window_start": window[0], "window_end": window[-1], "model_version": version,
-        "reference_rows": len(reference), "current_rows": len(current), "drift_share": share,
+        "reference_rows": len(reference), "current_rows": len(current), "sample": sample, "drift_share": share,
         "drift_share_threshold": settings.drift_share_threshold, "drifted": bool(reasons),
         "drifted_columns": drifted_cols, "column_scores": columns,
         "prediction_drift_score": columns.get(PREDICTION), "prediction_drifted": PREDICTION in drifted_cols,

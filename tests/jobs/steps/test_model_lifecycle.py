@@ -753,6 +753,13 @@ def test_late_labels_tell_how_what_was_served_did_and_a_floor_asks_for_retrainin
     assert result["retrain"] and f"PR-AUC of what v{champion} served" in result["decision"]
     history = client.get_metric_history(monitoring_run(client, settings), f"served_pr_auc.v{champion}")
     assert history and abs(history[-1].value - figures[("all", champion)]["pr_auc"]) < 1e-12
+    # The report says what it compared: here the whole day; with a smaller bound, a seeded sample of it.
+    assert summary["sample"]["compared_rows"] == summary["sample"]["window_rows"] == summary["current_rows"]
+    assert not summary["sample"]["sampled"] and summary["sample"]["reference_rows"] == summary["reference_rows"]
+    check_drift(lake, END, Settings(state_dir=gold_lake, drift_sample_rows=1000), days=3, force=True)
+    sampled = json.loads((gold_lake / "lake" / "reports" / "drift" / f"date={END}" / "drift.json").read_text())
+    assert sampled["window_start"] < END and sampled["sample"]["window_rows"] > 2 * summary["sample"]["window_rows"]
+    assert sampled["sample"]["sampled"] and sampled["current_rows"] == sampled["sample"]["compared_rows"] == 1000
 
 
 def test_scoring_refuses_a_tampered_onnx_file(gold_lake):
