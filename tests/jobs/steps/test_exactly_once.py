@@ -99,7 +99,9 @@ def lakes(request, state_dir, tmp_path, monkeypatch):
 
 
 def crash_after(lake, n: int, *args: str) -> int:
-    # Small batches: a crash can fall between the batches of one object (the retry uses the default size).
+    # Small batches: the crashed run checks each object in several batches, the retry in one (the
+    # default size). The write points are the commits, after the contract: on a folder lake 18 for
+    # this delivery, with either size.
     env = {**os.environ, "PIPELINE_LAKE_URI": lake.uri, CRASH_ENV: str(n), "PIPELINE_BATCH_ROWS": "16"}
     out = subprocess.run([sys.executable, "-m", "jobs", *args], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode in (0, CRASH_EXIT_CODE), out.stderr[-3000:]
